@@ -1,0 +1,131 @@
+"""The model artifact: round trips without train/serve skew, safe loading."""
+
+import os
+import shutil
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests import conftest
+from trainer import data
+from trainer import export
+from trainer import models
+from trainer import samples
+
+
+def _test_digits(count=64):
+  source = data.load_mnist_sample(0.1, 0.1)
+  pixels, labels = next(source.examples('test').batch(count)
+                        .as_numpy_iterator())
+  return pixels, labels
+
+
+@pytest.mark.parametrize('image_format', ['png', 'jpeg'])
+def test_saved_model_bytes_match_keras_on_the_same_decoded_pixels(
+    trained_export, image_format):
+  pixels, labels = _test_digits()
+  encoded = [samples.encode(p, image_format) for p in pixels]
+  serve, _ = export.load_serving(trained_export)
+  served = serve(image_bytes=tf.constant(encoded))['probabilities'].numpy()
+  # Decode the same bytes outside the artifact and run the Keras model.
+  decoded = np.stack([tf.io.decode_image(b, channels=1).numpy()
+                      for b in encoded]).astype(np.float32) / 255.0
+  model = export.load_keras_model(trained_export)
+  expected = model(decoded, training=False).numpy()
+  np.testing.assert_allclose(served, expected, atol=1e-5)
+  if image_format == 'png':  # Lossless: the predictions are the digits'.
+    accuracy = (served.argmax(axis=1) == labels).mean()
+    assert accuracy > 0.8
+
+
+def test_grey_model_scores_colour_and_odd_sized_images(trained_export):
+  pixels, _ = _test_digits(4)
+  digit = pixels[0][..., 0]
+  variants = {
+      'grey png': conftest.encode_image(digit, 'PNG'),
+      'rgb png': conftest.encode_image(np.stack([digit] * 3, -1), 'PNG'),
+      'rgb bmp': conftest.encode_image(np.stack([digit] * 3, -1), 'BMP'),
+      'gif': conftest.encode_image(digit, 'GIF'),
+      '16-bit png': conftest.encode_image(digit.astype(np.uint16) * 257,
+                                          'PNG'),
+  }
+  serve, _ = export.load_serving(trained_export)
+  out = serve(image_bytes=tf.constant(list(variants.values())))
+  probabilities = out['probabilities'].numpy()
+  for name, row in zip(variants, probabilities):
+    np.testing.assert_allclose(row, probabilities[0], atol=1e-4,
+                               err_msg=name)
+  big = tf.image.resize(digit[..., None], [280, 140]).numpy().astype(np.uint8)
+  big_out = serve(image_bytes=tf.constant(
+      [conftest.encode_image(big[..., 0], 'JPEG')]))['probabilities']
+  assert big_out.shape == (1, 10)
+
+
+def test_colour_model_accepts_grey_images(tmp_path):
+  model = models.build_model('cnn_bn', (32, 32, 3), 3)
+  metadata = export.build_metadata(class_names=['a', 'b', 'c'],
+                                   image_shape=(32, 32, 3),
+                                   dataset='image_folder', model_name='cnn_bn')
+  export.export_model(model, str(tmp_path / 'export'), metadata)
+  serve, _ = export.load_serving(str(tmp_path / 'export'))
+  grey = conftest.encode_image(conftest.random_pixels(50, 70, 1), 'PNG')
+  colour = conftest.encode_image(conftest.random_pixels(20, 10, 3), 'JPEG')
+  out = serve(image_bytes=tf.constant([grey, colour]))
+  assert out['probabilities'].shape == (2, 3)
+  assert out['logits'].shape == (2, 3)
+  pixels_fn, _ = export.load_serving(str(tmp_path / 'export'),
+                                     export.PIXELS_SIGNATURE)
+  assert pixels_fn(images=tf.zeros([1, 32, 32, 3]))['probabilities'].shape == (
+      1, 3)
+
+
+def test_artifact_layout_and_metadata(trained_export):
+  assert sorted(os.listdir(trained_export)) == [
+      export.COMPLETE_MARKER, 'metadata.json', 'model.keras', 'saved_model']
+  metadata = export.read_metadata(trained_export)
+  assert metadata['labels'] == [str(d) for d in range(10)]
+  assert metadata['input'] == {'height': 28, 'width': 28, 'channels': 1,
+                               'encoded_formats': ['jpeg', 'png', 'gif',
+                                                   'bmp']}
+  assert metadata['dataset'] == 'mnist_sample'
+  assert metadata['model'] == 'deep_mnist'
+  assert 0 <= metadata['metrics']['test_accuracy'] <= 1
+  assert set(metadata['versions']) >= {'tensorflow', 'keras', 'trainer'}
+
+
+def test_incomplete_artifact_is_refused(trained_export, tmp_path):
+  copy = str(tmp_path / 'export')
+  shutil.copytree(trained_export, copy)
+  os.remove(os.path.join(copy, export.COMPLETE_MARKER))
+  with pytest.raises(export.ArtifactError, match='incomplete'):
+    export.read_metadata(copy)
+  with pytest.raises(export.ArtifactError, match='incomplete'):
+    export.load_keras_model(copy)
+  with pytest.raises(export.ArtifactError, match='no such model directory'):
+    export.read_metadata(str(tmp_path / 'missing'))
+
+
+def test_keras_files_with_python_code_are_refused(tmp_path):
+  inputs = keras.Input((4,))
+  outputs = keras.layers.Lambda(lambda x: x * 2)(inputs)
+  path = str(tmp_path / 'unsafe.keras')
+  keras.Model(inputs, outputs).save(path)
+  with pytest.raises(ValueError, match='safe_mode'):
+    export.load_keras_model(path)
+
+
+def test_export_to_gcs_and_load_back(gcs_server, trained_export):
+  model = export.load_keras_model(trained_export)
+  metadata = export.read_metadata(trained_export)
+  export.export_model(model, 'gs://test-bucket/run/export', metadata)
+  assert export.read_metadata('gs://test-bucket/run/export')['labels'] == (
+      metadata['labels'])
+  reloaded = export.load_keras_model('gs://test-bucket/run/export')
+  assert reloaded.count_params() == model.count_params()
+  with export.local_copy('gs://test-bucket/run/export') as local:
+    serve, _ = export.load_serving(local)
+    digit = _test_digits(1)[0][0]
+    out = serve(image_bytes=tf.constant([samples.encode(digit, 'png')]))
+    assert out['probabilities'].shape == (1, 10)

@@ -1,0 +1,294 @@
+"""The trainer's configuration: one frozen dataclass, built once in `task.py`.
+
+Values come from, in order: the defaults below, a config file (`--config`,
+YAML or JSON, may `extends:` another file), then flags given on the command
+line. The result is validated (errors name the key), frozen, logged and saved
+next to the outputs as `config.yaml`. Library code takes plain values from
+this object; only `task.py` reads flags and environment variables.
+"""
+
+import dataclasses
+import difflib
+import os
+import typing
+
+import yaml
+
+from trainer import storage
+
+DATASETS = ('mnist_sample', 'mnist', 'fashion_mnist', 'image_folder', 'tfrecord')
+MODELS = ('softmax', 'mlp', 'deep_mnist', 'cnn_bn')
+STRATEGIES = ('auto', 'default', 'mirrored', 'multi_worker')
+CACHE_MODES = ('auto', 'memory', 'none')
+# Datasets whose images have a fixed shape; the others are resized.
+FIXED_SHAPE_DATASETS = ('mnist_sample', 'mnist', 'fashion_mnist')
+DEFAULT_IMAGE_SIZE = 64  # For image_folder and tfrecord, unless set.
+DEFAULT_FOLDER_CHANNELS = 3
+
+
+def _field(default, help_text):
+  return dataclasses.field(default=default, metadata={'help': help_text})
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """Everything a training run needs. Field names are the flag names."""
+
+  job_dir: str = _field(
+      '', 'Where everything goes: checkpoints/, logs/, export/, metrics.json '
+      '(local path, gs:// or /gcs/). Required unless AIP_MODEL_DIR is set.')
+  dataset: str = _field(
+      'mnist_sample', f'One of {", ".join(DATASETS)}. mnist_sample is the '
+      'bundled 5,000 MNIST digits (no download).')
+  data_dir: str = _field(
+      '', 'Where the dataset lives: a folder of IDX .gz files (mnist, '
+      'fashion_mnist), a folder with one sub-folder per class (image_folder), '
+      'a folder of train-*/validation-*/test-* shards or a glob of shards '
+      '(tfrecord).')
+  model: str = _field('cnn_bn', f'One of {", ".join(MODELS)}.')
+  epochs: int = _field(10, 'Training epochs.')
+  batch_size: int = _field(
+      128, 'Global batch size, split evenly over replicas.')
+  learning_rate: float = _field(
+      1e-3, 'Adam learning rate for the global batch (not scaled with the '
+      'number of replicas; see README).')
+  seed: int = _field(42, 'Seed for weight initialisation and shuffling.')
+  image_size: int = _field(
+      0, 'Height and width images are resized to; 0 = the dataset\'s own '
+      f'(28 for the MNIST family, {DEFAULT_IMAGE_SIZE} otherwise).')
+  channels: int = _field(
+      0, '1 (grey) or 3 (colour); 0 = the dataset\'s own (1 for the MNIST '
+      'family, 3 otherwise).')
+  validation_fraction: float = _field(
+      0.1, 'Share of the training data held out for validation.')
+  test_fraction: float = _field(
+      0.1, 'Share held out for the test set, for datasets without their own '
+      '(mnist_sample, image_folder, a tfrecord glob).')
+  train_examples: int = _field(
+      0, 'Use only the first N training examples (0 = all); for learning '
+      'curves and quick runs.')
+  steps_per_epoch: int = _field(
+      0, 'Batches per epoch (0 = one pass over the training data).')
+  shuffle_buffer: int = _field(10_000, 'Shuffle buffer, in examples.')
+  cache: str = _field(
+      'auto', 'Cache decoded training data: auto (in memory when it fits in '
+      'a quarter of RAM), memory, none.')
+  augment: bool = _field(
+      False, 'Random shifts of up to 10% during training.')
+  strategy: str = _field(
+      'auto', f'tf.distribute strategy: {", ".join(STRATEGIES)}. auto: '
+      'multi_worker when TF_CONFIG/CLUSTER_SPEC names a cluster, mirrored '
+      'with two or more GPUs, default otherwise.')
+  jit_compile: bool = _field(
+      False, 'XLA-compile the training step (helps on GPUs; about 3x slower '
+      'on the CPUs measured here).')
+  base_model: str = _field(
+      '', 'Transfer learning: an export dir or .keras file whose '
+      'convolutional feature extractor is reused, or a Keras Applications '
+      'backbone name (mobilenet_v2, efficientnet_b0).')
+  base_weights: str = _field(
+      '', 'For a Keras Applications base_model: a local weights file, '
+      '"none" (random) or "imagenet" (needs network access).')
+  fine_tune_layers: int = _field(
+      0, 'Transfer learning: after the head has trained, unfreeze the top N '
+      'layers of the base (0 = keep it frozen).')
+  fine_tune_epochs: int = _field(
+      0, 'Epochs of the fine-tuning phase (0 = same as epochs).')
+  fine_tune_learning_rate: float = _field(
+      0.0, 'Learning rate of the fine-tuning phase (0 = learning_rate / 10).')
+  start_fresh: bool = _field(
+      False, 'Ignore and delete existing checkpoints and outputs in job_dir '
+      'and train from scratch.')
+  checkpoint_dir: str = _field(
+      '', 'Resume state; default JOB_DIR/checkpoints (AIP_CHECKPOINT_DIR '
+      'when set).')
+  tensorboard_dir: str = _field(
+      '', 'TensorBoard logs; default JOB_DIR/logs (AIP_TENSORBOARD_LOG_DIR '
+      'when set).')
+  export_dir: str = _field(
+      '', 'The model artifact; default JOB_DIR/export (AIP_MODEL_DIR when '
+      'set).')
+
+  def __post_init__(self):
+    _validate(self)
+
+  # Derived values (not settable; computed from the fields).
+
+  @property
+  def image_shape(self):
+    """(height, width, channels) the model takes."""
+    if self.dataset in FIXED_SHAPE_DATASETS:
+      size, channels = 28, 1
+    else:
+      size, channels = DEFAULT_IMAGE_SIZE, DEFAULT_FOLDER_CHANNELS
+    size = self.image_size or size
+    return (size, size, self.channels or channels)
+
+  @property
+  def transfer(self):
+    return bool(self.base_model)
+
+  @property
+  def fine_tune_rate(self):
+    return self.fine_tune_learning_rate or self.learning_rate / 10
+
+  def to_dict(self):
+    return dataclasses.asdict(self)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+# Keys that describe where a run writes, not what it trains.
+_PLACEMENT_KEYS = ('job_dir', 'checkpoint_dir', 'tensorboard_dir', 'export_dir',
+                   'start_fresh')
+
+
+class ConfigError(ValueError):
+  """A configuration value is unknown, malformed or inconsistent."""
+
+
+def _check(condition, key, message):
+  if not condition:
+    raise ConfigError(f'{key}: {message}')
+
+
+def _validate(config):
+  """Raises ConfigError naming the key of the first bad value."""
+  for name, field in FIELDS.items():
+    value = getattr(config, name)
+    expected = typing.get_type_hints(Config)[name]
+    ok = (isinstance(value, expected) and
+          not (expected is int and isinstance(value, bool)))
+    _check(ok, name, f'expected {expected.__name__}, got {value!r}.')
+  _check(config.dataset in DATASETS, 'dataset',
+         f'unknown dataset {config.dataset!r}; choose one of {DATASETS}.')
+  _check(config.model in MODELS, 'model',
+         f'unknown model {config.model!r}; choose one of {MODELS}.')
+  _check(config.strategy in STRATEGIES, 'strategy',
+         f'unknown strategy {config.strategy!r}; choose one of {STRATEGIES}.')
+  _check(config.cache in CACHE_MODES, 'cache',
+         f'unknown cache mode {config.cache!r}; choose one of {CACHE_MODES}.')
+  for name in ('epochs', 'batch_size'):
+    _check(getattr(config, name) > 0, name, 'must be at least 1.')
+  for name in ('train_examples', 'steps_per_epoch', 'fine_tune_layers',
+               'fine_tune_epochs', 'shuffle_buffer', 'image_size'):
+    _check(getattr(config, name) >= 0, name, 'must not be negative.')
+  _check(config.learning_rate > 0, 'learning_rate', 'must be positive.')
+  _check(config.fine_tune_learning_rate >= 0, 'fine_tune_learning_rate',
+         'must not be negative.')
+  _check(config.channels in (0, 1, 3), 'channels', 'must be 1, 3 or 0 (auto).')
+  _check(config.image_size == 0 or config.image_size >= 8, 'image_size',
+         'must be at least 8 (or 0 for the dataset default).')
+  for name in ('validation_fraction', 'test_fraction'):
+    _check(0 <= getattr(config, name) < 1, name, 'must be in [0, 1).')
+  _check(config.validation_fraction + config.test_fraction < 1,
+         'validation_fraction', 'validation_fraction + test_fraction must '
+         'leave some training data.')
+  needs_data_dir = config.dataset not in ('mnist_sample',)
+  _check(not needs_data_dir or config.data_dir, 'data_dir',
+         f'dataset {config.dataset!r} needs --data_dir.')
+  _check(needs_data_dir or not config.data_dir, 'data_dir',
+         'the bundled mnist_sample dataset takes no --data_dir; pick '
+         '--dataset=mnist, fashion_mnist, image_folder or tfrecord.')
+  fixed = config.dataset in FIXED_SHAPE_DATASETS and not config.transfer
+  _check(not fixed or config.image_size in (0, 28), 'image_size',
+         f'{config.dataset} images are 28x28; leave image_size unset.')
+  _check(not fixed or config.channels in (0, 1), 'channels',
+         f'{config.dataset} images are grey; leave channels unset.')
+  _check(config.transfer or not config.fine_tune_layers, 'fine_tune_layers',
+         'only applies with --base_model (transfer learning).')
+  _check(config.transfer or not config.base_weights, 'base_weights',
+         'only applies with --base_model.')
+  _check(config.job_dir, 'job_dir', 'required (or set AIP_MODEL_DIR).')
+
+
+# --------------------------------------------------------------------------
+# Building a Config from a file and overrides.
+
+
+def load_file(path):
+  """Reads a YAML or JSON config file into a dict, following `extends:`.
+
+  A file may name another (relative to its own folder) under `extends:`;
+  its keys are read first and overridden by this file's.
+
+  Raises:
+    ConfigError: if the file is missing, unreadable or not a mapping.
+  """
+  return _load_file(path, seen=())
+
+
+def _load_file(path, seen):
+  if path in seen:
+    raise ConfigError(f'extends: cycle through {path}.')
+  try:
+    text = storage.read_text(path)
+  except FileNotFoundError as e:
+    raise ConfigError(f'config: no such file {path}.') from e
+  try:
+    values = yaml.safe_load(text) if text.strip() else {}
+  except yaml.YAMLError as e:  # JSON is YAML, so this covers both.
+    raise ConfigError(f'config: cannot parse {path}: {e}') from e
+  if not isinstance(values, dict):
+    raise ConfigError(f'config: {path} must hold a mapping of keys to values.')
+  parent = values.pop('extends', None)
+  if parent is None:
+    return values
+  if not os.path.isabs(parent) and not storage.is_gcs(parent):
+    parent = storage.join(storage.dirname(path), parent)
+  merged = _load_file(parent, seen + (path,))
+  merged.update(values)
+  return merged
+
+
+def _coerce(name, value, source):
+  """Converts a file value to the field's type, or raises naming the key."""
+  if name not in FIELDS:
+    close = difflib.get_close_matches(name, FIELDS, n=1)
+    hint = f' Did you mean {close[0]!r}?' if close else ''
+    raise ConfigError(f'{name}: unknown key in {source}.{hint}')
+  expected = typing.get_type_hints(Config)[name]
+  if expected is float and isinstance(value, int) and not isinstance(
+      value, bool):
+    return float(value)
+  if value is None and expected is str:
+    return ''
+  return value
+
+
+def build(file_values=None, overrides=None, source='config file'):
+  """Builds the validated Config: defaults, then file values, then overrides.
+
+  Args:
+    file_values: dict from `load_file` (or None).
+    overrides: dict of values given explicitly (flags, environment).
+    source: how to name `file_values` in error messages.
+
+  Returns:
+    A frozen, validated Config.
+
+  Raises:
+    ConfigError: naming the first unknown key or bad value.
+  """
+  values = {}
+  for name, value in (file_values or {}).items():
+    values[name] = _coerce(name, value, source)
+  for name, value in (overrides or {}).items():
+    values[name] = _coerce(name, value, 'flags')
+  return Config(**values)
+
+
+def save(config, path):
+  """Writes the resolved configuration as YAML (loadable with --config)."""
+  text = yaml.safe_dump(config.to_dict(), sort_keys=True)
+  storage.write_text(path, '# Resolved configuration of this run.\n' + text)
+
+
+def training_differences(config, previous):
+  """Keys whose values differ between `config` and a saved config dict.
+
+  Only keys that change what is trained count; where outputs go does not.
+  """
+  current = config.to_dict()
+  return sorted(k for k in current
+                if k not in _PLACEMENT_KEYS and k in previous and
+                previous[k] != current[k])

@@ -1,0 +1,240 @@
+"""The model artifact (Contract 2): writing it atomically and reading it back.
+
+```
+EXPORT/model.keras     the Keras model (reload for fine-tuning / transfer)
+EXPORT/saved_model/    TF SavedModel; `serving_default` takes encoded image
+                       bytes [batch] and returns `probabilities` and `logits`
+EXPORT/metadata.json   labels, input shape, dataset, model, metrics, versions
+EXPORT/_COMPLETE       written last: the artifact is whole
+```
+
+Decoding, resizing and normalisation live inside the SavedModel's signature
+(`preprocessing.decode_image`, the same code the input pipelines use), so
+training and scoring cannot drift. A second signature, `serving_pixels`,
+takes already-decoded float32 pixels.
+
+Readers check `_COMPLETE` first. Models are programs: load only artifacts you
+trust. `model.keras` is loaded with Keras `safe_mode=True` (no arbitrary
+Python); the SavedModel holds only a TensorFlow graph.
+"""
+
+import contextlib
+import datetime
+import os
+import platform
+import shutil
+import tempfile
+
+from absl import logging
+import keras
+import tensorflow as tf
+
+from trainer import models
+from trainer import preprocessing
+from trainer import storage
+
+MODEL_FILE = 'model.keras'
+SAVED_MODEL_DIR = 'saved_model'
+METADATA_FILE = 'metadata.json'
+COMPLETE_MARKER = '_COMPLETE'
+FORMAT_VERSION = 1
+SERVING_SIGNATURE = 'serving_default'
+PIXELS_SIGNATURE = 'serving_pixels'
+ENCODED_FORMATS = ('jpeg', 'png', 'gif', 'bmp')
+
+
+class ArtifactError(ValueError):
+  """An export is missing, incomplete or not one this code can read."""
+
+
+class _ServingModule(tf.Module):
+  """Wraps a Keras model with signatures that own their preprocessing."""
+
+  def __init__(self, model, image_shape):
+    super().__init__()
+    self._model = models.logits_model(model)
+    self._image_shape = tuple(image_shape)
+    height, width, channels = self._image_shape
+    self.serve = tf.function(
+        self._serve_bytes,
+        input_signature=[tf.TensorSpec([None], tf.string, name='image_bytes')])
+    self.serve_pixels = tf.function(
+        self._serve_pixels,
+        input_signature=[tf.TensorSpec([None, height, width, channels],
+                                       tf.float32, name='images')])
+
+  def _serve_pixels(self, images):
+    logits, probabilities = self._model(images, training=False)
+    return {'probabilities': probabilities, 'logits': logits}
+
+  def _serve_bytes(self, image_bytes):
+    height, width, channels = self._image_shape
+    images = tf.map_fn(
+        lambda encoded: preprocessing.decode_image(encoded, height, width,
+                                                   channels),
+        image_bytes,
+        fn_output_signature=tf.TensorSpec([height, width, channels],
+                                          tf.float32))
+    return self._serve_pixels(images)
+
+
+def versions():
+  """Versions that produced an artifact, recorded in its metadata."""
+  from trainer import __version__  # pylint: disable=g-import-not-at-top
+  return {
+      'trainer': __version__,
+      'tensorflow': tf.__version__,
+      'keras': keras.__version__,
+      'python': platform.python_version(),
+  }
+
+
+def build_metadata(*, class_names, image_shape, dataset, model_name,
+                   metrics=None, extra=None):
+  """The metadata.json document of Contract 2."""
+  height, width, channels = image_shape
+  metadata = {
+      'format_version': FORMAT_VERSION,
+      'labels': list(class_names),
+      'input': {'height': height, 'width': width, 'channels': channels,
+                'encoded_formats': list(ENCODED_FORMATS)},
+      'signatures': {
+          SERVING_SIGNATURE: {'inputs': {'image_bytes': 'string [batch]'},
+                              'outputs': ['probabilities', 'logits']},
+          PIXELS_SIGNATURE: {
+              'inputs': {'images': f'float32 [batch, {height}, {width}, '
+                                   f'{channels}] in [0, 1]'},
+              'outputs': ['probabilities', 'logits']},
+      },
+      'dataset': dataset,
+      'model': model_name,
+      'metrics': dict(metrics or {}),
+      'versions': versions(),
+      'created': datetime.datetime.now(datetime.timezone.utc).isoformat(
+          timespec='seconds'),
+  }
+  metadata.update(extra or {})
+  return metadata
+
+
+def write_artifact_files(model, directory, metadata):
+  """Writes model.keras, saved_model/ and metadata.json into a local folder."""
+  image_shape = (metadata['input']['height'], metadata['input']['width'],
+                 metadata['input']['channels'])
+  model.save(os.path.join(directory, MODEL_FILE))
+  module = _ServingModule(model, image_shape)
+  tf.saved_model.save(
+      module, os.path.join(directory, SAVED_MODEL_DIR),
+      signatures={SERVING_SIGNATURE: module.serve,
+                  PIXELS_SIGNATURE: module.serve_pixels})
+  storage.write_json(os.path.join(directory, METADATA_FILE), metadata)
+
+
+def export_model(model, export_dir, metadata):
+  """Writes the whole artifact so a reader never sees half of it.
+
+  The files are written to a local temporary folder, then published to
+  `export_dir` (local or gs://) with `_COMPLETE` written last.
+
+  Args:
+    model: the trained Keras model (outputs probabilities).
+    export_dir: destination, local or gs://.
+    metadata: from `build_metadata`.
+  """
+  with tempfile.TemporaryDirectory(prefix='export-') as staging:
+    write_artifact_files(model, staging, metadata)
+    storage.publish_tree(staging, export_dir, COMPLETE_MARKER)
+  logging.info('Exported the model to %s', export_dir)
+
+
+# --------------------------------------------------------------------------
+# Reading.
+
+
+def is_complete(export_dir):
+  return storage.exists(storage.join(export_dir, COMPLETE_MARKER))
+
+
+def read_metadata(export_dir):
+  """Reads metadata.json of a complete artifact.
+
+  Raises:
+    ArtifactError: if the folder is not a complete artifact of a format this
+      code understands.
+  """
+  export_dir = storage.normalize(export_dir)
+  if not storage.exists(export_dir):
+    raise ArtifactError(f'{export_dir}: no such model directory.')
+  if not is_complete(export_dir):
+    raise ArtifactError(
+        f'{export_dir}: incomplete model artifact (no {COMPLETE_MARKER} '
+        'marker). Its writer may still be running or was killed; wait for '
+        'it, or re-run training. Point --model_dir at JOB_DIR/export.')
+  try:
+    metadata = storage.read_json(storage.join(export_dir, METADATA_FILE))
+  except (FileNotFoundError, ValueError) as e:
+    raise ArtifactError(f'{export_dir}: unreadable {METADATA_FILE}: {e}') from e
+  version = metadata.get('format_version')
+  if version != FORMAT_VERSION:
+    raise ArtifactError(
+        f'{export_dir}: artifact format_version {version!r}; this code reads '
+        f'version {FORMAT_VERSION}.')
+  return metadata
+
+
+@contextlib.contextmanager
+def local_copy(export_dir):
+  """Yields a local folder holding the (complete) artifact.
+
+  Local artifacts are used in place; gs:// ones are downloaded to a
+  temporary folder removed on exit (TensorFlow's own GCS reader cannot
+  reach an emulator, and a local copy loads faster on repeated use).
+  """
+  export_dir = storage.normalize(export_dir)
+  read_metadata(export_dir)  # Refuse incomplete artifacts before copying.
+  if not storage.is_gcs(export_dir):
+    yield export_dir
+    return
+  staging = tempfile.mkdtemp(prefix='model-')
+  try:
+    storage.download_tree(export_dir, staging)
+    yield staging
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def load_keras_model(path):
+  """Loads a Keras model from an export folder or a `.keras` file.
+
+  Loaded with `safe_mode=True`, which refuses lambda layers and other
+  arbitrary Python code embedded in the file.
+
+  Raises:
+    ArtifactError: if the path is neither a complete export nor a .keras file.
+  """
+  path = storage.normalize(path)
+  if path.endswith('.keras'):
+    if not storage.exists(path):
+      raise ArtifactError(f'{path}: no such file.')
+    with tempfile.TemporaryDirectory() as staging:
+      local = path
+      if storage.is_gcs(path):
+        local = os.path.join(staging, storage.basename(path))
+        with open(local, 'wb') as f:
+          f.write(storage.read_bytes(path))
+      return keras.saving.load_model(local, safe_mode=True, compile=False)
+  with local_copy(path) as local:
+    return keras.saving.load_model(os.path.join(local, MODEL_FILE),
+                                   safe_mode=True, compile=False)
+
+
+def load_serving(local_export_dir, signature=SERVING_SIGNATURE):
+  """Loads a signature of a local artifact's SavedModel.
+
+  Returns:
+    (callable, loaded SavedModel): keep the second alive while using the
+    first. The callable takes keyword `image_bytes` (or `images`) and returns
+    a dict with `probabilities` and `logits`.
+  """
+  loaded = tf.saved_model.load(os.path.join(local_export_dir, SAVED_MODEL_DIR))
+  return loaded.signatures[signature], loaded

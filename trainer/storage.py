@@ -1,0 +1,441 @@
+"""One path layer for local paths, `gs://` URIs and Vertex AI's `/gcs/` mount.
+
+Everything the trainer and the scorer write (checkpoint mirrors, logs, exports,
+metrics, scoring outputs) and most of what they read goes through this module,
+so one code path serves a laptop, a Vertex AI job and a Dataflow worker.
+
+* Local paths use the standard library.
+* `gs://bucket/key` uses `google-cloud-storage`. It honours
+  `STORAGE_EMULATOR_HOST` (so tests run against a real GCS-compatible server)
+  and it only issues single-object requests: GCS batch requests, which Beam's
+  own GCS filesystem uses for rename and delete, are not implemented by
+  fake-gcs-server (fsouza/fake-gcs-server#411).
+* `/gcs/bucket/key` (Cloud Storage FUSE on Vertex AI) is rewritten to
+  `gs://bucket/key`: the API gives whole-object atomic writes, which the FUSE
+  mount does not, and the same path then works off Vertex too.
+
+TensorFlow's own gs:// filesystem (tf.io.gfile, tf.data) cannot be pointed at
+an emulator, so this module never relies on it.
+"""
+
+import contextlib
+import fnmatch
+import functools
+import io
+import json
+import os
+import shutil
+import tempfile
+import uuid
+
+GCS_PREFIX = 'gs://'
+GCS_FUSE_ROOT = '/gcs/'
+_GLOB_CHARS = '*?['
+
+
+class StorageError(OSError):
+  """A storage operation failed in a way the user can act on."""
+
+
+def normalize(path):
+  """Returns `path` in canonical form: `/gcs/b/k` becomes `gs://b/k`.
+
+  Args:
+    path: a local path, a `gs://` URI or a `/gcs/` FUSE path.
+
+  Returns:
+    The canonical path, without a trailing slash (except for a bare bucket).
+
+  Raises:
+    ValueError: if `path` is empty or uses an unsupported scheme.
+  """
+  if not path:
+    raise ValueError('Empty path.')
+  path = os.fspath(path)
+  if path.startswith(GCS_FUSE_ROOT):
+    path = GCS_PREFIX + path[len(GCS_FUSE_ROOT):]
+  if is_gcs(path):
+    bucket, _, key = path[len(GCS_PREFIX):].partition('/')
+    if not bucket:
+      raise ValueError(f'No bucket in {path!r}: expected gs://BUCKET/PATH.')
+    key = key.rstrip('/')
+    return f'{GCS_PREFIX}{bucket}/{key}' if key else f'{GCS_PREFIX}{bucket}'
+  if '://' in path:
+    raise ValueError(
+        f'Unsupported path {path!r}: use a local path, gs://BUCKET/PATH or '
+        '/gcs/BUCKET/PATH.')
+  return os.path.abspath(os.path.expanduser(path))
+
+
+def is_gcs(path):
+  """Whether `path` (already normalized or not) names a GCS object or prefix."""
+  return os.fspath(path).startswith(GCS_PREFIX)
+
+
+def join(base, *parts):
+  """Joins path components with '/' for GCS and `os.path.join` locally."""
+  if is_gcs(base):
+    return '/'.join([base.rstrip('/')] + [p.strip('/') for p in parts if p])
+  return os.path.join(base, *parts)
+
+
+def basename(path):
+  return path.rstrip('/').rsplit('/', 1)[-1]
+
+
+def dirname(path):
+  if is_gcs(path):
+    return path.rstrip('/').rsplit('/', 1)[0]
+  return os.path.dirname(path)
+
+
+def has_glob(path):
+  return any(c in path for c in _GLOB_CHARS)
+
+
+# --------------------------------------------------------------------------
+# GCS helpers.
+
+
+@functools.lru_cache(maxsize=None)
+def _client():
+  """A process-wide GCS client (thread-safe for the calls made here)."""
+  from google.cloud import storage  # pylint: disable=g-import-not-at-top
+  import google.auth.exceptions  # pylint: disable=g-import-not-at-top
+  try:
+    return storage.Client()
+  except google.auth.exceptions.DefaultCredentialsError as e:
+    raise StorageError(
+        'No Google Cloud credentials for gs:// paths. Run '
+        '`gcloud auth application-default login`, or set '
+        'GOOGLE_APPLICATION_CREDENTIALS to a service-account key file. '
+        f'({e})') from e
+
+
+def _split(uri):
+  bucket, _, key = uri[len(GCS_PREFIX):].partition('/')
+  return bucket, key
+
+
+def _blob(uri):
+  bucket, key = _split(uri)
+  return _client().bucket(bucket).blob(key)
+
+
+def _list_blobs(prefix_uri):
+  """Yields (uri, size) of every object whose name starts with the prefix."""
+  bucket, key = _split(prefix_uri)
+  for blob in _client().list_blobs(bucket, prefix=key):
+    yield f'{GCS_PREFIX}{bucket}/{blob.name}', blob.size
+
+
+def _not_found(path, error=None):
+  return FileNotFoundError(f'No such file: {path}' + (f' ({error})' if error else ''))
+
+
+# --------------------------------------------------------------------------
+# Queries.
+
+
+def exists(path):
+  """Whether a file, or a directory (a non-empty prefix on GCS), exists."""
+  path = normalize(path)
+  if not is_gcs(path):
+    return os.path.exists(path)
+  if _blob(path).exists():
+    return True
+  return isdir(path)
+
+
+def isdir(path):
+  path = normalize(path)
+  if not is_gcs(path):
+    return os.path.isdir(path)
+  return next(_list_blobs(path + '/'), None) is not None
+
+
+def list_files(directory):
+  """Returns sorted paths of every file under `directory`, recursively."""
+  directory = normalize(directory)
+  if is_gcs(directory):
+    return sorted(uri for uri, _ in _list_blobs(directory + '/'))
+  found = []
+  for root, _, files in os.walk(directory):
+    found.extend(os.path.join(root, name) for name in files)
+  return sorted(found)
+
+
+def listdir(directory):
+  """Returns the sorted names of the entries directly under `directory`."""
+  directory = normalize(directory)
+  if not is_gcs(directory):
+    return sorted(os.listdir(directory))
+  prefix = directory + '/'
+  names = {uri[len(prefix):].split('/', 1)[0] for uri, _ in _list_blobs(prefix)}
+  return sorted(n for n in names if n)
+
+
+def glob(pattern):
+  """Returns the sorted paths of files matching a shell-style pattern.
+
+  `*` does not cross '/' on local paths (like `glob.glob`); on GCS it does,
+  as in `gsutil`-style listings. `**` is accepted on both.
+  """
+  pattern = normalize(pattern)
+  if not is_gcs(pattern):
+    import glob as glob_lib  # pylint: disable=g-import-not-at-top
+    return sorted(p for p in glob_lib.glob(pattern, recursive=True)
+                  if os.path.isfile(p))
+  prefix = pattern
+  for i, char in enumerate(pattern):
+    if char in _GLOB_CHARS:
+      prefix = pattern[:i]
+      break
+  return sorted(uri for uri, _ in _list_blobs(prefix)
+                if fnmatch.fnmatchcase(uri, pattern))
+
+
+def size(path):
+  path = normalize(path)
+  if not is_gcs(path):
+    return os.path.getsize(path)
+  blob = _blob(path)
+  blob.reload()
+  return blob.size
+
+
+# --------------------------------------------------------------------------
+# Reads and writes.
+
+
+def read_bytes(path):
+  """Reads a whole file. Raises FileNotFoundError naming the path."""
+  path = normalize(path)
+  if not is_gcs(path):
+    with open(path, 'rb') as f:
+      return f.read()
+  from google.api_core import exceptions  # pylint: disable=g-import-not-at-top
+  try:
+    return _blob(path).download_as_bytes()
+  except exceptions.NotFound as e:
+    raise _not_found(path) from e
+
+
+def read_text(path):
+  return read_bytes(path).decode('utf-8')
+
+
+def read_json(path):
+  return json.loads(read_text(path))
+
+
+def write_bytes(path, data):
+  """Writes a whole file atomically: readers see the old or the new content.
+
+  GCS object uploads are atomic; locally the data goes to a temporary file in
+  the same directory, which is then renamed over the target.
+  """
+  path = normalize(path)
+  if is_gcs(path):
+    _blob(path).upload_from_string(data)
+    return
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = f'{path}.tmp-{uuid.uuid4().hex}'
+  try:
+    with open(tmp, 'wb') as f:
+      f.write(data)
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def write_text(path, text):
+  write_bytes(path, text.encode('utf-8'))
+
+
+def write_json(path, value):
+  write_text(path, json.dumps(value, indent=2, sort_keys=True) + '\n')
+
+
+@contextlib.contextmanager
+def open_write(path):
+  """Opens `path` for streamed binary writing; it appears whole on close.
+
+  Use this for files too big to hold in memory. On error nothing is left
+  behind: the local temporary file is removed and the GCS upload is never
+  finalised.
+  """
+  path = normalize(path)
+  if is_gcs(path):
+    with tempfile.TemporaryFile() as f:
+      yield f
+      f.seek(0)
+      _blob(path).upload_from_file(f)
+    return
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = f'{path}.tmp-{uuid.uuid4().hex}'
+  try:
+    with open(tmp, 'wb') as f:
+      yield f
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def open_read(path):
+  """Returns a binary file object for reading (the whole object for GCS)."""
+  path = normalize(path)
+  if not is_gcs(path):
+    return open(path, 'rb')
+  return io.BytesIO(read_bytes(path))
+
+
+def makedirs(path):
+  """Creates a local directory tree; a no-op on GCS (no real directories)."""
+  path = normalize(path)
+  if not is_gcs(path):
+    os.makedirs(path, exist_ok=True)
+
+
+# --------------------------------------------------------------------------
+# Deletion and whole-tree copies.
+
+
+def delete(path):
+  """Deletes one file if it exists."""
+  path = normalize(path)
+  if not is_gcs(path):
+    if os.path.lexists(path):
+      os.remove(path)
+    return
+  from google.api_core import exceptions  # pylint: disable=g-import-not-at-top
+  try:
+    _blob(path).delete()
+  except exceptions.NotFound:
+    pass
+
+
+def delete_tree(directory):
+  """Deletes a directory and everything under it, if it exists."""
+  directory = normalize(directory)
+  if not is_gcs(directory):
+    shutil.rmtree(directory, ignore_errors=True)
+    return
+  for uri in list_files(directory):
+    delete(uri)
+
+
+def upload_tree(local_dir, remote_dir, skip=()):
+  """Copies every file under local `local_dir` to `remote_dir`.
+
+  Files whose relative path is in `skip` are not copied. Existing files at
+  the destination are overwritten; other files there are left alone.
+
+  Returns:
+    The relative paths copied.
+  """
+  copied = []
+  for path in list_files(local_dir):
+    relative = os.path.relpath(path, local_dir).replace(os.sep, '/')
+    if relative in skip:
+      continue
+    with open(path, 'rb') as f:
+      write_bytes(join(remote_dir, relative), f.read())
+    copied.append(relative)
+  return copied
+
+
+def download_tree(remote_dir, local_dir):
+  """Copies every file under `remote_dir` into local `local_dir`.
+
+  Returns:
+    The relative paths copied (empty if `remote_dir` does not exist).
+  """
+  remote_dir = normalize(remote_dir)
+  copied = []
+  for path in list_files(remote_dir) if exists(remote_dir) else []:
+    relative = path[len(remote_dir) + 1:]
+    target = os.path.join(local_dir, *relative.split('/'))
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    with open(target, 'wb') as f:
+      f.write(read_bytes(path))
+    copied.append(relative)
+  return copied
+
+
+def sync_tree(local_dir, remote_dir):
+  """Makes `remote_dir` an exact copy of local `local_dir`.
+
+  Uploads files that are new or whose size or content changed since the last
+  sync and deletes remote files that no longer exist locally. Used to mirror
+  checkpoint and log folders written by TensorFlow to a GCS job dir.
+  """
+  remote_dir = normalize(remote_dir)
+  if not is_gcs(remote_dir):
+    raise ValueError(f'sync_tree mirrors to GCS only, got {remote_dir!r}.')
+  local_files = {}
+  if os.path.isdir(local_dir):
+    for path in list_files(local_dir):
+      relative = os.path.relpath(path, local_dir).replace(os.sep, '/')
+      local_files[relative] = path
+  remote_sizes = {uri[len(remote_dir) + 1:]: blob_size
+                  for uri, blob_size in _list_blobs(remote_dir + '/')}
+  for relative, path in local_files.items():
+    with open(path, 'rb') as f:
+      data = f.read()
+    if remote_sizes.get(relative) == len(data) and _same_content(
+        join(remote_dir, relative), data):
+      continue
+    write_bytes(join(remote_dir, relative), data)
+  for relative in set(remote_sizes) - set(local_files):
+    delete(join(remote_dir, relative))
+
+
+def _same_content(uri, data):
+  import base64  # pylint: disable=g-import-not-at-top
+  import hashlib  # pylint: disable=g-import-not-at-top
+  blob = _blob(uri)
+  blob.reload()
+  if not blob.md5_hash:
+    return False
+  return base64.b64decode(blob.md5_hash) == hashlib.md5(data).digest()
+
+
+def publish_tree(local_dir, destination, marker):
+  """Publishes a finished local folder so readers never see half of it.
+
+  Locally: the folder is copied beside `destination`, then swapped in with
+  renames. On GCS, where there are no directory renames: the old `marker`
+  is deleted first (so readers know the folder is incomplete), stale objects
+  are removed, every file is uploaded, and `marker` is written last.
+
+  Args:
+    local_dir: a complete local folder; must not contain `marker`.
+    destination: where it should appear (local or gs://).
+    marker: the file name written last, inside `destination`, with a short
+      JSON body; readers check it to know the folder is complete.
+  """
+  destination = normalize(destination)
+  marker_body = json.dumps({'complete': True}).encode()
+  if is_gcs(destination):
+    delete(join(destination, marker))
+    fresh = set(upload_tree(local_dir, destination))
+    for uri in list_files(destination):
+      if uri[len(destination) + 1:] not in fresh | {marker}:
+        delete(uri)
+    write_bytes(join(destination, marker), marker_body)
+    return
+  parent = os.path.dirname(destination)
+  os.makedirs(parent, exist_ok=True)
+  token = uuid.uuid4().hex[:8]
+  staged = os.path.join(parent, f'.{os.path.basename(destination)}.tmp-{token}')
+  retired = os.path.join(parent, f'.{os.path.basename(destination)}.old-{token}')
+  shutil.copytree(local_dir, staged)
+  with open(os.path.join(staged, marker), 'wb') as f:
+    f.write(marker_body)
+  if os.path.exists(destination):
+    os.rename(destination, retired)
+  os.rename(staged, destination)
+  shutil.rmtree(retired, ignore_errors=True)

@@ -1,0 +1,101 @@
+"""Converting an image folder to TFRecord shards the trainer reads.
+
+Each record is a tf.train.Example with `image/encoded` (the file's bytes,
+unchanged), `image/class/label` (int64) and `image/class/text` and
+`image/filename` for people reading the shards. Files are split into
+train-*, validation-* and test-* shards with the same stable hash the
+image_folder dataset uses, and `labels.txt` lists the class names.
+"""
+
+import os
+import tempfile
+
+from absl import logging
+import tensorflow as tf
+
+from trainer import data
+from trainer import storage
+
+
+def _bytes_feature(value):
+  return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+
+def _int64_feature(value):
+  return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
+
+
+def make_example(encoded, label, class_name, filename):
+  """A tf.train.Example in the schema of `data.TFRECORD_FEATURES`."""
+  return tf.train.Example(features=tf.train.Features(feature={
+      'image/encoded': _bytes_feature(encoded),
+      'image/class/label': _int64_feature(label),
+      'image/class/text': _bytes_feature(class_name.encode('utf-8')),
+      'image/filename': _bytes_feature(filename.encode('utf-8')),
+  }))
+
+
+def _is_decodable(encoded):
+  try:
+    tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    return True
+  except (tf.errors.InvalidArgumentError, ValueError):
+    return False
+
+
+def convert_image_folder(image_dir, output_dir, num_shards=4,
+                         validation_fraction=0.1, test_fraction=0.1):
+  """Writes TFRecord shards and labels.txt for an image folder.
+
+  Args:
+    image_dir: one sub-folder per class (local or gs://).
+    output_dir: where the shards go (local or gs://).
+    num_shards: shards for the train split; validation and test get
+      proportionally fewer (at least one each when they hold images).
+    validation_fraction: share of images for validation.
+    test_fraction: share of images for test.
+
+  Returns:
+    A dict of counts: examples per split, and `skipped` for files that are
+    not decodable images (logged with their paths).
+  """
+  image_dir = storage.normalize(image_dir)
+  class_names, by_split = data.split_image_folder(
+      image_dir, validation_fraction, test_fraction)
+  total = sum(len(items) for items in by_split.values())
+  counts = {'skipped': 0}
+  with tempfile.TemporaryDirectory(prefix='tfrecords-') as staging:
+    for split, items in by_split.items():
+      shards = max(1, round(num_shards * len(items) / total))
+      counts[split] = _write_split(image_dir, class_names, split, items,
+                                   shards, staging, counts)
+    with open(os.path.join(staging, data.LABELS_FILE), 'w') as f:
+      f.write('\n'.join(class_names) + '\n')
+    storage.upload_tree(staging, output_dir)
+  logging.info('Wrote %s to %s.', counts, output_dir)
+  return counts
+
+
+def _write_split(image_dir, class_names, split, items, shards, staging,
+                 counts):
+  if not items:
+    return 0
+  writers = [tf.io.TFRecordWriter(
+      os.path.join(staging, f'{split}-{i:05d}-of-{shards:05d}.tfrecord'))
+             for i in range(shards)]
+  written = 0
+  try:
+    for path, label in items:
+      relative = path[len(image_dir) + 1:]
+      encoded = storage.read_bytes(path)
+      if not _is_decodable(encoded):
+        logging.warning('Skipping %s: not a decodable image.', relative)
+        counts['skipped'] += 1
+        continue
+      example = make_example(encoded, label, class_names[label], relative)
+      writers[written % shards].write(example.SerializeToString())
+      written += 1
+  finally:
+    for writer in writers:
+      writer.close()
+  return written
