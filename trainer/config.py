@@ -20,6 +20,7 @@ DATASETS = ('mnist_sample', 'mnist', 'fashion_mnist', 'image_folder', 'tfrecord'
 MODELS = ('softmax', 'mlp', 'deep_mnist', 'cnn_bn')
 STRATEGIES = ('auto', 'default', 'mirrored', 'multi_worker')
 CACHE_MODES = ('auto', 'memory', 'none')
+HYPERTUNE_METRICS = ('val_accuracy', 'val_loss', 'accuracy', 'loss')
 # Datasets whose images have a fixed shape; the others are resized.
 FIXED_SHAPE_DATASETS = ('mnist_sample', 'mnist', 'fashion_mnist')
 DEFAULT_IMAGE_SIZE = 64  # For image_folder and tfrecord, unless set.
@@ -96,6 +97,10 @@ class Config:
       0, 'Epochs of the fine-tuning phase (0 = same as epochs).')
   fine_tune_learning_rate: float = _field(
       0.0, 'Learning rate of the fine-tuning phase (0 = learning_rate / 10).')
+  hypertune_metric: str = _field(
+      '', 'Vertex AI hyperparameter tuning: report this Keras metric '
+      f'({", ".join(HYPERTUNE_METRICS)}) after every epoch; it must equal '
+      "the study's metricId. Needs the [hypertune] extra. Empty = off.")
   start_fresh: bool = _field(
       False, 'Ignore and delete existing checkpoints and outputs in job_dir '
       'and train from scratch.')
@@ -199,6 +204,12 @@ def _validate(config):
   _check(config.transfer or not config.base_weights, 'base_weights',
          'only applies with --base_model.')
   _check(config.job_dir, 'job_dir', 'required (or set AIP_MODEL_DIR).')
+  _check(config.hypertune_metric in HYPERTUNE_METRICS + ('',),
+         'hypertune_metric', f'choose one of {HYPERTUNE_METRICS}.')
+  _check(not config.hypertune_metric.startswith('val_') or
+         config.validation_fraction > 0, 'hypertune_metric',
+         f'{config.hypertune_metric} needs a validation split '
+         '(validation_fraction > 0).')
 
 
 # --------------------------------------------------------------------------
@@ -292,3 +303,18 @@ def training_differences(config, previous):
   return sorted(k for k in current
                 if k not in _PLACEMENT_KEYS and k in previous and
                 previous[k] != current[k])
+
+
+def markdown_reference():
+  """The README's flag table, generated from the fields (tests compare)."""
+  rows = ['| flag | default | meaning |', '| --- | --- | --- |',
+          '| `--config` | | a YAML or JSON file of these flags (flags given '
+          'on the command line override it) |']
+  for name, field in FIELDS.items():
+    default = field.default
+    shown = f'`{default}`' if default not in ('', None) else ''
+    if isinstance(default, bool):
+      shown = f'`{str(default).lower()}`'
+    text = ' '.join(field.metadata['help'].split()).replace('|', '\\|')
+    rows.append(f'| `--{name}` | {shown} | {text} |')
+  return '\n'.join(rows) + '\n'
