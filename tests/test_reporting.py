@@ -62,3 +62,20 @@ def test_missing_hypertune_package_is_explained(monkeypatch):
   monkeypatch.setitem(sys.modules, 'hypertune', None)
   with pytest.raises(hptuning.MissingDependencyError, match=r'\[hypertune\]'):
     hptuning.check_available()
+
+
+def test_vertex_tuning_study_matches_the_trainer_flags():
+  import os  # pylint: disable=g-import-not-at-top
+  import yaml  # pylint: disable=g-import-not-at-top
+  from tests import conftest  # pylint: disable=g-import-not-at-top
+  from trainer import config as config_lib  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(conftest.REPO, 'config/vertex/hptuning_job.yaml')) as f:
+    job = yaml.safe_load(f)
+  for parameter in job['studySpec']['parameters']:
+    assert parameter['parameterId'] in config_lib.FIELDS
+  args = job['trialJobSpec']['workerPoolSpecs'][0]['containerSpec']['args']
+  config_file = next(a.split('=', 1)[1] for a in args
+                     if a.startswith('--config='))
+  values = config_lib.load_file(os.path.join(conftest.REPO, config_file))
+  metric = job['studySpec']['metrics'][0]['metricId']
+  assert values['hypertune_metric'] == metric
