@@ -198,6 +198,22 @@ def test_prepare_takes_the_base_input_shape_and_checks_fine_tune_layers(
     transfer.prepare(too_many)
 
 
+@pytest.mark.parametrize('name, overrides, shape', [
+    ('transfer_fashion_to_digits.yaml', {}, (28, 28, 1)),
+    ('transfer_mobilenet_v2.yaml', {'base_weights': 'none', 'data_dir': '/d'},
+     (96, 96, 3)),
+])
+def test_shipped_transfer_configs_resolve_against_a_real_base(
+    cnn_base, name, overrides, shape):
+  values = config_lib.load_file(os.path.join(conftest.REPO, 'config', name))
+  if values['base_model'] not in config_lib.BACKBONES:
+    overrides['base_model'] = cnn_base  # Stands in for the trained base.
+  config = config_lib.build(values, dict(overrides, job_dir='/tmp/j'))
+  resolved, base = transfer.prepare(config)
+  assert resolved.image_shape == base.input_shape == shape
+  assert resolved.fine_tune_layers > 0
+
+
 # --------------------------------------------------------------------------
 # Freezing and fine-tuning, in process.
 
