@@ -373,8 +373,10 @@ def _fine_tune(model, config, source, checkpoint_dir, log_dir, mirrors,
   from its finished backup, then resumes here).
 
   Returns:
-    The per-epoch history of this phase.
+    The per-epoch history of this phase ([] without --fine_tune_layers).
   """
+  if not config.fine_tune_layers:
+    return []
   with strategy.scope():
     names = transfer.unfreeze_top_layers(model, config.fine_tune_layers)
     compile_model(model, config, config.fine_tune_rate)
@@ -399,11 +401,9 @@ def _train_evaluate_export(config, layout, source, model, strategy, task,
     _, history = fit(model, config, source, checkpoints.local, logs.local,
                      [checkpoints, logs], task.is_chief)
     if base is not None:  # Transfer learning: the optional second phase.
-      fine_tune_history = []
-      if config.fine_tune_layers:
-        fine_tune_history = _fine_tune(
-            model, config, source, checkpoints.local, logs.local,
-            [checkpoints, logs], task.is_chief, strategy)
+      fine_tune_history = _fine_tune(
+          model, config, source, checkpoints.local, logs.local,
+          [checkpoints, logs], task.is_chief, strategy)
       history = transfer.combine_histories(history, fine_tune_history,
                                            config.epochs)
     train_seconds = time.perf_counter() - start
