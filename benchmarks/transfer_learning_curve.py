@@ -1,4 +1,4 @@
-r"""Learning curve: the bundled digits from scratch vs transfer from Fashion-MNIST.
+r"""Learning curve on the bundled digits: scratch vs a Fashion-MNIST base.
 
   python -m benchmarks.transfer_learning_curve
 
@@ -50,9 +50,10 @@ VARIANTS = ('scratch', 'frozen', 'fine-tuned')
 
 def _train(job_dir, **settings):
   """One run of the trainer; returns its metrics."""
+  # Imported here so that --help answers without loading TensorFlow.
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from trainer import config as config_lib  # pylint: disable=g-import-not-at-top
   from trainer import train  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   config = config_lib.build(overrides=dict(settings, job_dir=job_dir))
   return train.run(config, tf.distribute.get_strategy())
 
