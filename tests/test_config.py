@@ -88,10 +88,29 @@ def test_bad_values_are_named(overrides, key):
     ({'channels': 3}, 'channels'),
     ({'fine_tune_layers': 2}, 'fine_tune_layers'),
     ({'base_weights': 'none'}, 'base_weights'),
+    ({'base_model': '/b/export', 'base_weights': 'none'}, 'base_weights'),
+    ({'base_model': 'mobilenet_v2'}, 'base_weights'),
+    ({'base_model': 'mobilenet_v2', 'base_weights': 'none', 'channels': 1},
+     'channels'),
+    ({'base_model': 'mobilenet_v2', 'base_weights': 'none',
+      'image_size': 28}, 'image_size'),
+    ({'base_model': '/b/export', 'fine_tune_epochs': 3}, 'fine_tune_epochs'),
+    ({'base_model': '/b/export', 'fine_tune_learning_rate': 1e-5},
+     'fine_tune_learning_rate'),
 ])
 def test_impossible_combinations_are_named(overrides, key):
   with pytest.raises(config_lib.ConfigError, match=f'^{key}: '):
     build(**overrides)
+
+
+def test_transfer_mode_accepts_its_own_settings():
+  config = build(base_model='/b/export', fine_tune_layers=2,
+                 fine_tune_epochs=3, learning_rate=0.01)
+  assert config.transfer and config.fine_tune_rate == pytest.approx(0.001)
+  config = build(base_model='mobilenet_v2', base_weights='none',
+                 image_size=32, fine_tune_layers=2,
+                 fine_tune_learning_rate=1e-5)
+  assert config.fine_tune_rate == 1e-5
 
 
 def test_image_folder_shape_defaults_and_overrides():

@@ -25,6 +25,11 @@ HYPERTUNE_METRICS = ('val_accuracy', 'val_loss', 'accuracy', 'loss')
 FIXED_SHAPE_DATASETS = ('mnist_sample', 'mnist', 'fashion_mnist')
 DEFAULT_IMAGE_SIZE = 64  # For image_folder and tfrecord, unless set.
 DEFAULT_FOLDER_CHANNELS = 3
+# Keras Applications backbones that --base_model may name (see transfer.py),
+# the smallest input they take, and the size used when image_size is unset.
+BACKBONES = ('mobilenet_v2',)
+BACKBONE_MIN_IMAGE_SIZE = 32
+DEFAULT_BACKBONE_IMAGE_SIZE = 96
 
 
 def _field(default, help_text):
@@ -86,10 +91,12 @@ class Config:
   base_model: str = _field(
       '', 'Transfer learning: an export dir or .keras file whose '
       'convolutional feature extractor is reused, or a Keras Applications '
-      'backbone name (mobilenet_v2, efficientnet_b0).')
+      f'backbone name ({", ".join(BACKBONES)}). The input shape becomes the '
+      'base\'s; --model is ignored.')
   base_weights: str = _field(
-      '', 'For a Keras Applications base_model: a local weights file, '
-      '"none" (random) or "imagenet" (needs network access).')
+      '', 'For a Keras Applications base_model (required): a local weights '
+      'file (.h5 or .weights.h5), "none" (random) or "imagenet" (downloads '
+      'them: needs network access).')
   fine_tune_layers: int = _field(
       0, 'Transfer learning: after the head has trained, unfreeze the top N '
       'layers of the base (0 = keep it frozen).')
@@ -203,6 +210,7 @@ def _validate(config):
          'only applies with --base_model (transfer learning).')
   _check(config.transfer or not config.base_weights, 'base_weights',
          'only applies with --base_model.')
+  _validate_transfer(config)
   _check(config.job_dir, 'job_dir', 'required (or set AIP_MODEL_DIR).')
   _check(config.hypertune_metric in HYPERTUNE_METRICS + ('',),
          'hypertune_metric', f'choose one of {HYPERTUNE_METRICS}.')
@@ -210,6 +218,37 @@ def _validate(config):
          config.validation_fraction > 0, 'hypertune_metric',
          f'{config.hypertune_metric} needs a validation split '
          '(validation_fraction > 0).')
+
+
+def _validate_transfer(config):
+  """Checks what can be known about transfer mode without loading the base.
+
+  Whether a base path exists, and whether image_size, channels and
+  fine_tune_layers fit it, is checked when the run starts (transfer.py).
+  """
+  _check(config.fine_tune_layers or not config.fine_tune_epochs,
+         'fine_tune_epochs', 'only applies with --fine_tune_layers.')
+  _check(config.fine_tune_layers or not config.fine_tune_learning_rate,
+         'fine_tune_learning_rate', 'only applies with --fine_tune_layers.')
+  backbone = config.base_model in BACKBONES
+  _check(not config.base_weights or backbone, 'base_weights',
+         'only applies to a Keras Applications base_model '
+         f'({", ".join(BACKBONES)}); '
+         f'{config.base_model} brings its own weights.')
+  if not backbone:
+    return
+  _check(config.base_weights, 'base_weights',
+         f'{config.base_model} needs weights: the path of a local weights '
+         'file, "imagenet" (downloads them: needs network access) or "none" '
+         '(random weights).')
+  _check(config.channels in (0, 3), 'channels',
+         f'{config.base_model} takes colour images; leave channels unset '
+         '(grey images are converted to RGB by the input pipeline).')
+  _check(not config.image_size or
+         config.image_size >= BACKBONE_MIN_IMAGE_SIZE, 'image_size',
+         f'{config.base_model} needs images of at least '
+         f'{BACKBONE_MIN_IMAGE_SIZE}x{BACKBONE_MIN_IMAGE_SIZE}; got '
+         f'{config.image_size} (unset: {DEFAULT_BACKBONE_IMAGE_SIZE}).')
 
 
 # --------------------------------------------------------------------------

@@ -35,7 +35,8 @@ PROBABILITIES_LAYER = 'probabilities'
 _MAX_FEATURE_SIDE = 7
 
 
-def _classifier_head(x, num_classes):
+def classifier_head(x, num_classes):
+  """The classification head every model ends with (the export finds it)."""
   logits = keras.layers.Dense(num_classes, name=LOGITS_LAYER)(x)
   return keras.layers.Softmax(name=PROBABILITIES_LAYER)(logits)
 
@@ -52,14 +53,14 @@ def _cap_feature_map(x):
 
 def _softmax(inputs, num_classes):
   x = keras.layers.Flatten()(inputs)
-  return _classifier_head(x, num_classes)
+  return classifier_head(x, num_classes)
 
 
 def _mlp(inputs, num_classes):
   x = keras.layers.Flatten()(inputs)
   x = keras.layers.Dense(512, activation='relu')(x)
   x = keras.layers.Dropout(0.2)(x)
-  return _classifier_head(x, num_classes)
+  return classifier_head(x, num_classes)
 
 
 def _deep_mnist(inputs, num_classes):
@@ -71,7 +72,7 @@ def _deep_mnist(inputs, num_classes):
   x = keras.layers.Flatten()(x)
   x = keras.layers.Dense(1024, activation='relu')(x)
   x = keras.layers.Dropout(0.5)(x)
-  return _classifier_head(x, num_classes)
+  return classifier_head(x, num_classes)
 
 
 # Keras' default momentum (0.99) leaves the moving statistics 4% initial
@@ -100,7 +101,7 @@ def _cnn_bn(inputs, num_classes):
   x = keras.layers.BatchNormalization(momentum=_BN_MOMENTUM)(x)
   x = keras.layers.ReLU()(x)
   x = keras.layers.Dropout(0.5)(x)
-  return _classifier_head(x, num_classes)
+  return classifier_head(x, num_classes)
 
 
 _BUILDERS = {

@@ -37,11 +37,15 @@ from trainer import data
 from trainer import export
 from trainer import models
 from trainer import storage
+from trainer import transfer
 
 METRICS_FILE = 'metrics.json'
 CONFIG_FILE = 'config.yaml'
 HISTORY_FILE = 'history.json'
 BACKUP_DIR = 'backup'
+# Transfer learning's second phase keeps its own resume state, history and
+# TensorBoard logs in this sub-folder of checkpoints/ and logs/.
+FINE_TUNE_DIR = 'fine_tune'
 KEEP_CHECKPOINTS = 3
 
 
@@ -255,18 +259,30 @@ def discard_previous_run(layout):
   storage.delete(layout.metrics_path)
 
 
-def build_and_compile(config, info, strategy):
-  """Builds the model and optimizer under the strategy's scope."""
+def build_and_compile(config, info, strategy, base=None):
+  """Builds the model and optimizer under the strategy's scope.
+
+  With a transfer `base` (transfer.prepare), the model is the base's frozen
+  feature extractor under a new head.
+  """
   with strategy.scope():
     keras.utils.set_random_seed(config.seed)
-    model = models.build_model(config.model, config.image_shape,
-                               info.num_classes)
-    model.compile(
-        optimizer=keras.optimizers.Adam(config.learning_rate),
-        loss='sparse_categorical_crossentropy',
-        metrics=['accuracy'],
-        jit_compile=config.jit_compile)
+    if base is None:
+      model = models.build_model(config.model, config.image_shape,
+                                 info.num_classes)
+    else:
+      model = transfer.build_model(base, info.num_classes)
+    compile_model(model, config, config.learning_rate)
   return model
+
+
+def compile_model(model, config, learning_rate):
+  """(Re)compiles; needed again after changing which layers are trainable."""
+  model.compile(
+      optimizer=keras.optimizers.Adam(learning_rate),
+      loss='sparse_categorical_crossentropy',
+      metrics=['accuracy'],
+      jit_compile=config.jit_compile)
 
 
 def _images_per_epoch(config, info):
@@ -321,6 +337,10 @@ def run(config, strategy, task=cluster.TaskInfo()):
   Returns:
     The metrics dict written to metrics.json.
   """
+  base = None
+  if config.transfer:  # Transfer learning: the base fixes the input shape.
+    with strategy.scope():
+      config, base = transfer.prepare(config)
   layout = Layout.from_config(config)
   if config.start_fresh and task.is_chief:
     discard_previous_run(layout)
@@ -338,12 +358,40 @@ def run(config, strategy, task=cluster.TaskInfo()):
     config_lib.save(config, layout.config_path)
   if state == 'resumable':
     logging.info('Resuming from the checkpoint in %s.', layout.checkpoint_dir)
-  model = build_and_compile(config, source.info, strategy)
-  logging.info('Model %s: %d parameters.', config.model, model.count_params())
-  return _train_evaluate_export(config, layout, source, model, strategy, task)
+  model = build_and_compile(config, source.info, strategy, base)
+  logging.info('Model %s: %d parameters.', model.name, model.count_params())
+  return _train_evaluate_export(config, layout, source, model, strategy, task,
+                                base)
 
 
-def _train_evaluate_export(config, layout, source, model, strategy, task):
+def _fine_tune(model, config, source, checkpoint_dir, log_dir, mirrors,
+               is_chief, strategy):
+  """Transfer learning, phase 2: unfreezes the top base layers, trains on.
+
+  Resumable on its own: its BackupAndRestore state, history and logs live in
+  FINE_TUNE_DIR sub-folders (a restarted job re-runs phase 1 as zero epochs
+  from its finished backup, then resumes here).
+
+  Returns:
+    The per-epoch history of this phase ([] without --fine_tune_layers).
+  """
+  if not config.fine_tune_layers:
+    return []
+  with strategy.scope():
+    names = transfer.unfreeze_top_layers(model, config.fine_tune_layers)
+    compile_model(model, config, config.fine_tune_rate)
+  logging.info('Fine-tuning %s at learning rate %g.', ', '.join(names),
+               config.fine_tune_rate)
+  phase = dataclasses.replace(
+      config, epochs=config.fine_tune_epochs or config.epochs)
+  _, history = fit(model, phase, source,
+                   os.path.join(checkpoint_dir, FINE_TUNE_DIR),
+                   os.path.join(log_dir, FINE_TUNE_DIR), mirrors, is_chief)
+  return history
+
+
+def _train_evaluate_export(config, layout, source, model, strategy, task,
+                           base=None):
   checkpoints = _Mirror(layout.checkpoint_dir, 'checkpoints')
   logs = _Mirror(layout.log_dir, 'logs')
   try:
@@ -352,6 +400,12 @@ def _train_evaluate_export(config, layout, source, model, strategy, task):
     first_epoch = _saved_epoch(checkpoints.local)
     _, history = fit(model, config, source, checkpoints.local, logs.local,
                      [checkpoints, logs], task.is_chief)
+    if base is not None:  # Transfer learning: the optional second phase.
+      fine_tune_history = _fine_tune(
+          model, config, source, checkpoints.local, logs.local,
+          [checkpoints, logs], task.is_chief, strategy)
+      history = transfer.combine_histories(history, fine_tune_history,
+                                           config.epochs)
     train_seconds = time.perf_counter() - start
     test_data = data.make_dataset(source, 'test', config.batch_size,
                                   config.image_shape, training=False,
@@ -363,7 +417,7 @@ def _train_evaluate_export(config, layout, source, model, strategy, task):
         'epochs': config.epochs,
         'resumed_from_epoch': first_epoch,
         'dataset': config.dataset,
-        'model': config.model,
+        'model': model.name,
         'examples': source.info.sizes,
         'replicas': strategy.num_replicas_in_sync,
         'train_seconds': round(train_seconds, 2),
@@ -379,8 +433,10 @@ def _train_evaluate_export(config, layout, source, model, strategy, task):
     if task.is_chief:
       metadata = export.build_metadata(
           class_names=source.info.class_names, image_shape=config.image_shape,
-          dataset=config.dataset, model_name=config.model,
-          metrics={k: metrics[k] for k in ('test_accuracy', 'test_loss')})
+          dataset=config.dataset, model_name=model.name,
+          metrics={k: metrics[k] for k in ('test_accuracy', 'test_loss')},
+          extra=(transfer.describe(base, model, config.dataset,
+                                   config.fine_tune_layers) if base else None))
       export.export_model(model, layout.export_dir, metadata)
       logs.push()
       storage.write_json(layout.metrics_path, metrics)

@@ -1,0 +1,460 @@
+"""Transfer learning: a trained model's feature extractor under a new head.
+
+A transfer run (`--base_model`) reuses the convolutional feature extractor of
+a base model on a new label set, in two phases:
+
+1. The extractor is frozen and a new classification head, sized for the new
+   dataset's classes, is trained on top of it.
+2. With `--fine_tune_layers=N`, the top N layers of the extractor are
+   unfrozen and training goes on at a low learning rate.
+
+Where the extractor ends:
+  * our own models (models.py): at the layer named `features`;
+  * any other Keras model: at the input of its first Flatten, global pooling
+    or Dense layer, which must come after at least one convolution;
+  * a Keras Applications backbone (config.BACKBONES): the whole backbone
+    built with `include_top=False`.
+
+"Top N layers" counts the extractor's layers that have weights, from the
+output down, except batch normalisation: BN layers are never unfrozen, so
+they stay in inference mode (moving statistics fixed) in both phases. Keras 3
+ignores a `base(inputs, training=False)` recorded in a Functional graph once
+`fit` calls the model with `training=True` (keras-team/keras#20285, measured
+here too), and a BN layer with `trainable=False` is the one sure way to keep
+it in inference mode.
+
+The base's input shape becomes the run's: the input pipeline (and the
+exported serving signature) resize the new dataset's images and convert grey
+to colour or back. Every layer is a built-in Keras layer, so the exported
+model reloads with `safe_mode=True` and serves like any other.
+"""
+
+import dataclasses
+import os
+import tempfile
+import zipfile
+
+from absl import logging
+import keras
+
+from trainer import config as config_lib
+from trainer import export
+from trainer import models
+from trainer import storage
+
+# The name of the nested model holding the reused layers in a transfer model.
+EXTRACTOR_LAYER = 'feature_extractor'
+HEAD_DROPOUT_RATE = 0.2
+# Layers that start a classifier head: the extractor ends at their input.
+_HEAD_START_LAYERS = (keras.layers.Flatten, keras.layers.GlobalAveragePooling2D,
+                      keras.layers.GlobalMaxPooling2D, keras.layers.Dense)
+_CONVOLUTION_LAYERS = tuple(getattr(keras.layers, name) for name in (
+    'Conv1D', 'Conv2D', 'Conv3D', 'DepthwiseConv1D', 'DepthwiseConv2D',
+    'SeparableConv1D', 'SeparableConv2D', 'Conv1DTranspose',
+    'Conv2DTranspose', 'Conv3DTranspose'))
+# Layers kept frozen even when fine-tuning (see the module docstring).
+_ALWAYS_FROZEN_LAYERS = (keras.layers.BatchNormalization,)
+_MNIST_SHAPE = (28, 28, 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Backbone:
+  """How to build a Keras Applications backbone and feed it our pixels."""
+  build: object  # A keras.applications constructor.
+  # Our pixels are in [0, 1]; the backbone wants pixels * scale + offset.
+  scale: float
+  offset: float
+  imagenet_url: str  # With {size}: where Keras downloads 'imagenet' from.
+  imagenet_sizes: tuple  # Input sizes with their own ImageNet weights.
+
+
+_BACKBONES = {
+    'mobilenet_v2': _Backbone(
+        build=keras.applications.MobileNetV2,
+        # MobileNetV2's preprocess_input maps [0, 255] to [-1, 1].
+        scale=2.0, offset=-1.0,
+        imagenet_url=(
+            'https://storage.googleapis.com/tensorflow/keras-applications/'
+            'mobilenet_v2/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_'
+            '1.0_{size}_no_top.h5'),
+        imagenet_sizes=(96, 128, 160, 192, 224)),
+}
+assert set(_BACKBONES) == set(config_lib.BACKBONES), 'Keep the lists in step.'
+
+
+@dataclasses.dataclass(frozen=True)
+class Base:
+  """A loaded base model, cut down to its feature extractor.
+
+  Attributes:
+    source: what --base_model said (a path or a backbone name).
+    architecture: the base Keras model's name (cnn_bn, mobilenetv2_1.00_96).
+    extractor: a Functional model from images to feature maps whose layers
+      (and weights) are the base's own.
+    input_shape: (height, width, channels) the extractor takes.
+    pooling: 'flatten' or 'average': how the new head reduces the feature
+      map (as the base's own head did).
+    rescaling: (scale, offset) applied to [0, 1] pixels before the
+      extractor, or None.
+    labels: the base's class names when it is an export, else None.
+    weights: --base_weights of a backbone, else ''.
+  """
+  source: str
+  architecture: str
+  extractor: keras.Model
+  input_shape: tuple
+  pooling: str
+  rescaling: tuple = None
+  labels: tuple = None
+  weights: str = ''
+
+
+def _error(key, message):
+  return config_lib.ConfigError(f'{key}: {message}')
+
+
+# --------------------------------------------------------------------------
+# Loading a base.
+
+
+def load_base(base_model, base_weights='', *, image_size=0, channels=0,
+              seed=0):
+  """Loads a base model and cuts it down to its feature extractor.
+
+  Create the strategy first and call this under its scope: the base's
+  variables are created here.
+
+  Args:
+    base_model: an export dir or .keras file (local or gs://), or one of
+      config.BACKBONES.
+    base_weights: for a backbone: a weights file, 'none' or 'imagenet'.
+    image_size: the requested input size (0: the base's, or 96 for a
+      backbone).
+    channels: the requested channels (0: the base's).
+    seed: seeds a backbone's random initial weights ('none').
+
+  Returns:
+    A Base.
+
+  Raises:
+    config.ConfigError: naming the key (base_model, base_weights,
+      image_size, channels) whose value cannot work, before any training.
+  """
+  if base_model in _BACKBONES:
+    return _load_backbone(base_model, base_weights, image_size, seed)
+  return _load_trained(base_model, image_size, channels)
+
+
+def _load_trained(path, image_size, channels):
+  """A base from our export or a .keras file."""
+  path = storage.normalize(path)
+  if (not path.endswith('.keras') and storage.isdir(path) and
+      not export.is_complete(path)):
+    raise _error('base_model', f'{path} is not a complete export (no '
+                 f'{export.COMPLETE_MARKER} marker).{_base_model_hint(path)}')
+  try:
+    model = export.load_keras_model(path)
+    labels = None
+    if not path.endswith('.keras'):
+      labels = tuple(export.read_metadata(path)['labels'])
+  except (ValueError, OSError, TypeError, zipfile.BadZipFile) as e:
+    raise _error('base_model', f'cannot use {path} as a base: {e}'
+                 f'{_base_model_hint(path)}') from e
+  input_shape = _image_input_shape(model, path)
+  cut, pooling = _find_extractor_output(model, path)
+  extractor = keras.Model(model.inputs, cut, name=EXTRACTOR_LAYER)
+  if not any(isinstance(layer, _CONVOLUTION_LAYERS)
+             for layer in _leaf_layers(extractor)):
+    raise _error(
+        'base_model',
+        f'{path} (a {model.name!r} model) has no convolutional feature '
+        'extractor to reuse: transfer learning keeps the convolution and '
+        'pooling layers before the first Flatten, global pooling or Dense '
+        'layer, and this model has no convolution there. Use a base trained '
+        'with a convolutional model (--model=cnn_bn or deep_mnist) or a '
+        f'Keras Applications backbone ({", ".join(config_lib.BACKBONES)}).')
+  height, width, base_channels = input_shape
+  if image_size and image_size != height:
+    raise _error('image_size', f'the base model {path} takes {height}x{width} '
+                 'images; leave image_size unset (the input pipeline resizes '
+                 "the new dataset's images to the base's size).")
+  if channels and channels != base_channels:
+    raise _error('channels', f'the base model {path} takes {base_channels}-'
+                 'channel images; leave channels unset (the input pipeline '
+                 'converts grey and colour images to what the base takes).')
+  return Base(source=path, architecture=model.name, extractor=extractor,
+              input_shape=input_shape, pooling=pooling, labels=labels)
+
+
+def _base_model_hint(path):
+  """Points at JOB_DIR/export when the base path is a job dir."""
+  if path.endswith('.keras'):
+    return ''
+  nested = storage.join(path, 'export')
+  if export.is_complete(nested):
+    return f' Did you mean --base_model={nested}?'
+  return (' --base_model takes a complete export (JOB_DIR/export), a .keras '
+          f'file or a backbone name ({", ".join(config_lib.BACKBONES)}).')
+
+
+def _image_input_shape(model, path):
+  if len(model.inputs) != 1 or len(model.inputs[0].shape) != 4:
+    raise _error('base_model', f'{path}: a base takes one batch of images '
+                 f'[batch, height, width, channels]; this one takes '
+                 f'{[tuple(x.shape) for x in model.inputs]}.')
+  height, width, channels = model.inputs[0].shape[1:]
+  if None in (height, width, channels) or height != width:
+    raise _error('base_model', f'{path}: its input shape {height}x{width}x'
+                 f'{channels} is not a fixed square; transfer learning needs '
+                 'a base with a fixed square input.')
+  return (height, width, channels)
+
+
+def _find_extractor_output(model, path):
+  """Returns (the extractor's output tensor, how the new head pools it)."""
+  layers = model.layers
+  names = [layer.name for layer in layers]
+  if models.FEATURES_LAYER in names:
+    cut = layers[names.index(models.FEATURES_LAYER)].output
+    head = next((layer for layer in layers
+                 if isinstance(layer, _HEAD_START_LAYERS) and
+                 layer.input is cut), None)
+  else:
+    head = next((layer for layer in layers
+                 if isinstance(layer, _HEAD_START_LAYERS)), None)
+    if head is None:
+      raise _error('base_model', f'{path} (a {model.name!r} model) has no '
+                   'Flatten, global pooling or Dense layer, so where its '
+                   'convolutional feature extractor ends is unclear.')
+    cut = head.input
+    if not isinstance(cut, keras.KerasTensor):
+      raise _error('base_model', f'{path}: its layer {head.name!r} takes '
+                   'several inputs; cannot cut the model there.')
+  flatten = head is None or isinstance(head, (keras.layers.Flatten,
+                                              keras.layers.Dense))
+  return cut, 'flatten' if flatten else 'average'
+
+
+def _load_backbone(name, weights, image_size, seed):
+  """A Keras Applications backbone without its top, with the given weights."""
+  spec = _BACKBONES[name]
+  size = image_size or config_lib.DEFAULT_BACKBONE_IMAGE_SIZE
+  keras.utils.set_random_seed(seed)
+  build = lambda weights_argument: spec.build(
+      include_top=False, weights=weights_argument, input_shape=(size, size, 3),
+      name=EXTRACTOR_LAYER)
+  if weights == 'imagenet':
+    extractor = _build_with_imagenet_weights(name, spec, size, build)
+  else:
+    extractor = build(None)
+    if weights != 'none':
+      _load_weights_file(extractor, name, spec, size, weights)
+  logging.info('Backbone %s at %dx%d, weights %s.', name, size, size, weights)
+  return Base(source=name, architecture=name, extractor=extractor,
+              input_shape=(size, size, 3), pooling='average',
+              rescaling=(spec.scale, spec.offset), weights=weights)
+
+
+def _imagenet_file(spec, size):
+  # Keras falls back to the 224 weights for other sizes.
+  return spec.imagenet_url.format(
+      size=size if size in spec.imagenet_sizes else 224)
+
+
+def _build_with_imagenet_weights(name, spec, size, build):
+  try:
+    return build('imagenet')
+  except Exception as e:  # Keras' get_file raises a bare Exception.
+    url = _imagenet_file(spec, size)
+    raise _error(
+        'base_weights',
+        f'could not fetch the ImageNet weights of {name} ({e}). "imagenet" '
+        f'needs network access to download {url}. Offline, download that '
+        'file where there is network, copy it here and pass '
+        '--base_weights=/path/to/' + url.rsplit('/', 1)[1] +
+        ' (or --base_weights=none for random weights).') from e
+
+
+def _load_weights_file(extractor, name, spec, size, path):
+  """Loads a local or gs:// weights file into a backbone."""
+  path = storage.normalize(path)
+  if not storage.exists(path):
+    raise _error('base_weights', f'{path}: no such file. Pass a local '
+                 f'{name} weights file without the top, such as '
+                 f'{_imagenet_file(spec, size).rsplit("/", 1)[1]}, "none" '
+                 'or "imagenet" (needs network access).')
+  with tempfile.TemporaryDirectory(prefix='weights-') as staging:
+    local = path
+    if storage.is_gcs(path):
+      local = os.path.join(staging, storage.basename(path))
+      with open(local, 'wb') as f:
+        f.write(storage.read_bytes(path))
+    try:
+      extractor.load_weights(local)
+    except (ValueError, OSError, KeyError) as e:
+      raise _error(
+          'base_weights', f'cannot load {path} into {name} at {size}x{size}: '
+          f'{e}. Expected {name} weights without the top (include_top=False) '
+          'in a .h5 or .weights.h5 file.') from e
+
+
+def prepare(config):
+  """Loads the base a transfer config names and fixes the input shape to it.
+
+  Call under the strategy's scope. The returned config has image_size and
+  channels set to the base's input shape, so the input pipeline converts the
+  new dataset's images to it, and a re-run resolves to the same config.
+
+  Returns:
+    (resolved Config, Base).
+
+  Raises:
+    config.ConfigError: naming the key at fault, before any training.
+  """
+  base = load_base(config.base_model, config.base_weights,
+                   image_size=config.image_size, channels=config.channels,
+                   seed=config.seed)
+  available = len(fine_tunable_layers(base.extractor))
+  if config.fine_tune_layers > available:
+    raise _error('fine_tune_layers', f'{config.fine_tune_layers} is more than '
+                 f'the {available} layers with weights (other than batch '
+                 f'normalisation) in the feature extractor of {base.source}.')
+  height, _, channels = base.input_shape
+  logging.info('Transfer learning from %s (%s): %d layers with weights in '
+               'its feature extractor, input %s.', base.source,
+               base.architecture, available, base.input_shape)
+  resolved = dataclasses.replace(config, image_size=height, channels=channels)
+  return resolved, base
+
+
+# --------------------------------------------------------------------------
+# The transfer model.
+
+
+def build_model(base, num_classes):
+  """The base's frozen feature extractor under a new classification head.
+
+  The head (pooling, dropout, then the `logits` and `probabilities` layers
+  of every model here) is new, sized for `num_classes`.
+
+  Returns:
+    An uncompiled keras.Model from float32 images in [0, 1] to class
+    probabilities, named `transfer_<base architecture>`.
+  """
+  base.extractor.trainable = False
+  inputs = keras.Input(shape=base.input_shape, name='image')
+  x = inputs
+  if base.rescaling:
+    scale, offset = base.rescaling
+    x = keras.layers.Rescaling(scale, offset, name='backbone_scaling')(x)
+  # As the keras-io guide does; in Keras 3 only trainable=False really keeps
+  # the base's batch normalisation in inference mode (module docstring).
+  x = base.extractor(x, training=False)
+  x = keras.layers.Identity(name=models.FEATURES_LAYER)(x)
+  if base.pooling == 'flatten':
+    x = keras.layers.Flatten()(x)
+  else:
+    x = keras.layers.GlobalAveragePooling2D()(x)
+  x = keras.layers.Dropout(HEAD_DROPOUT_RATE)(x)
+  outputs = models.classifier_head(x, num_classes)
+  return keras.Model(inputs, outputs, name=f'transfer_{base.architecture}')
+
+
+def _leaf_layers(model):
+  """The layers of a model, nested models flattened, in graph order."""
+  for layer in model.layers:
+    if isinstance(layer, keras.Model):
+      yield from _leaf_layers(layer)
+    else:
+      yield layer
+
+
+def fine_tunable_layers(extractor):
+  """The layers `--fine_tune_layers` counts, bottom to top.
+
+  Layers with weights, except batch normalisation (always frozen).
+  """
+  return [layer for layer in _leaf_layers(extractor)
+          if layer.weights and not isinstance(layer, _ALWAYS_FROZEN_LAYERS)]
+
+
+def unfreeze_top_layers(model, count):
+  """Makes the top `count` fine-tunable extractor layers trainable.
+
+  Everything else in the extractor stays frozen; the head stays trainable.
+  Recompile the model afterwards.
+
+  Args:
+    model: a model from `build_model`.
+    count: how many layers to unfreeze, counted from the top.
+
+  Returns:
+    The names of the unfrozen layers, bottom to top.
+  """
+  extractor = model.get_layer(EXTRACTOR_LAYER)
+  candidates = fine_tunable_layers(extractor)
+  if not 0 < count <= len(candidates):
+    raise ValueError(f'Cannot unfreeze {count} of {len(candidates)} layers.')
+  # A layer trains only if its enclosing models are trainable too.
+  extractor.trainable = True
+  for layer in _leaf_layers(extractor):
+    layer.trainable = False
+  chosen = candidates[-count:]
+  for layer in chosen:
+    layer.trainable = True
+  return [layer.name for layer in chosen]
+
+
+# --------------------------------------------------------------------------
+# What a transfer run records.
+
+
+def _shape_dict(shape):
+  height, width, channels = shape
+  return {'height': height, 'width': width, 'channels': channels}
+
+
+def describe(base, model, dataset, fine_tune_layers):
+  """The `transfer` entry of metadata.json.
+
+  Args:
+    base: the Base the model was built from.
+    model: the trained transfer model.
+    dataset: the new dataset's name.
+    fine_tune_layers: the --fine_tune_layers of the run.
+
+  Returns:
+    {'transfer': {...}} for `export.build_metadata(extra=...)`.
+  """
+  extractor = model.get_layer(EXTRACTOR_LAYER)
+  with_weights = [layer for layer in _leaf_layers(extractor) if layer.weights]
+  fine_tuned = [layer for layer in fine_tunable_layers(extractor)
+                if layer.trainable and extractor.trainable]
+  if dataset in config_lib.FIXED_SHAPE_DATASETS:
+    dataset_input = _shape_dict(_MNIST_SHAPE)
+  else:
+    dataset_input = 'any size, grey or colour'
+  height, width, channels = base.input_shape
+  return {'transfer': {
+      'base_model': base.source,
+      'base_architecture': base.architecture,
+      'base_weights': base.weights or None,
+      'base_labels': list(base.labels) if base.labels else None,
+      'base_input': _shape_dict(base.input_shape),
+      'dataset_input': dataset_input,
+      'input_conversion': (
+          f'the input pipeline and the serving signature resize images to '
+          f'{height}x{width} and convert them to {channels} channel(s)'),
+      'extractor_layers_with_weights': len(with_weights),
+      'frozen_layers_with_weights': len(with_weights) - len(fine_tuned),
+      'fine_tune_layers': fine_tune_layers,
+      'fine_tuned_layers': [layer.name for layer in fine_tuned],
+  }}
+
+
+def combine_histories(head_history, fine_tune_history, head_epochs):
+  """One per-epoch history over both phases, numbered on from the first."""
+  combined = [dict(entry, phase='head') for entry in head_history]
+  combined += [dict(entry, epoch=head_epochs + entry['epoch'],
+                    phase='fine_tune') for entry in fine_tune_history]
+  return combined
