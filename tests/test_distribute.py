@@ -137,8 +137,11 @@ def test_mirrored_over_two_devices_matches_one_device(tmp_path):
 # --------------------------------------------------------------------------
 # Multi-worker: two local processes.
 
+# 129 validation images: 65 and 64 per worker, so with 64 per replica one
+# worker has a second, partial batch and the other none (the workers must
+# still agree on the number of validation steps).
 _MULTI_WORKER_ARGS = ['--model=softmax', '--epochs=3', '--steps_per_epoch=25',
-                      '--train_examples=2000']
+                      '--train_examples=2000', '--validation_fraction=0.0258']
 
 
 def _start_cluster(tmp_path, job_dir, attempt, temporary):
@@ -197,6 +200,7 @@ def test_two_workers_train_resume_and_only_the_chief_writes(tmp_path):
 
   metrics = conftest.read_json(str(job_dir / 'metrics.json'))
   assert (metrics['workers'], metrics['replicas']) == (2, 2)
+  assert metrics['examples']['validation'] == 129
   assert metrics['resumed_from_epoch'] == killed_at
   assert [entry['attempt'] for entry in metrics['history']] == (
       [1] * killed_at + [2] * (3 - killed_at))

@@ -150,8 +150,9 @@ def distribute_dataset(strategy, make_dataset, global_batch_size):
   differ in number. The pipeline's cardinality is hidden from Keras: it would
   otherwise count each worker's batches on its own and the workers would run
   different numbers of steps (a collective-op mismatch). Instead TensorFlow's
-  partial-batch handling agrees on the end of the data across workers and
-  gives workers that ran out an empty batch.
+  partial-batch handling agrees on the end of the data across workers (one
+  small all-reduce per step) and gives workers that ran out an empty batch.
+  Repeated (infinite) input needs none of this: steps_per_epoch ends epochs.
 
   Args:
     strategy: the tf.distribute.Strategy.
@@ -178,6 +179,8 @@ def distribute_dataset(strategy, make_dataset, global_batch_size):
     dataset = make_dataset(
         input_context.get_per_replica_batch_size(global_batch_size),
         (input_context.num_input_pipelines, input_context.input_pipeline_id))
+    if dataset.cardinality() == tf.data.INFINITE_CARDINALITY:
+      return dataset  # Repeated: steps_per_epoch ends epochs, no check needed.
     return dataset.filter(lambda *unused: True)  # Unknown cardinality.
 
   return strategy.distribute_datasets_from_function(worker_dataset)
