@@ -368,6 +368,7 @@ def run(config, strategy, task=cluster.TaskInfo(), *, stop_signal=None,
     logging.info('%s already holds a finished run (metrics.json and a '
                  'complete export): nothing to do. Pass --start_fresh to '
                  'train again.', layout.job_dir)
+    distribute.wait_for_all_workers(strategy)
     return storage.read_json(layout.metrics_path)
   source = data.load_source(config)
   logging.info('Dataset %s: %d classes, split sizes %s, input shape %s.',
