@@ -24,7 +24,7 @@ def configure_logical_cpus(count):
 
 def main():
   if len(sys.argv) < 2 or not sys.argv[1].isdigit():
-    sys.exit(f'usage: python -m tests.logical_devices N [trainer flags]')
+    sys.exit('usage: python -m tests.logical_devices N [trainer flags]')
   configure_logical_cpus(int(sys.argv[1]))
   from absl import app  # pylint: disable=g-import-not-at-top
   from trainer import task  # pylint: disable=g-import-not-at-top
