@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
@@ -91,6 +92,10 @@ def gcs_server(monkeypatch):
   from trainer import storage  # pylint: disable=g-import-not-at-top
   server = FakeGCSServer()
   server.start()
+  # The wrapper pipes the server's request log to stderr and never reads it:
+  # after about 64 KB of log the server blocks and every request hangs.
+  log = server._process.stderr  # pylint: disable=protected-access
+  threading.Thread(target=log.read, daemon=True).start()
   monkeypatch.setenv('STORAGE_EMULATOR_HOST', server.url)
   monkeypatch.setenv('GOOGLE_CLOUD_PROJECT', 'test-project')
   storage._client.cache_clear()  # pylint: disable=protected-access

@@ -14,7 +14,9 @@ def test_default_command_leaves_every_output_of_contract_1(trained_job_dir):
   # settings in a subprocess (see conftest).
   names = sorted(os.listdir(trained_job_dir))
   assert names == ['checkpoints', 'config.yaml', 'export', 'logs',
-                   'metrics.json']
+                   'metrics.json', 'training_curves.png']
+  with open(os.path.join(trained_job_dir, 'training_curves.png'), 'rb') as f:
+    assert f.read(4) == b'\x89PNG'
   metrics = conftest.read_json(os.path.join(trained_job_dir, 'metrics.json'))
   assert metrics['epochs'] == 2
   assert 0.5 < metrics['test_accuracy'] <= 1.0

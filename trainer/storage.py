@@ -365,12 +365,19 @@ def download_tree(remote_dir, local_dir):
   return copied
 
 
-def sync_tree(local_dir, remote_dir):
+def sync_tree(local_dir, remote_dir, last=()):
   """Makes `remote_dir` an exact copy of local `local_dir`.
 
   Uploads files that are new or whose size or content changed since the last
   sync and deletes remote files that no longer exist locally. Used to mirror
   checkpoint and log folders written by TensorFlow to a GCS job dir.
+
+  Args:
+    local_dir: the local folder.
+    remote_dir: the gs:// folder to update.
+    last: relative paths uploaded after every other file, and before any
+      deletion: a record naming other files (a resume record) then never
+      names a file that is not there yet, or no longer.
   """
   remote_dir = normalize(remote_dir)
   if not is_gcs(remote_dir):
@@ -382,7 +389,9 @@ def sync_tree(local_dir, remote_dir):
       local_files[relative] = path
   remote_sizes = {uri[len(remote_dir) + 1:]: blob_size
                   for uri, blob_size in _list_blobs(remote_dir + '/')}
-  for relative, path in local_files.items():
+  ordered = sorted(local_files, key=lambda relative: relative in last)
+  for relative in ordered:
+    path = local_files[relative]
     with open(path, 'rb') as f:
       data = f.read()
     if remote_sizes.get(relative) == len(data) and _same_content(

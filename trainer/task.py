@@ -5,10 +5,18 @@ r"""Train, evaluate and export an image classifier.
 
 Flags override the --config file; --helpfull lists every flag. On Vertex AI,
 AIP_MODEL_DIR, AIP_CHECKPOINT_DIR and AIP_TENSORBOARD_LOG_DIR are honoured.
+TF_CONFIG (or Vertex AI's CLUSTER_SPEC) makes this process one task of a
+multi-worker job. SIGTERM stops training at a safe point with exit status
+143; rerunning the same command resumes from the last finished epoch.
 """
 
-import os
-import sys
+import time
+
+# How long start-up (or a resume) takes is measured from here.
+_STARTED_AT = time.time()
+
+import os  # pylint: disable=g-import-not-at-top,g-bad-import-order
+import sys  # pylint: disable=g-import-not-at-top,g-bad-import-order
 
 # Before TensorFlow is imported: keep its C++ start-up chatter out of the log.
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
@@ -19,6 +27,7 @@ from absl import logging
 
 from trainer import cluster as cluster_lib
 from trainer import config as config_lib
+from trainer import preemption
 
 _CONFIG = flags.DEFINE_string(
     'config', None, 'A YAML or JSON file of flag values (see config/); flags '
@@ -86,21 +95,40 @@ def main(argv):
         os.environ.get('TF_CONFIG'), os.environ.get('CLUSTER_SPEC'))
   except (config_lib.ConfigError, cluster_lib.ClusterError) as e:
     raise app.UsageError(str(e)) from e
+  # From here on SIGTERM (preemption) and Ctrl-C stop at a safe point.
+  stop_signal = preemption.StopSignal()
+  stop_signal.install()
   # TensorFlow is imported only now, so bad input fails in a fraction of a
   # second; and the strategy comes first, before any other TensorFlow call.
   from trainer import distribute  # pylint: disable=g-import-not-at-top
-  strategy = distribute.create_strategy(config.strategy, cluster)
+  try:
+    strategy = distribute.create_strategy(config.strategy, cluster, task)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
+  from trainer import checkpoints  # pylint: disable=g-import-not-at-top
   from trainer import data  # pylint: disable=g-import-not-at-top
   from trainer import export  # pylint: disable=g-import-not-at-top
+  from trainer import hptuning  # pylint: disable=g-import-not-at-top
   from trainer import train  # pylint: disable=g-import-not-at-top
+  if config.hypertune_metric:
+    try:
+      hptuning.check_available()
+    except hptuning.MissingDependencyError as e:
+      raise app.UsageError(str(e)) from e
   logging.info('Configuration:\n%s', '\n'.join(
       f'  {k}: {v!r}' for k, v in config.to_dict().items()))
   try:
-    train.run(config, strategy, task)
+    train.run(config, strategy, task, stop_signal=stop_signal,
+              started_at=_STARTED_AT)
   except (config_lib.ConfigError, data.DataError, export.ArtifactError,
-          train.CheckpointError) as e:
+          checkpoints.CheckpointError) as e:
     logging.error('%s', e)
     sys.exit(2)
+  except preemption.Preempted as e:
+    logging.warning('%s The backup of the last finished epoch is in %s: '
+                    'rerun the same command to resume from it.', e,
+                    train.Layout.from_config(config).checkpoint_dir)
+    sys.exit(e.exit_status)
 
 
 if __name__ == '__main__':

@@ -14,16 +14,15 @@ Job dir layout (Contract 1):
   JOB_DIR/export/        the model artifact (Contract 2)
   JOB_DIR/metrics.json   test metrics, per-epoch history, throughput
 
-Checkpoints and logs are written by TensorFlow to local folders; when their
-home is on gs:// they are mirrored there after every epoch (TensorFlow's own
-GCS client cannot reach an emulator, and a local working copy keeps the
-training loop independent of the network).
+Resume state, its folders and their gs:// mirrors are in checkpoints.py; the
+strategy, the input under it and the Keras multi-worker fixes in
+distribute.py; stopping on SIGTERM in preemption.py; transfer learning's base
+model, new head and fine-tuning phase in transfer.py. In a multi-worker job
+every worker runs this same code; only the chief writes into the job dir.
 """
 
 import dataclasses
 import os
-import shutil
-import tempfile
 import time
 
 from absl import logging
@@ -31,26 +30,28 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from trainer import checkpoints
 from trainer import cluster
 from trainer import config as config_lib
+from trainer import curves
 from trainer import data
+from trainer import distribute
 from trainer import export
+from trainer import hptuning
 from trainer import models
+from trainer import preemption
 from trainer import storage
 from trainer import transfer
 
 METRICS_FILE = 'metrics.json'
 CONFIG_FILE = 'config.yaml'
 HISTORY_FILE = 'history.json'
-BACKUP_DIR = 'backup'
+KEEP_CHECKPOINTS = 3
 # Transfer learning's second phase keeps its own resume state, history and
 # TensorBoard logs in this sub-folder of checkpoints/ and logs/.
 FINE_TUNE_DIR = 'fine_tune'
-KEEP_CHECKPOINTS = 3
 
-
-class CheckpointError(RuntimeError):
-  """A checkpoint cannot be resumed by this configuration."""
+CheckpointError = checkpoints.CheckpointError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,97 +84,75 @@ class Layout:
 
 
 # --------------------------------------------------------------------------
-# Local working copies of folders that may live on GCS.
-
-
-class _Mirror:
-  """A local folder standing in for `home`, which may be on GCS."""
-
-  def __init__(self, home, name):
-    self.home = home
-    self.remote = storage.is_gcs(home)
-    self.local = tempfile.mkdtemp(prefix=f'{name}-') if self.remote else home
-
-  def pull(self):
-    if self.remote:
-      storage.download_tree(self.home, self.local)
-    else:
-      os.makedirs(self.local, exist_ok=True)
-
-  def push(self):
-    if self.remote:
-      storage.sync_tree(self.local, self.home)
-
-  def close(self):
-    if self.remote:
-      shutil.rmtree(self.local, ignore_errors=True)
-
-
-class _PushMirrors(keras.callbacks.Callback):
-  """Mirrors local checkpoint and log folders to GCS after every epoch."""
-
-  def __init__(self, mirrors):
-    super().__init__()
-    self._mirrors = mirrors
-
-  def on_epoch_end(self, epoch, logs=None):
-    for mirror in self._mirrors:
-      mirror.push()
-
-
-# --------------------------------------------------------------------------
 # Callbacks.
-
-
-class _BackupAndRestore(keras.callbacks.BackupAndRestore):
-  """BackupAndRestore whose restore errors name the folder and the way out."""
-
-  def on_train_begin(self, logs=None):
-    try:
-      super().on_train_begin(logs)
-    except (ValueError, OSError, KeyError) as e:
-      raise CheckpointError(
-          f'Cannot resume from the checkpoint in {self.backup_dir}: {e}. It '
-          'was written by a different model or configuration, or is '
-          'corrupt. Use a new --job_dir, or pass --start_fresh to delete it '
-          'and train from scratch.') from e
 
 
 class _EpochLog(keras.callbacks.Callback):
   """Logs one line per epoch and keeps a resumable per-epoch history.
 
   The history lives in the checkpoint folder, so a resumed run reports every
-  epoch, not only those it ran itself.
+  epoch, not only those it ran itself. Each entry says which attempt (1 for
+  the first process, 2 after the first restart, ...) trained it, and how fast
+  it trained (images/s over the training steps, validation left out).
+
+  Attributes:
+    history: the entries of every epoch so far, restored ones included.
+    first_step_seconds: seconds from `started_at` to this process's first
+      training step (None before it): the start-up or resume latency.
   """
 
-  def __init__(self, history_path, epochs, images_per_epoch):
+  def __init__(self, restore_path, save_path, epochs, images_per_epoch,
+               started_at=None):
     super().__init__()
-    self._path = history_path
+    self._restore_path = restore_path
+    self._save_path = save_path
     self._epochs = epochs
     self._images = images_per_epoch
+    self._started_at = started_at
     self.history = []
+    self.first_step_seconds = None
+    self._attempt = 1
     self._start = 0.0
+    self._train_seconds = None
 
   def on_train_begin(self, logs=None):
-    if os.path.exists(self._path):
-      first_epoch = getattr(self.model, '_initial_epoch', 0) or 0
-      self.history = [entry for entry in storage.read_json(self._path)
-                      if entry['epoch'] <= first_epoch]
+    if os.path.exists(self._restore_path):
+      self.history = storage.read_json(self._restore_path)
+      self._attempt = 1 + max(
+          (entry.get('attempt', 1) for entry in self.history), default=0)
 
   def on_epoch_begin(self, epoch, logs=None):
+    # Entries of epochs the backup does not hold (written just before a
+    # kill) are trained again.
+    self.history = [entry for entry in self.history if entry['epoch'] <= epoch]
     self._start = time.perf_counter()
+    self._train_seconds = None
+
+  def on_train_batch_begin(self, batch, logs=None):
+    if self.first_step_seconds is None and self._started_at is not None:
+      self.first_step_seconds = round(time.time() - self._started_at, 3)
+      logging.info('First training step %.1fs after start (epoch %d).',
+                   self.first_step_seconds, len(self.history) + 1)
+
+  def on_test_begin(self, logs=None):
+    # Validation inside fit() starts: the epoch's training steps are done.
+    if self._train_seconds is None:
+      self._train_seconds = time.perf_counter() - self._start
 
   def on_epoch_end(self, epoch, logs=None):
     seconds = time.perf_counter() - self._start
-    entry = {'epoch': epoch + 1, 'seconds': round(seconds, 3)}
+    train_seconds = self._train_seconds or seconds
+    entry = {'epoch': epoch + 1, 'attempt': self._attempt,
+             'seconds': round(seconds, 3)}
     if self._images:
-      entry['images_per_second'] = round(self._images / seconds, 1)
+      entry['images_per_second'] = round(self._images / train_seconds, 1)
     entry.update({k: float(v) for k, v in (logs or {}).items()
                   if np.isscalar(v) and k != 'learning_rate'})
     self.history.append(entry)
-    storage.write_json(self._path, self.history)
+    storage.write_json(self._save_path, self.history)
     shown = ' - '.join(f'{k} {v:.4f}' for k, v in entry.items()
-                       if k not in ('epoch', 'seconds', 'images_per_second'))
+                       if k not in ('epoch', 'attempt', 'seconds',
+                                    'images_per_second'))
     speed = (f' - {entry["images_per_second"]:.0f} images/s'
              if 'images_per_second' in entry else '')
     logging.info('Epoch %d/%d - %.1fs%s - %s', epoch + 1, self._epochs,
@@ -195,25 +174,56 @@ class _PruneCheckpoints(keras.callbacks.Callback):
       os.remove(os.path.join(self._directory, name))
 
 
-def _callbacks(config, checkpoint_dir, log_dir, images_per_epoch, mirrors,
-               is_chief):
-  """The callback list, in the order that matters: back up, log, mirror."""
+class _StopAtSafePoint(keras.callbacks.Callback):
+  """Raises preemption.Preempted at a safe point once a signal came in.
+
+  Safe points: the start of a batch (training or validation), and the end of
+  an epoch once its backup is written and pushed (so put it last). Batch-begin
+  hooks leave Keras' asynchronous batch-end dispatch in place.
+  """
+
+  def __init__(self, stop_signal):
+    super().__init__()
+    self._stop = stop_signal
+
+  def on_train_begin(self, logs=None):
+    self._stop.check()
+
+  def on_train_batch_begin(self, batch, logs=None):
+    self._stop.check()
+
+  def on_test_batch_begin(self, batch, logs=None):
+    self._stop.check()
+
+  def on_epoch_end(self, epoch, logs=None):
+    self._stop.check()
+
+
+def _callbacks(config, dirs, images_per_epoch, stop_signal, started_at):
+  """The callback list, in the order that matters: log, back up, push, stop.
+
+  The history is written before the backup's record (a kill between the two
+  leaves an epoch in the history that the backup does not hold, which the
+  next attempt drops and trains again), and both before the push. Every
+  worker runs the same callbacks; `dirs` points other workers' output at
+  temporary folders.
+  """
   callbacks = [
-      _BackupAndRestore(os.path.join(checkpoint_dir, BACKUP_DIR),
-                        double_checkpoint=True, delete_checkpoint=False),
-      _EpochLog(os.path.join(checkpoint_dir, HISTORY_FILE), config.epochs,
-                images_per_epoch),
+      _EpochLog(os.path.join(dirs.restore_dir, HISTORY_FILE),
+                os.path.join(dirs.checkpoint_dir, HISTORY_FILE),
+                config.epochs, images_per_epoch, started_at),
+      checkpoints.BackupAndRestore(dirs.restore_dir, dirs.checkpoint_dir,
+                                   config),
+      keras.callbacks.ModelCheckpoint(
+          os.path.join(dirs.checkpoint_dir, 'epoch-{epoch:03d}.weights.h5'),
+          save_weights_only=True),
+      _PruneCheckpoints(dirs.checkpoint_dir, KEEP_CHECKPOINTS),
+      keras.callbacks.TensorBoard(dirs.log_dir, profile_batch=0),
+      checkpoints.PushAfterEpoch(dirs),
   ]
-  if is_chief:
-    callbacks += [
-        keras.callbacks.ModelCheckpoint(
-            os.path.join(checkpoint_dir, 'epoch-{epoch:03d}.weights.h5'),
-            save_weights_only=True),
-        _PruneCheckpoints(checkpoint_dir, KEEP_CHECKPOINTS),
-        keras.callbacks.TensorBoard(log_dir, profile_batch=0),
-    ]
-  callbacks.append(_PushMirrors(mirrors))
-  return callbacks
+  if config.hypertune_metric and dirs.is_chief:
+    callbacks.append(hptuning.ReportMetric(config.hypertune_metric))
+  return callbacks + [_StopAtSafePoint(stop_signal)]
 
 
 # --------------------------------------------------------------------------
@@ -233,7 +243,7 @@ def check_previous_run(layout, config):
   finished = storage.exists(layout.metrics_path) and export.is_complete(
       layout.export_dir)
   has_checkpoint = storage.exists(
-      storage.join(layout.checkpoint_dir, BACKUP_DIR))
+      storage.join(layout.checkpoint_dir, checkpoints.STATE_PATH))
   if not (finished or has_checkpoint):
     return 'new'
   if storage.exists(layout.config_path):
@@ -291,52 +301,85 @@ def _images_per_epoch(config, info):
   return info.sizes.get('train')
 
 
-def fit(model, config, source, checkpoint_dir, log_dir, mirrors, is_chief):
+def _input(strategy, source, config, split, training):
+  """One split's input pipeline, distributed as `strategy` needs it."""
+
+  def make(batch_size, shard):
+    dataset = data.make_dataset(
+        source, split, batch_size, config.image_shape, training=training,
+        seed=config.seed, shuffle_buffer=config.shuffle_buffer,
+        cache=config.cache if split != 'test' else 'none',
+        augment=config.augment and training, shard=shard)
+    if training and config.steps_per_epoch:
+      dataset = dataset.repeat()
+    return dataset
+
+  return distribute.distribute_dataset(strategy, make, config.batch_size)
+
+
+def fit(model, config, source, strategy, dirs, stop_signal, started_at=None):
   """Runs model.fit with resume-safe callbacks.
 
   Returns:
-    (keras History, per-epoch history list including resumed epochs).
+    (per-epoch history including restored epochs, the epoch training resumed
+    from (0: from scratch), seconds from `started_at` to the first training
+    step or None).
   """
   info = source.info
-  make = lambda split, training: data.make_dataset(
-      source, split, config.batch_size, config.image_shape, training=training,
-      seed=config.seed, shuffle_buffer=config.shuffle_buffer,
-      cache=config.cache, augment=config.augment and training)
-  train_data = make('train', True)
-  if config.steps_per_epoch:
-    train_data = train_data.repeat()
-  validation_data = make('validation', False) if info.sizes.get(
-      'validation') != 0 else None
-  callbacks = _callbacks(config, checkpoint_dir, log_dir,
-                         _images_per_epoch(config, info), mirrors, is_chief)
-  history = model.fit(
-      train_data, validation_data=validation_data, epochs=config.epochs,
-      steps_per_epoch=config.steps_per_epoch or None, callbacks=callbacks,
-      shuffle=False,  # The tf.data pipeline shuffles.
-      verbose=0)
-  return history, callbacks[1].history
+  train_data = _input(strategy, source, config, 'train', True)
+  validation_data = _input(strategy, source, config, 'validation', False) if (
+      info.sizes.get('validation') != 0) else None
+  callbacks = _callbacks(config, dirs, _images_per_epoch(config, info),
+                         stop_signal, started_at)
+  epoch_log, backup = callbacks[0], callbacks[1]
+  with distribute.unknown_length_input():
+    model.fit(
+        train_data, validation_data=validation_data, epochs=config.epochs,
+        steps_per_epoch=config.steps_per_epoch or None, callbacks=callbacks,
+        shuffle=False,  # The tf.data pipeline shuffles.
+        verbose=0)
+  return (epoch_log.history, backup.restored_epoch,
+          epoch_log.first_step_seconds)
 
 
 def _summarise_throughput(history):
-  """Median training images/s over epochs, leaving out the first (warm-up)."""
-  rates = [entry['images_per_second'] for entry in history
-           if 'images_per_second' in entry]
-  if len(rates) > 1:
-    rates = rates[1:]
+  """Median training images/s over epochs, leaving out warm-up epochs.
+
+  The first epoch of each attempt (process) includes tracing and start-up.
+  """
+  rates, warm = [], []
+  previous_attempt = object()  # Matches no attempt: the first is warm-up.
+  for entry in history:
+    if 'images_per_second' in entry:
+      rates.append(entry['images_per_second'])
+      if entry.get('attempt') == previous_attempt:
+        warm.append(entry['images_per_second'])
+    previous_attempt = entry.get('attempt')
+  rates = warm or rates
   return round(float(np.median(rates)), 1) if rates else None
 
 
-def run(config, strategy, task=cluster.TaskInfo()):
+def run(config, strategy, task=cluster.TaskInfo(), *, stop_signal=None,
+        started_at=None):
   """Trains, evaluates and exports as `config` says.
 
   Args:
     config: a validated Config.
     strategy: the tf.distribute strategy (created first, in task.py).
     task: which task of a cluster this process is (the chief writes).
+    stop_signal: a preemption.StopSignal whose handlers the binary
+      installed; training stops at a safe point once it records a signal.
+    started_at: time.time() when the process started, to report how long
+      it took to reach the first training step.
 
   Returns:
     The metrics dict written to metrics.json.
+
+  Raises:
+    preemption.Preempted: when stopped by a signal; rerun to resume.
+    checkpoints.CheckpointError: if the checkpoint cannot be resumed.
   """
+  stop_signal = stop_signal or preemption.StopSignal()
   base = None
   if config.transfer:  # Transfer learning: the base fixes the input shape.
     with strategy.scope():
@@ -344,11 +387,13 @@ def run(config, strategy, task=cluster.TaskInfo()):
   layout = Layout.from_config(config)
   if config.start_fresh and task.is_chief:
     discard_previous_run(layout)
-  state = check_previous_run(layout, config)
+  # With --start_fresh, other workers ignore what the chief is deleting.
+  state = 'new' if config.start_fresh else check_previous_run(layout, config)
   if state == 'finished':
     logging.info('%s already holds a finished run (metrics.json and a '
                  'complete export): nothing to do. Pass --start_fresh to '
                  'train again.', layout.job_dir)
+    distribute.wait_for_all_workers(strategy)
     return storage.read_json(layout.metrics_path)
   source = data.load_source(config)
   logging.info('Dataset %s: %d classes, split sizes %s, input shape %s.',
@@ -359,16 +404,61 @@ def run(config, strategy, task=cluster.TaskInfo()):
   if state == 'resumable':
     logging.info('Resuming from the checkpoint in %s.', layout.checkpoint_dir)
   model = build_and_compile(config, source.info, strategy, base)
+  distribute.prepare_model(model, strategy)
   logging.info('Model %s: %d parameters.', model.name, model.count_params())
-  return _train_evaluate_export(config, layout, source, model, strategy, task,
-                                base)
+  dirs = checkpoints.WorkDirs(layout.checkpoint_dir, layout.log_dir, task,
+                              restore=not config.start_fresh)
+  try:
+    return _train_evaluate_export(config, layout, source, model, strategy,
+                                  task, dirs, stop_signal, started_at, base)
+  except preemption.Preempted:
+    try:
+      dirs.push()  # Idempotent; the local backup is always consistent.
+    except Exception:  # pylint: disable=broad-except
+      logging.exception('Could not push the backup on the way out.')
+    raise
+  finally:
+    dirs.close()
 
 
-def _fine_tune(model, config, source, checkpoint_dir, log_dir, mirrors,
-               is_chief, strategy):
+def _train_evaluate_export(config, layout, source, model, strategy, task,
+                           dirs, stop_signal, started_at, base=None):
+  start = time.perf_counter()
+  history, first_epoch, first_step_seconds = fit(
+      model, config, source, strategy, dirs, stop_signal, started_at)
+  if base is not None:  # Transfer learning: the optional second phase.
+    history = transfer.combine_histories(
+        history, _fine_tune(model, config, source, strategy, dirs,
+                            stop_signal), config.epochs)
+  train_seconds = time.perf_counter() - start
+  metrics = _evaluate(model, config, source, strategy, stop_signal)
+  metrics.update({
+      'epochs': config.epochs,
+      'resumed_from_epoch': first_epoch,
+      'first_step_seconds': first_step_seconds,
+      'dataset': config.dataset,
+      'model': model.name,
+      'examples': source.info.sizes,
+      'replicas': strategy.num_replicas_in_sync,
+      'workers': task.num_tasks,
+      'train_seconds': round(train_seconds, 2),
+      'train_images_per_second': _summarise_throughput(history),
+      'history': history,
+  })
+  last = history[-1] if history else {}
+  for key in ('val_accuracy', 'val_loss', 'accuracy', 'loss'):
+    if key in last:
+      metrics[key] = last[key]
+  stop_signal.check()
+  _export(model, config, source, layout, dirs, task, metrics, base)
+  distribute.wait_for_all_workers(strategy)
+  return metrics
+
+
+def _fine_tune(model, config, source, strategy, dirs, stop_signal):
   """Transfer learning, phase 2: unfreezes the top base layers, trains on.
 
-  Resumable on its own: its BackupAndRestore state, history and logs live in
+  Resumable on its own: its resume state, history and logs live in
   FINE_TUNE_DIR sub-folders (a restarted job re-runs phase 1 as zero epochs
   from its finished backup, then resumes here).
 
@@ -384,72 +474,45 @@ def _fine_tune(model, config, source, checkpoint_dir, log_dir, mirrors,
                config.fine_tune_rate)
   phase = dataclasses.replace(
       config, epochs=config.fine_tune_epochs or config.epochs)
-  _, history = fit(model, phase, source,
-                   os.path.join(checkpoint_dir, FINE_TUNE_DIR),
-                   os.path.join(log_dir, FINE_TUNE_DIR), mirrors, is_chief)
+  history, _, _ = fit(model, phase, source, strategy,
+                      dirs.phase(FINE_TUNE_DIR), stop_signal)
   return history
 
 
-def _train_evaluate_export(config, layout, source, model, strategy, task,
-                           base=None):
-  checkpoints = _Mirror(layout.checkpoint_dir, 'checkpoints')
-  logs = _Mirror(layout.log_dir, 'logs')
-  try:
-    checkpoints.pull()
-    start = time.perf_counter()
-    first_epoch = _saved_epoch(checkpoints.local)
-    _, history = fit(model, config, source, checkpoints.local, logs.local,
-                     [checkpoints, logs], task.is_chief)
-    if base is not None:  # Transfer learning: the optional second phase.
-      fine_tune_history = _fine_tune(
-          model, config, source, checkpoints.local, logs.local,
-          [checkpoints, logs], task.is_chief, strategy)
-      history = transfer.combine_histories(history, fine_tune_history,
-                                           config.epochs)
-    train_seconds = time.perf_counter() - start
-    test_data = data.make_dataset(source, 'test', config.batch_size,
-                                  config.image_shape, training=False,
-                                  cache='none')
-    test = model.evaluate(test_data, return_dict=True, verbose=0)
-    metrics = {
-        'test_accuracy': float(test['accuracy']),
-        'test_loss': float(test['loss']),
-        'epochs': config.epochs,
-        'resumed_from_epoch': first_epoch,
-        'dataset': config.dataset,
-        'model': model.name,
-        'examples': source.info.sizes,
-        'replicas': strategy.num_replicas_in_sync,
-        'train_seconds': round(train_seconds, 2),
-        'train_images_per_second': _summarise_throughput(history),
-        'history': history,
-    }
-    last = history[-1] if history else {}
-    for key in ('val_accuracy', 'val_loss', 'accuracy', 'loss'):
-      if key in last:
-        metrics[key] = last[key]
-    logging.info('Test accuracy %.4f, test loss %.4f.',
-                 metrics['test_accuracy'], metrics['test_loss'])
-    if task.is_chief:
-      metadata = export.build_metadata(
-          class_names=source.info.class_names, image_shape=config.image_shape,
-          dataset=config.dataset, model_name=model.name,
-          metrics={k: metrics[k] for k in ('test_accuracy', 'test_loss')},
-          extra=(transfer.describe(base, model, config.dataset,
-                                   config.fine_tune_layers) if base else None))
-      export.export_model(model, layout.export_dir, metadata)
-      logs.push()
-      storage.write_json(layout.metrics_path, metrics)
-      logging.info('Wrote %s.', layout.metrics_path)
-    return metrics
-  finally:
-    checkpoints.close()
-    logs.close()
+def _evaluate(model, config, source, strategy, stop_signal):
+  """Test accuracy and loss, over all workers' shards of the test split."""
+  with distribute.unknown_length_input():
+    test = model.evaluate(
+        _input(strategy, source, config, 'test', False), return_dict=True,
+        verbose=0, callbacks=[_StopAtSafePoint(stop_signal)])
+  logging.info('Test accuracy %.4f, test loss %.4f.', test['accuracy'],
+               test['loss'])
+  return {'test_accuracy': float(test['accuracy']),
+          'test_loss': float(test['loss'])}
 
 
-def _saved_epoch(checkpoint_dir):
-  """The epoch a BackupAndRestore backup will resume at (0 if none)."""
-  path = os.path.join(checkpoint_dir, BACKUP_DIR, 'training_metadata.json')
-  if not os.path.exists(path):
-    return 0
-  return int(storage.read_json(path).get('epoch', 0))
+def _export(model, config, source, layout, dirs, task, metrics, base=None):
+  """The chief publishes the export, logs, chart and metrics.json, in order.
+
+  metrics.json comes last: with a complete export it marks a finished run.
+  """
+  metadata = export.build_metadata(
+      class_names=source.info.class_names, image_shape=config.image_shape,
+      dataset=config.dataset, model_name=model.name,
+      metrics={k: metrics[k] for k in ('test_accuracy', 'test_loss')},
+      extra=(transfer.describe(base, model, config.dataset,
+                               config.fine_tune_layers) if base else None))
+  if task.is_chief:
+    export.export_model(model, layout.export_dir, metadata)
+    dirs.push()
+    curves.write_chart(metrics['history'],
+                       storage.join(layout.job_dir, curves.CHART_FILE),
+                       f'{model.name} on {config.dataset}')
+    storage.write_json(layout.metrics_path, metrics)
+    logging.info('Wrote %s.', layout.metrics_path)
+  else:
+    # The same saving code as the chief's, in case saving needs every
+    # worker's part in collective ops; the copy is thrown away.
+    export.write_artifact_files(
+        model, dirs.temporary_dir(task.name.replace('/', '') + '-export-'),
+        metadata)

@@ -1,0 +1,311 @@
+"""Resume state: the backup a preempted run restarts from, and its folders.
+
+The checkpoint folder (JOB_DIR/checkpoints, or AIP_CHECKPOINT_DIR) holds:
+  backup/training_metadata.json  the commit record, written last, atomically:
+                                 {"epoch", "weights", "previous", "config"}
+  backup/epoch-NNNN.weights.h5   weights and optimizer state after an epoch;
+                                 the newest two are kept
+  history.json                   per-epoch history (train.py)
+  epoch-NNN.weights.h5           periodic weight checkpoints (train.py)
+
+Keras' own BackupAndRestore overwrites one weights file in place and then its
+metadata, so a kill between the two writes, or during either, leaves a
+backup that does not match its record or cannot be read. Here every epoch
+writes a new weights file, and the record that names it is replaced
+atomically afterwards: a killed run leaves the previous backup intact. Like
+Keras', it restores the epoch, not the batch: an interrupted epoch is trained
+again from its first batch.
+
+In a multi-worker job every worker restores from the shared folder (so all
+resume at the same epoch), only the chief writes there, and the others save
+into temporary folders that they remove: saving may need every worker's part
+in collective operations, so all of them save.
+
+TensorFlow writes to local folders. When the checkpoint or log folder lives
+on gs://, the chief works on a local copy and pushes it after every epoch,
+the record last; TensorFlow's own GCS client cannot reach an emulator, and a
+local copy keeps the training loop independent of the network.
+"""
+
+import datetime
+import os
+import re
+import shutil
+import tempfile
+
+from absl import logging
+import keras
+
+from trainer import config as config_lib
+from trainer import storage
+
+BACKUP_DIR = 'backup'
+STATE_FILE = 'training_metadata.json'
+STATE_PATH = f'{BACKUP_DIR}/{STATE_FILE}'
+_WEIGHTS_PATTERN = re.compile(r'^epoch-\d+\.weights\.h5$')
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint cannot be resumed by this configuration."""
+
+
+def _way_out(folder):
+  return (f'Use a new --job_dir (or --checkpoint_dir), or pass --start_fresh '
+          f'to delete {folder} and train from scratch.')
+
+
+# --------------------------------------------------------------------------
+# Folders.
+
+
+class WorkDirs:
+  """The local folders one process of a run restores from and writes to.
+
+  Attributes:
+    restore_dir: holds the shared resume state: the job's checkpoint folder,
+      or a local copy of it when that lives on gs://.
+    checkpoint_dir: where this process writes checkpoints: `restore_dir` on
+      the chief, a temporary folder on other workers.
+    log_dir: where this process writes TensorBoard logs: the job's log
+      folder (or a local copy) on the chief, a temporary folder elsewhere.
+  """
+
+  def __init__(self, checkpoint_home, log_home, task, restore=True):
+    """Pulls the shared state and makes the folders.
+
+    Args:
+      checkpoint_home: the run's checkpoint folder, local or gs://.
+      log_home: the run's TensorBoard folder, local or gs://.
+      task: the cluster.TaskInfo of this process.
+      restore: False to ignore any state in checkpoint_home.
+    """
+    self._checkpoint_home = checkpoint_home
+    self._log_home = log_home
+    self.is_chief = task.is_chief
+    self._temporary = []
+    label = task.name.replace('/', '')
+    try:
+      self.restore_dir = self._local_copy(
+          checkpoint_home, f'{label}-restore-', pull=restore)
+      if self.is_chief:
+        self.checkpoint_dir = self.restore_dir
+        self.log_dir = self._local_copy(log_home, f'{label}-logs-', pull=True)
+      else:
+        self.checkpoint_dir = self.temporary_dir(f'{label}-checkpoints-')
+        self.log_dir = self.temporary_dir(f'{label}-logs-')
+        logging.info('Task %s writes its checkpoints and logs to temporary '
+                     'folders, removed at the end: %s, %s.', task.name,
+                     self.checkpoint_dir, self.log_dir)
+    except BaseException:
+      self.close()
+      raise
+    if not restore and self.restore_dir != self.checkpoint_dir:
+      self.restore_dir = self.checkpoint_dir  # Nothing to restore from.
+
+  def _local_copy(self, home, prefix, pull):
+    if not storage.is_gcs(home):
+      if self.is_chief:  # Other workers only read it, if it exists.
+        os.makedirs(home, exist_ok=True)
+      return home
+    local = self.temporary_dir(prefix)
+    if pull:
+      storage.download_tree(home, local)
+    return local
+
+  def temporary_dir(self, prefix):
+    """A new local temporary folder, removed by `close`."""
+    path = tempfile.mkdtemp(prefix=prefix)
+    self._temporary.append(path)
+    return path
+
+  def phase(self, name):
+    """The folders of a later training phase: `name` sub-folders of these.
+
+    A phase (transfer learning's fine-tuning) keeps its own resume state,
+    history and logs; pushing and closing stay with this object.
+    """
+    return _PhaseDirs(self, name)
+
+  def push(self):
+    """Chief only: mirrors local copies to gs://, resume records last."""
+    if not self.is_chief:
+      return
+    if storage.is_gcs(self._checkpoint_home):
+      records = tuple(
+          os.path.relpath(os.path.join(root, STATE_FILE),
+                          self.checkpoint_dir).replace(os.sep, '/')
+          for root, _, files in os.walk(self.checkpoint_dir)
+          if STATE_FILE in files)
+      storage.sync_tree(self.checkpoint_dir, self._checkpoint_home,
+                        last=records)
+    if storage.is_gcs(self._log_home):
+      storage.sync_tree(self.log_dir, self._log_home)
+
+  def close(self):
+    """Removes the temporary folders (local copies, other workers' output)."""
+    for path in self._temporary:
+      shutil.rmtree(path, ignore_errors=True)
+    self._temporary = []
+
+
+class _PhaseDirs:
+  """WorkDirs of a later phase: sub-folders, the parent's push and clean-up."""
+
+  def __init__(self, parent, name):
+    self._parent = parent
+    self.is_chief = parent.is_chief
+    self.restore_dir = os.path.join(parent.restore_dir, name)
+    self.checkpoint_dir = os.path.join(parent.checkpoint_dir, name)
+    self.log_dir = os.path.join(parent.log_dir, name)
+    os.makedirs(self.checkpoint_dir, exist_ok=True)
+
+  def temporary_dir(self, prefix):
+    return self._parent.temporary_dir(prefix)
+
+  def push(self):
+    self._parent.push()
+
+
+class PushAfterEpoch(keras.callbacks.Callback):
+  """Pushes the chief's local copies to gs:// after every epoch."""
+
+  def __init__(self, dirs):
+    super().__init__()
+    self._dirs = dirs
+
+  def on_epoch_end(self, epoch, logs=None):
+    self._dirs.push()
+
+
+# --------------------------------------------------------------------------
+# The resume record.
+
+
+def read_state(checkpoint_dir):
+  """The resume record in a local checkpoint folder, or None if there is none.
+
+  Raises:
+    CheckpointError: if the record exists but cannot be read.
+  """
+  path = os.path.join(checkpoint_dir, BACKUP_DIR, STATE_FILE)
+  if not os.path.exists(path):
+    return None
+  try:
+    state = storage.read_json(path)
+    int(state['epoch'])
+    str(state['weights'])
+  except (ValueError, KeyError, TypeError) as e:
+    raise CheckpointError(
+        f'Cannot resume from {os.path.dirname(path)}: {STATE_FILE} is '
+        f'unreadable ({e!r}). {_way_out(checkpoint_dir)}') from e
+  return state
+
+
+def saved_epoch(checkpoint_dir):
+  """The number of epochs a local checkpoint folder has backed up (0: none)."""
+  state = read_state(checkpoint_dir)
+  return int(state['epoch']) if state else 0
+
+
+class BackupAndRestore(keras.callbacks.Callback):
+  """Backs up after every epoch; restores, checked, before training.
+
+  Attributes:
+    restored_epoch: epochs completed by the run restored from (0 if none).
+  """
+
+  def __init__(self, restore_dir, save_dir, config):
+    """Creates the callback.
+
+    Args:
+      restore_dir: local checkpoint folder holding the state to resume.
+      save_dir: local checkpoint folder to write backups to.
+      config: the run's Config; backups record it, and a backup from a
+        configuration that trains something else is refused.
+    """
+    super().__init__()
+    self._restore_dir = restore_dir
+    self._backup_dir = os.path.join(save_dir, BACKUP_DIR)
+    self._config = config
+    self._state = None
+    self.restored_epoch = 0
+
+  def on_train_begin(self, logs=None):
+    state = read_state(self._restore_dir)
+    if state is None:
+      return
+    folder = os.path.join(self._restore_dir, BACKUP_DIR)
+    self._check_config(state, folder)
+    with self.model.distribute_strategy.scope():
+      if self.model.optimizer is not None and not self.model.optimizer.built:
+        # The backup holds optimizer variables: they must exist to be loaded.
+        self.model.optimizer.build(self.model.trainable_variables)
+      self._state = self._load(state, folder)
+    self.restored_epoch = int(self._state['epoch'])
+    self.model._initial_epoch = self.restored_epoch  # pylint: disable=protected-access
+    logging.info('Restored the backup of epoch %d from %s; training resumes '
+                 'at epoch %d.', self.restored_epoch, folder,
+                 self.restored_epoch + 1)
+
+  def _check_config(self, state, folder):
+    saved = state.get('config')
+    if not isinstance(saved, dict):
+      return  # Older record: the weights' shapes are still checked on load.
+    changed = config_lib.training_differences(self._config, saved)
+    if changed:
+      details = ', '.join(f'{k}: {saved[k]!r} -> {getattr(self._config, k)!r}'
+                          for k in changed)
+      raise CheckpointError(
+          f'Cannot resume from {folder}: it was written by a run with a '
+          f'different configuration ({details}). '
+          f'{_way_out(self._restore_dir)}')
+
+  def _load(self, state, folder):
+    """Loads the newest readable backup; returns its record."""
+    errors = []
+    for candidate in (state, state.get('previous')):
+      if not candidate:
+        continue
+      path = os.path.join(folder, candidate['weights'])
+      try:
+        self.model.load_weights(path)
+      except Exception as e:  # pylint: disable=broad-except
+        # h5py, Keras and TensorFlow raise many types for truncated files
+        # and mismatched shapes; each is reported below.
+        errors.append(f'{candidate["weights"]}: {type(e).__name__}: {e}')
+        continue
+      if errors:
+        logging.warning('The newest backup in %s cannot be loaded (%s); '
+                        'resuming from the one before it, of epoch %d.',
+                        folder, errors[0], candidate['epoch'])
+      return candidate
+    raise CheckpointError(
+        f'Cannot resume from the checkpoint in {folder}: '
+        f'{"; ".join(errors)}. It was written by a different model or '
+        f'configuration, or is corrupt. {_way_out(self._restore_dir)}')
+
+  def on_epoch_end(self, epoch, logs=None):
+    os.makedirs(self._backup_dir, exist_ok=True)
+    name = f'epoch-{epoch + 1:04d}.weights.h5'
+    path = os.path.join(self._backup_dir, name)
+    self.model.save_weights(path, overwrite=True)
+    previous = None
+    if self._state:
+      previous = {'epoch': self._state['epoch'],
+                  'weights': self._state['weights']}
+    self._state = {
+        'epoch': epoch + 1, 'weights': name, 'previous': previous,
+        'config': self._config.to_dict(),
+        'saved': datetime.datetime.now(datetime.timezone.utc).isoformat(
+            timespec='seconds'),
+    }
+    # The commit point: storage writes it to a temporary file, then renames.
+    storage.write_json(os.path.join(self._backup_dir, STATE_FILE), self._state)
+    keep = {name, previous['weights'] if previous else None}
+    for other in os.listdir(self._backup_dir):
+      if _WEIGHTS_PATTERN.match(other) and other not in keep:
+        os.remove(os.path.join(self._backup_dir, other))
+
+  def on_train_end(self, logs=None):
+    # A later fit() on the same model (a fine-tuning phase) starts afresh.
+    self.model._initial_epoch = None  # pylint: disable=protected-access
