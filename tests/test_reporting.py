@@ -79,3 +79,19 @@ def test_vertex_tuning_study_matches_the_trainer_flags():
   values = config_lib.load_file(os.path.join(conftest.REPO, config_file))
   metric = job['studySpec']['metrics'][0]['metricId']
   assert values['hypertune_metric'] == metric
+
+
+def test_trainer_reports_the_tuning_metric_to_vertex(tmp_path):
+  from tests import conftest  # pylint: disable=g-import-not-at-top
+  metrics_file = tmp_path / 'hypertune' / 'output.metrics'
+  conftest.run_module(
+      'trainer.task', f'--job_dir={tmp_path}/job', '--model=softmax',
+      '--epochs=2', '--steps_per_epoch=2', '--train_examples=256',
+      '--hypertune_metric=val_accuracy',
+      env={'CLOUD_ML_HP_METRIC_FILE': str(metrics_file)})
+  reports = [json.loads(line) for line in metrics_file.read_text().split(
+      '\n') if line]
+  history = json.loads((tmp_path / 'job' / 'metrics.json').read_text())[
+      'history']
+  assert [float(r['val_accuracy']) for r in reports] == pytest.approx(
+      [entry['val_accuracy'] for entry in history])
