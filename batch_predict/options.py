@@ -99,18 +99,29 @@ def is_remote_runner(options):
   return str(runner).rsplit('.', 1)[-1] in _REMOTE_RUNNERS
 
 
-def unknown_flags(options):
-  """Flags that no PipelineOptions class defines (Beam only warns)."""
-  known = options.get_all_options()
-  everything = options.get_all_options(retain_unknown_options=True)
-  return sorted(f'--{name}' for name in set(everything) - set(known))
+def unknown_flags(argv):
+  """Flags in `argv` that no PipelineOptions class defines.
+
+  Beam only warns about them and carries on, so a typo such as `--top-k=5`
+  would silently score with the default; the scoring command refuses them.
+  The parser is built the way `PipelineOptions.get_all_options` builds it.
+  """
+  parser = pipeline_options._BeamArgumentParser(allow_abbrev=False)  # pylint: disable=protected-access
+  classes = {str(cls): cls
+             for cls in pipeline_options.PipelineOptions.__subclasses__()}
+  for cls in classes.values():
+    cls._add_argparse_args(parser)  # pylint: disable=protected-access
+  _, unknown = parser.parse_known_args(list(argv or []))
+  return sorted(arg.split('=', 1)[0] for arg in unknown
+                if arg.startswith('-'))
 
 
-def build_config(options):
+def build_config(options, argv=None):
   """Checks the flags, the model and the input; returns a `ScoringConfig`.
 
   Args:
     options: the pipeline's `PipelineOptions`.
+    argv: the flags `options` were parsed from, to refuse unknown ones.
 
   Returns:
     A `ScoringConfig`.
@@ -120,7 +131,7 @@ def build_config(options):
     export.ArtifactError: if --model_dir is not a complete artifact.
     inputs.InputError: if --input names nothing to score.
   """
-  unknown = unknown_flags(options)
+  unknown = unknown_flags(argv)
   if unknown:
     raise ConfigError(f'Unknown flag(s) {", ".join(unknown)}; see --help.')
   flags = options.view_as(ScoringOptions)

@@ -125,7 +125,7 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
   """
   options = pipeline_options.PipelineOptions(argv)
   dry_run = is_dry_run(options)
-  config = options_lib.build_config(options)
+  config = options_lib.build_config(options, argv)
   options.view_as(pipeline_options.SetupOptions).save_main_session = (
       save_main_session)
   _LOGGER.info('Scoring %s (%s) with %s into %s-*.', config.source.path,
