@@ -15,8 +15,10 @@ import dataclasses
 import os
 
 from apache_beam.options import pipeline_options
+from google.api_core import exceptions as gcs_exceptions
 
 from batch_predict import inputs
+from batch_predict import outputs
 from trainer import export
 from trainer import storage
 
@@ -179,15 +181,28 @@ def _check_numbers(flags):
 
 
 def _check_output(output):
-  """The output prefix must name files in a folder, without glob characters."""
+  """The output prefix names files in a folder the run can write to."""
   if storage.has_glob(output):
     raise ConfigError(f'--output={output}: a prefix cannot contain *, ? or [ '
                       '(earlier outputs are found by globbing it).')
-  name = storage.basename(output)
-  if not name or output.endswith('/') or (
-      not storage.is_gcs(output) and os.path.isdir(output)):
+  if storage.is_gcs(output):
+    if '/' not in output[len(storage.GCS_PREFIX):]:
+      raise ConfigError(f'--output={output} is a bucket; give a prefix in it, '
+                        f'e.g. --output={output}/scores/run.')
+    try:
+      storage.glob(outputs.output_pattern(output, outputs.PREDICTIONS))
+    except gcs_exceptions.NotFound as e:
+      raise ConfigError(f'--output={output}: no such bucket.') from e
+    return output
+  if os.path.isdir(output):
     raise ConfigError(f'--output={output} is a folder; give a prefix inside '
                       f'it, e.g. --output={storage.join(output, "scores")}.')
+  folder = os.path.dirname(output)
+  while not os.path.exists(folder):
+    folder = os.path.dirname(folder)
+  if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+    raise ConfigError(f'--output={output}: cannot create files under '
+                      f'{folder}.')
   return output
 
 

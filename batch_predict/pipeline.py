@@ -108,6 +108,15 @@ def _log_summary(totals, output):
       outputs.output_pattern(output, outputs.ERRORS) + '.jsonl')
 
 
+def _create_pipeline(options):
+  """A pipeline for `options`; Beam checks its own options (runner, project,
+  temp_location, ...) here, so this comes before any work too."""
+  try:
+    return beam.Pipeline(options=options)
+  except ValueError as e:
+    raise options_lib.ConfigError(str(e)) from e
+
+
 def run(argv=None, save_main_session=True, test_pipeline=None):
   """Checks the flags, then scores `--input` and writes the outputs.
 
@@ -130,13 +139,13 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
       save_main_session)
   _LOGGER.info('Scoring %s (%s) with %s into %s-*.', config.source.path,
                config.source.kind, config.model_dir, config.output)
+  pipeline = test_pipeline or _create_pipeline(options)
   if not dry_run:
     # Names are deterministic, so a re-run rewrites every shard; deleting
     # first also removes shards and temporary files of a killed run.
     deleted = outputs.delete_outputs(config.output)
     if deleted:
       _LOGGER.info('Deleted %d output files of an earlier run.', len(deleted))
-  pipeline = test_pipeline or beam.Pipeline(options=options)
   build_pipeline(pipeline, config)
   if dry_run and not options_lib.is_remote_runner(options):
     _LOGGER.info('Dry run: the flags, model and input are fine; nothing was '

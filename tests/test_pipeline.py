@@ -188,6 +188,29 @@ def test_incomplete_model_fails_before_any_work(trained_export, tmp_path,
   assert earlier_output.exists()
 
 
+def test_output_in_a_missing_bucket_fails_before_any_work(
+    gcs_server, trained_export, tmp_path):
+  images = _write_digits(str(tmp_path / 'images'), 1)
+  with pytest.raises(options_lib.ConfigError, match='no such bucket'):
+    pipeline.run([f'--model_dir={trained_export}', f'--input={images[0]}',
+                  '--output=gs://no-such-bucket/scores/run'])
+
+
+def test_dry_run_checks_everything_and_changes_nothing(
+    trained_export, tmp_path, earlier_output):
+  images = _write_digits(str(tmp_path / 'images'), 2)
+  result = pipeline.run([
+      f'--model_dir={trained_export}', f'--input={tmp_path / "images"}',
+      f'--output={tmp_path / "scores" / "run"}', '--dry_run=True'])
+  assert result.state == 'DONE'
+  assert os.listdir(tmp_path / 'scores') == [earlier_output.name]
+  assert earlier_output.read_text() == '{"uri": "kept"}\n'
+  with pytest.raises(inputs.InputError):
+    pipeline.run([f'--model_dir={trained_export}',
+                  f'--input={images[0]}.missing',
+                  f'--output={tmp_path / "scores" / "run"}', '--dry_run=True'])
+
+
 @pytest.mark.slow
 def test_command_line_errors_are_one_line_and_help_lists_the_flags(tmp_path):
   process = conftest.run_module(
