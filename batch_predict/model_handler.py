@@ -8,7 +8,9 @@ and does its own decoding and resizing (so scoring matches training).
 
 RunInference keeps what it is good at: batching (`min_batch_size`,
 `max_batch_size`), loading the model once per worker process and sharing it
-between threads, and its inference metrics.
+between threads, and its inference metrics. The handler calls the model
+with power-of-two slices of each batch, so TensorFlow sees few distinct
+shapes and its per-shape caches (hence memory) stay bounded.
 
 One undecodable image (a truncated JPEG, say) fails the signature call for its
 whole batch. The handler then splits the batch in halves and retries each,
@@ -88,12 +90,37 @@ def describe_decode_error(error):
           'truncated or corrupt. Re-copy it, or re-export it from the original.')
 
 
+def power_of_two_chunks(batch):
+  """Splits a batch into consecutive chunks whose sizes are powers of two.
+
+  TensorFlow (with oneDNN on CPU) caches compiled kernels per input shape,
+  and the cache grows with every new batch size it meets; RunInference's
+  adaptive batching produces many sizes. Calling the model only with 1, 2,
+  4, ... images keeps that to log2(max_batch_size) + 1 shapes, so memory
+  stays flat however many images are scored.
+
+  Args:
+    batch: a sequence.
+
+  Returns:
+    A list of slices of `batch`, largest first (e.g. 37 -> 32, 4, 1).
+  """
+  chunks = []
+  start = 0
+  while start < len(batch):
+    size = 1 << ((len(batch) - start).bit_length() - 1)
+    chunks.append(batch[start:start + size])
+    start += size
+  return chunks
+
+
 def predict_isolating_failures(classifier, batch, on_split=None):
   """Probabilities for each image, or a `DecodeFailure` for those that fail.
 
   Calls the model on the whole batch; if the call fails because an image
   cannot be decoded, bisects the batch to find the culprits. A batch with k
   bad images out of n costs about 2 k log2(n) extra calls, each smaller.
+  Halving keeps a power-of-two batch at powers of two.
 
   Args:
     classifier: a `Classifier`.
@@ -142,8 +169,10 @@ class ImageClassifierHandler(base.ModelHandler):
 
   def run_inference(self, batch, model, inference_args=None):
     batch = list(batch)
-    inferences = predict_isolating_failures(model, batch,
-                                            on_split=self._batches_split.inc)
+    inferences = []
+    for chunk in power_of_two_chunks(batch):
+      inferences.extend(predict_isolating_failures(
+          model, chunk, on_split=self._batches_split.inc))
     return [base.PredictionResult(example, inference, self._model_dir)
             for example, inference in zip(batch, inferences)]
 

@@ -121,7 +121,7 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
   """Checks the flags, then scores `--input` and writes the outputs.
 
   Args:
-    argv: command-line flags (scoring flags and Beam's).
+    argv: command-line flags (scoring flags and Beam's); default sys.argv.
     save_main_session: pickle the main module's state for the workers.
     test_pipeline: a `TestPipeline` to build on instead of a new pipeline.
 
@@ -132,6 +132,7 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
     options_lib.ConfigError, export.ArtifactError, inputs.InputError: if the
       flags, model or input cannot work; raised before any work starts.
   """
+  argv = sys.argv[1:] if argv is None else list(argv)
   options = pipeline_options.PipelineOptions(argv)
   dry_run = is_dry_run(options)
   config = options_lib.build_config(options, argv)

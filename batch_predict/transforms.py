@@ -29,6 +29,12 @@ ERROR_KINDS = inputs.KINDS + image_header.KINDS + (model_handler.UNDECODABLE,)
 _LOGGER = logging.getLogger(__name__)
 
 
+def _uris_on_line(line, list_folder):
+  uri = inputs.parse_uri_line(line, list_folder)
+  if uri is not None:
+    yield uri
+
+
 class ListImages(beam.PTransform):
   """PBegin -> the URI of every input named by `--input`."""
 
@@ -44,12 +50,10 @@ class ListImages(beam.PTransform):
               | 'MatchFiles' >> fileio.MatchFiles(path)
               | 'TakePaths' >> beam.Map(lambda metadata: metadata.path))
     if kind == inputs.URI_LIST:
-      list_folder = storage.dirname(path)
       return (pbegin
               | 'ReadList' >> beam.io.ReadFromText(path)
-              | 'ParseLines' >> beam.FlatMap(
-                  lambda line: filter(None, [inputs.parse_uri_line(
-                      line, list_folder)])))
+              | 'ParseLines' >> beam.FlatMap(_uris_on_line,
+                                             storage.dirname(path)))
     if kind == inputs.SINGLE_FILE:
       return pbegin | 'OneFile' >> beam.Create([path])
     raise ValueError(f'Unknown input kind {kind!r}.')

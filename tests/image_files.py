@@ -105,7 +105,7 @@ def bad_inputs():
 
 
 def write_catalogue(folder, good_count=6):
-  """Writes good digits (PNG and JPEG, 16-bit PNG, CMYK JPEG) and bad inputs.
+  """Writes good digits (PNG, JPEG, 16-bit PNG, CMYK JPEG, BMP), bad inputs.
 
   Args:
     folder: a local folder to write into.
@@ -130,6 +130,8 @@ def write_catalogue(folder, good_count=6):
   digit, label = digits(1)[0]
   good[put(f'sixteen-bit-{label}.png', sixteen_bit_png(digit))] = label
   good[put(f'cmyk-{label}.jpg', cmyk_jpeg(digit))] = label
+  good[put(f'colour-{label}.bmp', encode(np.stack([digit] * 3, -1),
+                                         'BMP'))] = label
   for name, (content, kind, words) in bad_inputs().items():
     path = os.path.join(folder, name)
     if content is not None:

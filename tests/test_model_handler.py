@@ -69,17 +69,32 @@ def test_a_batch_of_good_images_is_one_call(classifier):
   assert all(isinstance(r, np.ndarray) for r in results)
 
 
+def test_power_of_two_chunks_cover_the_batch_in_order():
+  batch = list(range(37))
+  chunks = model_handler.power_of_two_chunks(batch)
+  assert [len(c) for c in chunks] == [32, 4, 1]
+  assert [x for c in chunks for x in c] == batch
+  assert [len(c) for c in model_handler.power_of_two_chunks(range(64))] == [64]
+  assert model_handler.power_of_two_chunks([]) == []
+
+
 def test_handler_returns_prediction_results_for_a_batch(trained_export):
   handler = model_handler.ImageClassifierHandler(trained_export,
                                                  max_batch_size=16)
   assert handler.batch_elements_kwargs() == {'max_batch_size': 16}
   model = handler.load_model()
-  images = [image for image, _ in _good_images(3)] + [b'\xff\xd8\xff']
+  # 7 images: model calls of 4, 2 and 1 images; the bad one is in the 2.
+  images = [image for image, _ in _good_images(6)]
+  images.insert(5, b'\xff\xd8\xff')
   results = list(handler.run_inference(images, model))
   assert [r.example for r in results] == images
   assert all(r.model_id == trained_export for r in results)
-  assert results[0].inference.shape == (10,)
-  assert isinstance(results[3].inference, model_handler.DecodeFailure)
+  assert [isinstance(r.inference, model_handler.DecodeFailure)
+          for r in results] == [False] * 5 + [True, False]
+  alone = model.predict(images[:5] + images[6:])
+  np.testing.assert_allclose(
+      np.stack([r.inference for i, r in enumerate(results) if i != 5]),
+      alone, atol=1e-5)
   assert handler.get_num_bytes(images) == sum(len(i) for i in images)
 
 

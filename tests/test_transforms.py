@@ -46,7 +46,9 @@ def test_bad_input_catalogue_each_gets_its_error_and_good_images_are_scored(
       expected_labels[uri] = classifier.labels[int(np.argmax(
           classifier.predict([f.read()])[0]))]
   # One batch for every image that passes the header checks, so the
-  # truncated JPEG shares its batch with all the good images.
+  # truncated JPEG shares its batch with all the good images: 16 of them,
+  # a power of two, so the handler makes one model call of the whole batch.
+  assert len(good) + 1 == 16
   handler = model_handler.ImageClassifierHandler(
       trained_export, min_batch_size=len(uris), max_batch_size=len(uris))
 
