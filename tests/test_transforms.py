@@ -8,6 +8,7 @@ import os
 
 import apache_beam as beam
 from apache_beam.metrics import metric
+from apache_beam.options import pipeline_options
 from apache_beam.testing import test_pipeline
 from apache_beam.testing import util
 import numpy as np
@@ -121,6 +122,36 @@ def test_files_over_max_file_bytes_are_not_read(trained_export, tmp_path):
     util.assert_that(errors | beam.Map(lambda r: (r['uri'], r['kind'])),
                      util.equal_to([(str(big), inputs.FILE_TOO_LARGE)]),
                      label='CheckErrors')
+
+
+def test_model_is_loaded_once_per_process_and_shared_by_its_threads(
+    trained_export, tmp_path):
+  paths = []
+  for index, (digit, _) in enumerate(image_files.digits(40)):
+    path = tmp_path / f'{index}.png'
+    path.write_bytes(image_files.encode(digit, 'PNG'))
+    paths.append(str(path))
+  handler = model_handler.ImageClassifierHandler(trained_export,
+                                                 max_batch_size=4)
+  pipeline = test_pipeline.TestPipeline(options=pipeline_options.PipelineOptions(
+      ['--direct_running_mode=multi_threading', '--direct_num_workers=2']))
+  predictions, _ = (pipeline
+                    | beam.Create(paths)
+                    | transforms.ClassifyImages(
+                        handler, [str(d) for d in range(10)], top_k=1,
+                        max_file_bytes=10**6, max_image_pixels=10**6))
+  util.assert_that(predictions | beam.Map(lambda r: r['uri']),
+                   util.equal_to(paths))
+  result = pipeline.run()
+  result.wait_until_finish()
+  query = result.metrics().query(metric.MetricsFilter().with_name(
+      'load_model_latency_milli_secs'))
+  loads = sum(d.committed.count for d in query['distributions'])
+  batches = sum(d.committed.count for d in result.metrics().query(
+      metric.MetricsFilter().with_name('inference_batch_latency_micro_secs')
+  )['distributions'])
+  assert loads == 1
+  assert batches >= 10  # Many batches, in two worker threads, one model.
 
 
 def test_progress_is_logged(trained_export, tmp_path, caplog):
