@@ -26,7 +26,7 @@ DEFAULT_TOP_K = 3
 DEFAULT_MAX_IMAGE_PIXELS = 100_000_000
 DEFAULT_MAX_FILE_BYTES = 64 * 1024 * 1024
 DEFAULT_NUM_SHARDS = 10
-DEFAULT_MAX_BATCH_SIZE = 256
+DEFAULT_MAX_BATCH_SIZE = 64
 _REMOTE_RUNNERS = ('DataflowRunner', 'TestDataflowRunner')
 
 
@@ -56,12 +56,15 @@ class ScoringOptions(pipeline_options.PipelineOptions):
         '--top_k', type=int, default=DEFAULT_TOP_K,
         help='How many classes each prediction lists, most probable first.')
     parser.add_argument(
-        '--min_batch_size', type=int, default=1,
-        help='Smallest batch of images per model call.')
-    parser.add_argument(
         '--max_batch_size', type=int, default=DEFAULT_MAX_BATCH_SIZE,
-        help='Largest batch of images per model call (RunInference grows '
-        'batches up to this while calls stay fast).')
+        help='Images per batch. Lower it for large photos: a batch holds its '
+        'files in memory.')
+    parser.add_argument(
+        '--min_batch_size', type=int, default=None,
+        help='Smallest batch (default: --max_batch_size, so batches have a '
+        'fixed size and memory is reached at the first batch). Lower, '
+        'RunInference adapts the batch size between the two to the time a '
+        'batch takes.')
     parser.add_argument(
         '--max_image_pixels', type=int, default=DEFAULT_MAX_IMAGE_PIXELS,
         help='Images with more pixels (width x height, from the header) are '
@@ -141,7 +144,12 @@ def build_config(options, argv=None):
              if not getattr(flags, name)]
   if missing:
     raise ConfigError(f'Missing {", ".join(missing)}; see --help.')
-  _check_numbers(flags)
+  numbers = {name: getattr(flags, name) for name in (
+      'top_k', 'min_batch_size', 'max_batch_size', 'max_image_pixels',
+      'max_file_bytes', 'num_shards', 'progress_interval_secs')}
+  if numbers['min_batch_size'] is None:  # Fixed-size batches by default.
+    numbers['min_batch_size'] = numbers['max_batch_size']
+  _check_numbers(numbers)
   model_dir = _normalize('model_dir', flags.model_dir)
   output = _check_output(_normalize('output', flags.output))
   if is_remote_runner(options):
@@ -153,11 +161,7 @@ def build_config(options, argv=None):
                       f'{len(labels)} classes.')
   return ScoringConfig(
       model_dir=model_dir, source=inputs.resolve_input(flags.input),
-      output=output, labels=labels, top_k=flags.top_k,
-      min_batch_size=flags.min_batch_size, max_batch_size=flags.max_batch_size,
-      max_image_pixels=flags.max_image_pixels,
-      max_file_bytes=flags.max_file_bytes, num_shards=flags.num_shards,
-      progress_interval_secs=flags.progress_interval_secs)
+      output=output, labels=labels, **numbers)
 
 
 def _normalize(name, path):
@@ -167,17 +171,17 @@ def _normalize(name, path):
     raise ConfigError(f'--{name}: {e}') from e
 
 
-def _check_numbers(flags):
-  for name in ('top_k', 'min_batch_size', 'max_batch_size', 'max_image_pixels',
-               'max_file_bytes', 'num_shards'):
-    if getattr(flags, name) < 1:
-      raise ConfigError(f'--{name} must be at least 1, got '
-                        f'{getattr(flags, name)}.')
-  if flags.min_batch_size > flags.max_batch_size:
-    raise ConfigError(f'--min_batch_size={flags.min_batch_size} is more than '
-                      f'--max_batch_size={flags.max_batch_size}.')
-  if flags.progress_interval_secs <= 0:
-    raise ConfigError('--progress_interval_secs must be positive.')
+def _check_numbers(numbers):
+  """Args: numbers: {flag name: value} of the numeric flags."""
+  for name, value in numbers.items():
+    minimum = 1e-9 if name == 'progress_interval_secs' else 1
+    if value < minimum:
+      raise ConfigError(f'--{name} must be '
+                        f'{"positive" if minimum < 1 else "at least 1"}, got '
+                        f'{value}.')
+  if numbers['min_batch_size'] > numbers['max_batch_size']:
+    raise ConfigError(f'--min_batch_size={numbers["min_batch_size"]} is more '
+                      f'than --max_batch_size={numbers["max_batch_size"]}.')
 
 
 def _check_output(output):
