@@ -186,8 +186,9 @@ def _unknown_content(head):
   text = _as_text(head)
   if text is not None:
     if text.lstrip().lower().startswith(('<svg', '<?xml')) and '<svg' in text:
-      return HeaderError(UNSUPPORTED_FORMAT, 'SVG (vector) image: not a format '
-                         f'the model reads; render it and {_HOW_TO_FIX_FORMAT}.')
+      return HeaderError(UNSUPPORTED_FORMAT,
+                         'SVG (vector) image: not a format the model reads; '
+                         f'render it and {_HOW_TO_FIX_FORMAT}.')
     return HeaderError(
         NOT_AN_IMAGE,
         f'not an image: the file holds text ({text[:40]!r}...). Check that '

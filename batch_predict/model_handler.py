@@ -87,7 +87,8 @@ def describe_decode_error(error):
       detail = line
       break
   return (f'could not decode the image ({detail}): the file is probably '
-          'truncated or corrupt. Re-copy it, or re-export it from the original.')
+          'truncated or corrupt. Re-copy it, or re-export it from the '
+          'original.')
 
 
 def power_of_two_chunks(batch):

@@ -183,7 +183,8 @@ def main():
                       help='Second size for the memory check (0: skip).')
   parser.add_argument('--runs', type=int, default=3)
   parser.add_argument('--batch_size', type=int, default=64,
-                      help='Batch size of the model-alone loop (the pipeline default).')
+                      help='Batch size of the model-alone loop (the pipeline '
+                      'default).')
   parser.add_argument('--measure', help=argparse.SUPPRESS)
   parser.add_argument('--images_dir', help=argparse.SUPPRESS)
   parser.add_argument('--pipeline_flag', action='append', default=[],

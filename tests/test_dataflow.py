@@ -37,7 +37,6 @@ def _copy_project(destination):
   return destination
 
 
-@pytest.mark.slow
 def test_sdist_and_wheel_hold_both_packages(tmp_path):
   project = _copy_project(str(tmp_path / 'project'))
   dist = str(tmp_path / 'dist')

@@ -1,7 +1,6 @@
 """The scoring command end to end: local and gs:// runs, checks before any
 work, kill -9 and re-run, the README's command, and no train/serve skew."""
 
-import json
 import os
 import re
 import shlex

@@ -133,8 +133,9 @@ def test_model_is_loaded_once_per_process_and_shared_by_its_threads(
     paths.append(str(path))
   handler = model_handler.ImageClassifierHandler(trained_export,
                                                  max_batch_size=4)
-  pipeline = test_pipeline.TestPipeline(options=pipeline_options.PipelineOptions(
-      ['--direct_running_mode=multi_threading', '--direct_num_workers=2']))
+  pipeline = test_pipeline.TestPipeline(
+      options=pipeline_options.PipelineOptions(
+          ['--direct_running_mode=multi_threading', '--direct_num_workers=2']))
   predictions, _ = (pipeline
                     | beam.Create(paths)
                     | transforms.ClassifyImages(
