@@ -128,3 +128,20 @@ def trained_export(trained_job_dir):
 def read_json(path):
   with open(path) as f:
     return json.load(f)
+
+
+@pytest.fixture
+def beam_gcs_anonymous(monkeypatch):
+  """Makes Beam's GCS filesystem connect anonymously, in this process only.
+
+  Without Application Default Credentials, Beam's gcsio retries
+  `google.auth.default()` with exponential backoff for about 30 s before it
+  connects anonymously (which is what fake-gcs-server needs). This presets
+  Beam's process-wide credential cache to "anonymous" so that in-process
+  pipelines and FileSystems calls skip the wait. Product code is unchanged:
+  subprocesses still pay the wait once, as a real run without credentials
+  would.
+  """
+  from apache_beam.internal.gcp import auth  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(auth._Credentials, '_credentials_init', True)  # pylint: disable=protected-access
+  monkeypatch.setattr(auth._Credentials, '_credentials', None)  # pylint: disable=protected-access

@@ -1,0 +1,185 @@
+"""A RunInference `ModelHandler` for the model artifact (Contract 2).
+
+Beam's own TensorFlow handlers load models with `tf.keras.models.load_model`
+and import `tensorflow_hub`; Keras 3 cannot load a SavedModel folder that
+way. This handler loads the artifact's SavedModel with `tf.saved_model.load`
+and calls its `serving_default` signature, which takes encoded image bytes
+and does its own decoding and resizing (so scoring matches training).
+
+RunInference keeps what it is good at: batching (`min_batch_size`,
+`max_batch_size`), loading the model once per worker process and sharing it
+between threads, and its inference metrics. The handler calls the model
+with power-of-two slices of each batch, so TensorFlow sees few distinct
+shapes and its per-shape caches (hence memory) stay bounded.
+
+One undecodable image (a truncated JPEG, say) fails the signature call for its
+whole batch. The handler then splits the batch in halves and retries each,
+down to the single culprit, which gets a `DecodeFailure` instead of
+probabilities; every other image of the batch is still scored.
+"""
+
+from typing import NamedTuple
+
+import apache_beam as beam
+from apache_beam.ml.inference import base
+import tensorflow as tf
+
+from trainer import export
+
+UNDECODABLE = 'undecodable'
+METRICS_NAMESPACE = 'batch_predict'
+
+# Lines of TensorFlow's error text that say where, not what.
+_BOILERPLATE_PREFIXES = ('Graph execution error', 'Detected at node',
+                         '<stack traces unavailable>', '[[')
+
+
+class DecodeFailure(NamedTuple):
+  """The inference for an image the model's decoder refused."""
+  kind: str
+  message: str
+
+
+class Classifier:
+  """A loaded artifact: its serving signature and class names.
+
+  One instance per worker process is shared by all threads (RunInference's
+  `shared.Shared` holds it by weak reference, so it must be a class
+  instance, not a tuple).
+  """
+
+  def __init__(self, serve, saved_model, labels):
+    self._serve = serve
+    self._saved_model = saved_model  # Keeps the signature's variables alive.
+    self.labels = tuple(labels)
+
+  def predict(self, image_bytes):
+    """Encoded images -> float32 probabilities [len(image_bytes), classes].
+
+    Raises:
+      tf.errors.InvalidArgumentError: if any image cannot be decoded.
+    """
+    outputs = self._serve(image_bytes=tf.constant(list(image_bytes),
+                                                  dtype=tf.string))
+    return outputs['probabilities'].numpy()
+
+
+def load_classifier(model_dir):
+  """Loads a complete artifact (local or gs://) for scoring.
+
+  Raises:
+    export.ArtifactError: if `model_dir` is not a complete artifact.
+  """
+  with export.local_copy(model_dir) as local:
+    metadata = export.read_metadata(local)
+    # The SavedModel's variables are read into memory here, so the local
+    # copy (a temporary folder for gs://) can go once this returns.
+    serve, saved_model = export.load_serving(local)
+  return Classifier(serve, saved_model, metadata['labels'])
+
+
+def describe_decode_error(error):
+  """A sentence for an error record from TensorFlow's decoder error."""
+  detail = 'the decoder refused the data'
+  for line in str(getattr(error, 'message', error)).splitlines():
+    line = line.strip()
+    if line and not line.startswith(_BOILERPLATE_PREFIXES):
+      detail = line
+      break
+  return (f'could not decode the image ({detail}): the file is probably '
+          'truncated or corrupt. Re-copy it, or re-export it from the '
+          'original.')
+
+
+def power_of_two_chunks(batch):
+  """Splits a batch into consecutive chunks whose sizes are powers of two.
+
+  TensorFlow (with oneDNN on CPU) caches compiled kernels per input shape,
+  and the cache grows with every new batch size it meets; RunInference's
+  adaptive batching produces many sizes. Calling the model only with 1, 2,
+  4, ... images keeps that to log2(max_batch_size) + 1 shapes, so memory
+  stays flat however many images are scored.
+
+  Args:
+    batch: a sequence.
+
+  Returns:
+    A list of slices of `batch`, largest first (e.g. 37 -> 32, 4, 1).
+  """
+  chunks = []
+  start = 0
+  while start < len(batch):
+    size = 1 << ((len(batch) - start).bit_length() - 1)
+    chunks.append(batch[start:start + size])
+    start += size
+  return chunks
+
+
+def predict_isolating_failures(classifier, batch, on_split=None):
+  """Probabilities for each image, or a `DecodeFailure` for those that fail.
+
+  Calls the model on the whole batch; if the call fails because an image
+  cannot be decoded, bisects the batch to find the culprits. A batch with k
+  bad images out of n costs about 2 k log2(n) extra calls, each smaller.
+  Halving keeps a power-of-two batch at powers of two.
+
+  Args:
+    classifier: a `Classifier`.
+    batch: a sequence of encoded images.
+    on_split: called with no arguments each time a batch is split.
+
+  Returns:
+    A list, in batch order, of numpy probability rows or `DecodeFailure`s.
+  """
+  try:
+    return list(classifier.predict(batch))
+  except tf.errors.InvalidArgumentError as error:
+    if len(batch) == 1:
+      return [DecodeFailure(UNDECODABLE, describe_decode_error(error))]
+  if on_split:
+    on_split()
+  middle = len(batch) // 2
+  return (predict_isolating_failures(classifier, batch[:middle], on_split) +
+          predict_isolating_failures(classifier, batch[middle:], on_split))
+
+
+class ImageClassifierHandler(base.ModelHandler):
+  """Scores encoded images (bytes) with a Contract 2 artifact.
+
+  Each `PredictionResult.inference` is a float32 numpy array of class
+  probabilities (in the order of the artifact's labels), or a
+  `DecodeFailure` for an image the model could not decode.
+  """
+
+  def __init__(self, model_dir, *, min_batch_size=None, max_batch_size=None):
+    """Configures the handler; nothing is loaded until a worker needs it.
+
+    Args:
+      model_dir: the artifact's folder (local, gs:// or /gcs/).
+      min_batch_size: smallest batch RunInference forms (default: Beam's).
+      max_batch_size: largest batch RunInference forms (default: Beam's).
+    """
+    super().__init__(min_batch_size=min_batch_size,
+                     max_batch_size=max_batch_size)
+    self._model_dir = model_dir
+    self._batches_split = beam.metrics.Metrics.counter(METRICS_NAMESPACE,
+                                                       'batches_split')
+
+  def load_model(self):
+    return load_classifier(self._model_dir)
+
+  def run_inference(self, batch, model, inference_args=None):
+    batch = list(batch)
+    inferences = []
+    for chunk in power_of_two_chunks(batch):
+      inferences.extend(predict_isolating_failures(
+          model, chunk, on_split=self._batches_split.inc))
+    return [base.PredictionResult(example, inference, self._model_dir)
+            for example, inference in zip(batch, inferences)]
+
+  def get_num_bytes(self, batch):
+    # The default pickles the batch just to measure it.
+    return sum(len(image) for image in batch)
+
+  def __repr__(self):
+    return f'ImageClassifierHandler({self._model_dir!r})'

@@ -1,0 +1,230 @@
+"""The scoring command's flags, and their validation into one `ScoringConfig`.
+
+The flags are a Beam `PipelineOptions` subclass, so they travel with the
+pipeline's own options (`--runner`, `--project`, ...). They live here rather
+than in `pipeline.py` because that module runs as `__main__`, and Beam
+registers every `PipelineOptions` subclass by its qualified name: a second
+copy under another name would clash.
+
+`build_config` checks everything a run needs before any work starts: the
+model is a complete artifact, `--input` names files, the numbers are sane,
+and on Dataflow every path is one the workers can reach.
+"""
+
+import dataclasses
+import os
+
+from apache_beam.options import pipeline_options
+from google.api_core import exceptions as gcs_exceptions
+
+from batch_predict import inputs
+from batch_predict import outputs
+from trainer import export
+from trainer import storage
+
+DEFAULT_TOP_K = 3
+DEFAULT_MAX_IMAGE_PIXELS = 100_000_000
+DEFAULT_MAX_FILE_BYTES = 64 * 1024 * 1024
+DEFAULT_NUM_SHARDS = 10
+DEFAULT_MAX_BATCH_SIZE = 64
+_REMOTE_RUNNERS = ('DataflowRunner', 'TestDataflowRunner')
+
+
+class ConfigError(ValueError):
+  """The flags do not describe a run that can work; the message says why."""
+
+
+class ScoringOptions(pipeline_options.PipelineOptions):
+  """Flags of `python -m batch_predict.pipeline` (beside Beam's own)."""
+
+  @classmethod
+  def _add_argparse_args(cls, parser):
+    parser.add_argument(
+        '--model_dir',
+        help='The model artifact: JOB_DIR/export of `python -m trainer.task` '
+        '(local, gs:// or /gcs/). Required.')
+    parser.add_argument(
+        '--input',
+        help='What to score: a glob (`*` within a folder, `**` across '
+        'folders), a folder (every file under it), a text file of image URIs '
+        '(one per line), or one image. Local, gs:// or /gcs/. Required.')
+    parser.add_argument(
+        '--output',
+        help='Output prefix: writes PREFIX-predictions-*.jsonl and '
+        'PREFIX-errors-*.jsonl, replacing those of earlier runs. Required.')
+    parser.add_argument(
+        '--top_k', type=int, default=DEFAULT_TOP_K,
+        help='How many classes each prediction lists, most probable first.')
+    parser.add_argument(
+        '--max_batch_size', type=int, default=DEFAULT_MAX_BATCH_SIZE,
+        help='Images per batch. Lower it for large photos: a batch holds its '
+        'files in memory.')
+    parser.add_argument(
+        '--min_batch_size', type=int, default=None,
+        help='Smallest batch (default: --max_batch_size, so batches have a '
+        'fixed size and memory is reached at the first batch). Lower, '
+        'RunInference adapts the batch size between the two to the time a '
+        'batch takes.')
+    parser.add_argument(
+        '--max_image_pixels', type=int, default=DEFAULT_MAX_IMAGE_PIXELS,
+        help='Images with more pixels (width x height, from the header) are '
+        'refused without decoding: they become error records.')
+    parser.add_argument(
+        '--max_file_bytes', type=int, default=DEFAULT_MAX_FILE_BYTES,
+        help='Files larger than this are not read: they become error '
+        'records.')
+    parser.add_argument(
+        '--num_shards', type=int, default=DEFAULT_NUM_SHARDS,
+        help='Files per output. All are written, even empty ones, so a '
+        'finished run has exactly this many of each.')
+    parser.add_argument(
+        '--progress_interval_secs', type=float, default=30.0,
+        help='How often each worker logs how many images it has scored.')
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoringConfig:
+  """A checked scoring run: paths normalized, the model's labels read."""
+  model_dir: str
+  source: inputs.InputSource
+  output: str
+  labels: tuple
+  top_k: int
+  min_batch_size: int
+  max_batch_size: int
+  max_image_pixels: int
+  max_file_bytes: int
+  num_shards: int
+  progress_interval_secs: float
+
+
+def is_remote_runner(options):
+  """Whether the pipeline runs on Dataflow (paths must be gs://)."""
+  runner = options.view_as(pipeline_options.StandardOptions).runner or ''
+  return str(runner).rsplit('.', 1)[-1] in _REMOTE_RUNNERS
+
+
+def unknown_flags(argv):
+  """Flags in `argv` that no PipelineOptions class defines.
+
+  Beam only warns about them and carries on, so a typo such as `--top-k=5`
+  would silently score with the default; the scoring command refuses them.
+  The parser is built the way `PipelineOptions.get_all_options` builds it.
+  """
+  parser = pipeline_options._BeamArgumentParser(allow_abbrev=False)  # pylint: disable=protected-access
+  classes = {str(cls): cls
+             for cls in pipeline_options.PipelineOptions.__subclasses__()}
+  for cls in classes.values():
+    cls._add_argparse_args(parser)  # pylint: disable=protected-access
+  _, unknown = parser.parse_known_args(list(argv or []))
+  return sorted(arg.split('=', 1)[0] for arg in unknown
+                if arg.startswith('-'))
+
+
+def build_config(options, argv=None):
+  """Checks the flags, the model and the input; returns a `ScoringConfig`.
+
+  Args:
+    options: the pipeline's `PipelineOptions`.
+    argv: the flags `options` were parsed from, to refuse unknown ones.
+
+  Returns:
+    A `ScoringConfig`.
+
+  Raises:
+    ConfigError: for a missing, unknown or out-of-range flag.
+    export.ArtifactError: if --model_dir is not a complete artifact.
+    inputs.InputError: if --input names nothing to score.
+  """
+  unknown = unknown_flags(argv)
+  if unknown:
+    raise ConfigError(f'Unknown flag(s) {", ".join(unknown)}; see --help.')
+  flags = options.view_as(ScoringOptions)
+  missing = [f'--{name}' for name in ('model_dir', 'input', 'output')
+             if not getattr(flags, name)]
+  if missing:
+    raise ConfigError(f'Missing {", ".join(missing)}; see --help.')
+  numbers = {name: getattr(flags, name) for name in (
+      'top_k', 'min_batch_size', 'max_batch_size', 'max_image_pixels',
+      'max_file_bytes', 'num_shards', 'progress_interval_secs')}
+  if numbers['min_batch_size'] is None:  # Fixed-size batches by default.
+    numbers['min_batch_size'] = numbers['max_batch_size']
+  _check_numbers(numbers)
+  model_dir = _normalize('model_dir', flags.model_dir)
+  output = _check_output(_normalize('output', flags.output))
+  if is_remote_runner(options):
+    _check_remote(options, {'--model_dir': model_dir, '--input': flags.input,
+                            '--output': output})
+  labels = tuple(export.read_metadata(model_dir)['labels'])
+  if flags.top_k > len(labels):
+    raise ConfigError(f'--top_k={flags.top_k} is more than the model\'s '
+                      f'{len(labels)} classes.')
+  return ScoringConfig(
+      model_dir=model_dir, source=inputs.resolve_input(flags.input),
+      output=output, labels=labels, **numbers)
+
+
+def _normalize(name, path):
+  try:
+    return storage.normalize(path)
+  except ValueError as e:
+    raise ConfigError(f'--{name}: {e}') from e
+
+
+def _check_numbers(numbers):
+  """Args: numbers: {flag name: value} of the numeric flags."""
+  for name, value in numbers.items():
+    minimum = 1e-9 if name == 'progress_interval_secs' else 1
+    if value < minimum:
+      raise ConfigError(f'--{name} must be '
+                        f'{"positive" if minimum < 1 else "at least 1"}, got '
+                        f'{value}.')
+  if numbers['min_batch_size'] > numbers['max_batch_size']:
+    raise ConfigError(f'--min_batch_size={numbers["min_batch_size"]} is more '
+                      f'than --max_batch_size={numbers["max_batch_size"]}.')
+
+
+def _check_output(output):
+  """The output prefix names files in a folder the run can write to."""
+  if storage.has_glob(output):
+    raise ConfigError(f'--output={output}: a prefix cannot contain *, ? or [ '
+                      '(earlier outputs are found by globbing it).')
+  if storage.is_gcs(output):
+    if '/' not in output[len(storage.GCS_PREFIX):]:
+      raise ConfigError(f'--output={output} is a bucket; give a prefix in it, '
+                        f'e.g. --output={output}/scores/run.')
+    try:
+      storage.glob(outputs.output_pattern(output, outputs.PREDICTIONS))
+    except gcs_exceptions.NotFound as e:
+      raise ConfigError(f'--output={output}: no such bucket.') from e
+    return output
+  if os.path.isdir(output):
+    raise ConfigError(f'--output={output} is a folder; give a prefix inside '
+                      f'it, e.g. --output={storage.join(output, "scores")}.')
+  folder = os.path.dirname(output)
+  while not os.path.exists(folder):
+    folder = os.path.dirname(folder)
+  if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+    raise ConfigError(f'--output={output}: cannot create files under '
+                      f'{folder}.')
+  return output
+
+
+def _check_remote(options, paths):
+  """On Dataflow, workers cannot see the launcher's disk or this checkout."""
+  local = [f'{flag}={path}' for flag, path in paths.items()
+           if not storage.is_gcs(storage.normalize(path))]
+  if local:
+    raise ConfigError(
+        f'{", ".join(local)}: Dataflow workers cannot read local paths; use '
+        'gs://BUCKET/... (or /gcs/BUCKET/...).')
+  setup = options.view_as(pipeline_options.SetupOptions)
+  worker = options.view_as(pipeline_options.WorkerOptions)
+  if not (setup.setup_file or worker.sdk_container_image):
+    raise ConfigError(
+        'Dataflow workers need this project installed: add '
+        '--setup_file=./setup.py, or --sdk_container_image with an image '
+        'that has it installed.')
+  if setup.setup_file and not os.path.isfile(setup.setup_file):
+    raise ConfigError(f'--setup_file={setup.setup_file}: no such file (run '
+                      'from the repository root, or give its path).')

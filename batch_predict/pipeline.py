@@ -1,0 +1,190 @@
+r"""Scores image files with a trained classifier (Contract 3 of DESIGN.md).
+
+  python -m batch_predict.pipeline --model_dir=/tmp/mnist_sample/export \
+      --input='/tmp/mnist_sample/samples/*.png' \
+      --output=/tmp/mnist_sample/scores/mnist
+
+writes PREFIX-predictions-*.jsonl ({"uri", "label", "score", "top_k"}) and
+PREFIX-errors-*.jsonl ({"uri", "error", "kind"}): every input in exactly one.
+DirectRunner by default; add `--runner=DataflowRunner --project=... \
+--region=... --temp_location=gs://... --setup_file=./setup.py` for Dataflow,
+and `--dry_run=True` to check a command without scoring or submitting.
+`--help` lists the scoring flags; Beam's own are in its documentation.
+"""
+
+import argparse
+import logging
+import sys
+
+import apache_beam as beam
+from apache_beam.metrics import metric
+from apache_beam.options import pipeline_options
+from apache_beam.runners import runner
+
+from batch_predict import inputs
+from batch_predict import model_handler
+from batch_predict import options as options_lib
+from batch_predict import outputs
+from batch_predict import transforms
+from trainer import export
+
+_LOGGER = logging.getLogger(__name__)
+_TRUE = ('true', '1', 'yes')
+_FALSE = ('false', '0', 'no', '')
+
+
+def build_pipeline(pipeline, config):
+  """Adds the scoring steps for `config` to `pipeline`.
+
+  Args:
+    pipeline: a `beam.Pipeline` (or `TestPipeline`).
+    config: an `options.ScoringConfig`.
+
+  Returns:
+    (predictions, errors): the PCollections of records that are written.
+  """
+  handler = model_handler.ImageClassifierHandler(
+      config.model_dir, min_batch_size=config.min_batch_size,
+      max_batch_size=config.max_batch_size)
+  predictions, errors = (
+      pipeline
+      | 'ListImages' >> transforms.ListImages(config.source)
+      | 'ClassifyImages' >> transforms.ClassifyImages(
+          handler, config.labels, top_k=config.top_k,
+          max_file_bytes=config.max_file_bytes,
+          max_image_pixels=config.max_image_pixels,
+          progress_interval_secs=config.progress_interval_secs))
+  _ = predictions | 'WritePredictions' >> transforms.WriteRecords(
+      config.output, outputs.PREDICTIONS, config.num_shards)
+  _ = errors | 'WriteErrors' >> transforms.WriteRecords(
+      config.output, outputs.ERRORS, config.num_shards)
+  return predictions, errors
+
+
+def is_dry_run(options):
+  """Reads Beam's own `--dry_run` flag (a string) as a boolean.
+
+  Raises:
+    options_lib.ConfigError: for a value that is neither true nor false.
+  """
+  test_options = options.view_as(pipeline_options.TestOptions)
+  value = str(test_options.dry_run or '').strip().lower()
+  if value not in _TRUE + _FALSE:
+    raise options_lib.ConfigError(
+        f'--dry_run={test_options.dry_run}: use --dry_run=True or False.')
+  # Beam's runners test the raw string, to which "False" is true.
+  test_options.dry_run = value in _TRUE
+  return test_options.dry_run
+
+
+def summarize(result):
+  """Sums the pipeline's `batch_predict` counters over steps.
+
+  Returns:
+    {counter name: value}: `images_scored`, `bytes_read`, `errors_KIND`, ...
+  """
+  query = result.metrics().query(
+      metric.MetricsFilter().with_namespace(transforms.NAMESPACE))
+  totals = {}
+  for counter in query['counters']:
+    value = counter.committed
+    if value is None:
+      value = counter.attempted
+    name = counter.key.metric.name
+    totals[name] = totals.get(name, 0) + (value or 0)
+  return totals
+
+
+def _log_summary(totals, output):
+  errors = {name[len('errors_'):]: value for name, value in totals.items()
+            if name.startswith('errors_') and value}
+  details = ', '.join(f'{kind}: {count}' for kind, count in sorted(
+      errors.items()))
+  _LOGGER.info(
+      'Scored %d images; %d errors%s; %d bytes read. Outputs: %s and %s.',
+      totals.get('images_scored', 0), sum(errors.values()),
+      f' ({details})' if details else '', totals.get('bytes_read', 0),
+      outputs.output_pattern(output, outputs.PREDICTIONS) + '.jsonl',
+      outputs.output_pattern(output, outputs.ERRORS) + '.jsonl')
+
+
+def _create_pipeline(options):
+  """A pipeline for `options`; Beam checks its own options (runner, project,
+  temp_location, ...) here, so this comes before any work too."""
+  try:
+    return beam.Pipeline(options=options)
+  except ValueError as e:
+    raise options_lib.ConfigError(str(e)) from e
+
+
+def run(argv=None, save_main_session=True, test_pipeline=None):
+  """Checks the flags, then scores `--input` and writes the outputs.
+
+  Args:
+    argv: command-line flags (scoring flags and Beam's); default sys.argv.
+    save_main_session: pickle the main module's state for the workers.
+    test_pipeline: a `TestPipeline` to build on instead of a new pipeline.
+
+  Returns:
+    The finished `PipelineResult` (for a dry run: one in state DONE).
+
+  Raises:
+    options_lib.ConfigError, export.ArtifactError, inputs.InputError: if the
+      flags, model or input cannot work; raised before any work starts.
+  """
+  argv = sys.argv[1:] if argv is None else list(argv)
+  options = pipeline_options.PipelineOptions(argv)
+  dry_run = is_dry_run(options)
+  config = options_lib.build_config(options, argv)
+  options.view_as(pipeline_options.SetupOptions).save_main_session = (
+      save_main_session)
+  _LOGGER.info('Scoring %s (%s) with %s into %s-*.', config.source.path,
+               config.source.kind, config.model_dir, config.output)
+  pipeline = test_pipeline or _create_pipeline(options)
+  if not dry_run:
+    # Names are deterministic, so a re-run rewrites every shard; deleting
+    # first also removes shards and temporary files of a killed run.
+    deleted = outputs.delete_outputs(config.output)
+    if deleted:
+      _LOGGER.info('Deleted %d output files of an earlier run.', len(deleted))
+  build_pipeline(pipeline, config)
+  if dry_run and not options_lib.is_remote_runner(options):
+    _LOGGER.info('Dry run: the flags, model and input are fine; nothing was '
+                 'scored.')
+    return runner.PipelineResult(runner.PipelineState.DONE)
+  # On Dataflow, Beam's own dry run builds the package and the job request
+  # and stops short of submitting it.
+  result = pipeline.run()
+  result.wait_until_finish()
+  if dry_run:
+    _LOGGER.info('Dry run: the Dataflow job was built, not submitted.')
+  else:
+    _log_summary(summarize(result), config.output)
+  return result
+
+
+def _print_help():
+  parser = argparse.ArgumentParser(
+      prog='python -m batch_predict.pipeline', description=__doc__,
+      formatter_class=argparse.RawDescriptionHelpFormatter)
+  options_lib.ScoringOptions._add_argparse_args(parser)  # pylint: disable=protected-access
+  parser.print_help()
+
+
+def main(argv=None):
+  argv = sys.argv[1:] if argv is None else argv
+  if '--help' in argv or '-h' in argv:
+    _print_help()
+    return
+  logging.getLogger().setLevel(logging.INFO)
+  try:
+    run(argv)
+  except (options_lib.ConfigError, export.ArtifactError,
+          inputs.InputError) as e:
+    # Bad flags are the user's to fix: say what is wrong, no traceback.
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,319 @@
+"""The scoring pipeline's steps, as composite PTransforms.
+
+  ListImages -> ClassifyImages (ReadImages -> CheckImages -> ScoreImages)
+             -> WriteRecords (predictions)   WriteRecords (errors)
+
+Every input leaves as exactly one record: a prediction, or an error that
+says what is wrong with it. Bad inputs are split off as early as possible
+(unreadable files while reading, non-images and decompression bombs from
+their headers), so they never reach a batch; the model handler isolates the
+rare image that passes the header checks but still cannot be decoded.
+"""
+
+import logging
+import time
+
+import apache_beam as beam
+from apache_beam.io import fileio
+from apache_beam.ml.inference import base
+
+from batch_predict import image_header
+from batch_predict import inputs
+from batch_predict import model_handler
+from batch_predict import outputs
+from trainer import storage
+
+NAMESPACE = model_handler.METRICS_NAMESPACE
+ERROR_KINDS = inputs.KINDS + image_header.KINDS + (model_handler.UNDECODABLE,)
+
+_LOGGER = logging.getLogger(__name__)
+
+
+def _uris_on_line(line, list_folder):
+  uri = inputs.parse_uri_line(line, list_folder)
+  if uri is not None:
+    yield uri
+
+
+class ListImages(beam.PTransform):
+  """PBegin -> the URI of every input named by `--input`."""
+
+  def __init__(self, source):
+    """Args: source: an `inputs.InputSource`."""
+    super().__init__()
+    self._source = source
+
+  def expand(self, pbegin):
+    kind, path = self._source
+    if kind == inputs.GLOB:
+      return (pbegin
+              | 'MatchFiles' >> fileio.MatchFiles(path)
+              | 'TakePaths' >> beam.Map(lambda metadata: metadata.path))
+    if kind == inputs.URI_LIST:
+      return (pbegin
+              | 'ReadList' >> beam.io.ReadFromText(path)
+              | 'ParseLines' >> beam.FlatMap(_uris_on_line,
+                                             storage.dirname(path)))
+    if kind == inputs.SINGLE_FILE:
+      return pbegin | 'OneFile' >> beam.Create([path])
+    raise ValueError(f'Unknown input kind {kind!r}.')
+
+
+class _ReadImageFn(beam.DoFn):
+  """uri -> (uri, bytes), or an error record on the errors output."""
+
+  def __init__(self, max_file_bytes):
+    super().__init__()
+    self._max_file_bytes = max_file_bytes
+    self._bytes_read = beam.metrics.Metrics.counter(NAMESPACE, 'bytes_read')
+
+  def process(self, uri):
+    try:
+      data = inputs.read_image_file(uri, self._max_file_bytes)
+    except inputs.ReadError as e:
+      yield beam.pvalue.TaggedOutput(
+          outputs.ERRORS, outputs.error_record(uri, e.kind, str(e)))
+      return
+    self._bytes_read.inc(len(data))
+    yield uri, data
+
+
+class ReadImages(beam.PTransform):
+  """URIs -> (uri, bytes) and error records, read in parallel.
+
+  Returns a pair of PCollections: (images, errors).
+  """
+
+  def __init__(self, max_file_bytes):
+    super().__init__()
+    self._max_file_bytes = max_file_bytes
+
+  def expand(self, uris):
+    results = (
+        uris
+        # Listing happens in one place (one glob, or one list file read in
+        # a few splits); redistributing the URIs lets every worker read.
+        | 'Redistribute' >> beam.Reshuffle()
+        | 'Read' >> beam.ParDo(_ReadImageFn(self._max_file_bytes))
+        .with_outputs(outputs.ERRORS, main='images'))
+    return results.images, results[outputs.ERRORS]
+
+
+class _CheckImageFn(beam.DoFn):
+  """(uri, bytes) -> itself if the model can score it, else an error record."""
+
+  def __init__(self, max_image_pixels):
+    super().__init__()
+    self._max_image_pixels = max_image_pixels
+
+  def process(self, element):
+    uri, data = element
+    try:
+      image_header.check_image(data, self._max_image_pixels)
+    except image_header.HeaderError as e:
+      yield beam.pvalue.TaggedOutput(
+          outputs.ERRORS, outputs.error_record(uri, e.kind, str(e)))
+      return
+    yield element
+
+
+class CheckImages(beam.PTransform):
+  """(uri, bytes) -> the images the model can score, and error records.
+
+  Checks headers only (see `image_header`): nothing is decoded. Returns a
+  pair of PCollections: (images, errors).
+  """
+
+  def __init__(self, max_image_pixels):
+    super().__init__()
+    self._max_image_pixels = max_image_pixels
+
+  def expand(self, images):
+    results = images | 'CheckHeaders' >> beam.ParDo(
+        _CheckImageFn(self._max_image_pixels)).with_outputs(
+            outputs.ERRORS, main='images')
+    return results.images, results[outputs.ERRORS]
+
+
+class _ProgressLog:
+  """Logs a worker's progress at most once per `interval_secs`."""
+
+  def __init__(self, interval_secs):
+    self._interval_secs = interval_secs
+    self._start = time.monotonic()
+    self._last = self._start
+    self.scored = 0
+    self.failed = 0
+
+  def record(self, scored, failed):
+    self.scored += scored
+    self.failed += failed
+    now = time.monotonic()
+    if now - self._last < self._interval_secs:
+      return
+    self._last = now
+    rate = self.scored / max(now - self._start, 1e-9)
+    _LOGGER.info('This worker has scored %d images (%d could not be decoded) '
+                 'in %.0f s: %.0f images/s.', self.scored, self.failed,
+                 now - self._start, rate)
+
+
+class _ToRecordsFn(beam.DoFn):
+  """(uri, PredictionResult) -> a predictions record, or an errors record."""
+
+  def __init__(self, labels, top_k, progress_interval_secs):
+    super().__init__()
+    self._labels = tuple(labels)
+    self._top_k = top_k
+    self._progress_interval_secs = progress_interval_secs
+    self._images_scored = beam.metrics.Metrics.counter(NAMESPACE,
+                                                       'images_scored')
+    self._progress = None
+
+  def setup(self):
+    self._progress = _ProgressLog(self._progress_interval_secs)
+
+  def process(self, element):
+    uri, result = element
+    inference = result.inference
+    if isinstance(inference, model_handler.DecodeFailure):
+      self._progress.record(0, 1)
+      yield beam.pvalue.TaggedOutput(
+          outputs.ERRORS,
+          outputs.error_record(uri, inference.kind, inference.message))
+      return
+    if len(inference) != len(self._labels):
+      raise ValueError(
+          f'The model returned {len(inference)} probabilities but its '
+          f'metadata lists {len(self._labels)} labels: the artifact is '
+          'inconsistent; re-export it.')
+    self._images_scored.inc()
+    self._progress.record(1, 0)
+    yield outputs.prediction_record(uri, inference, self._labels, self._top_k)
+
+
+class ScoreImages(beam.PTransform):
+  """(uri, bytes) -> prediction records and error records, with RunInference.
+
+  Returns a pair of PCollections: (predictions, errors).
+  """
+
+  def __init__(self, handler, labels, top_k, progress_interval_secs=30):
+    """Sets up scoring.
+
+    Args:
+      handler: an `ImageClassifierHandler` (or any handler whose inferences
+        are probability rows or `DecodeFailure`s).
+      labels: the class names, in the model's output order.
+      top_k: how many classes each prediction lists.
+      progress_interval_secs: how often each worker logs its progress.
+    """
+    super().__init__()
+    self._handler = handler
+    self._labels = labels
+    self._top_k = top_k
+    self._progress_interval_secs = progress_interval_secs
+
+  def expand(self, images):
+    results = (
+        images
+        # Keyed, so each URI stays with its result through batching.
+        | 'RunInference' >> base.RunInference(
+            base.KeyedModelHandler(self._handler))
+        | 'ToRecords' >> beam.ParDo(_ToRecordsFn(
+            self._labels, self._top_k, self._progress_interval_secs))
+        .with_outputs(outputs.ERRORS, main='predictions'))
+    return results.predictions, results[outputs.ERRORS]
+
+
+class _CountErrorsFn(beam.DoFn):
+  """Counts error records by kind (counters `errors_KIND`), passing them on."""
+
+  def __init__(self):
+    super().__init__()
+    self._counters = {kind: beam.metrics.Metrics.counter(NAMESPACE,
+                                                         f'errors_{kind}')
+                      for kind in ERROR_KINDS}
+    self._other = beam.metrics.Metrics.counter(NAMESPACE, 'errors_other')
+
+  def process(self, record):
+    self._counters.get(record['kind'], self._other).inc()
+    yield record
+
+
+class ClassifyImages(beam.PTransform):
+  """URIs -> (predictions, errors): every URI in exactly one of the two."""
+
+  def __init__(self, handler, labels, *, top_k, max_file_bytes,
+               max_image_pixels, progress_interval_secs=30):
+    super().__init__()
+    self._handler = handler
+    self._labels = labels
+    self._top_k = top_k
+    self._max_file_bytes = max_file_bytes
+    self._max_image_pixels = max_image_pixels
+    self._progress_interval_secs = progress_interval_secs
+
+  def expand(self, uris):
+    images, read_errors = uris | 'ReadImages' >> ReadImages(
+        self._max_file_bytes)
+    images, header_errors = images | 'CheckImages' >> CheckImages(
+        self._max_image_pixels)
+    predictions, decode_errors = images | 'ScoreImages' >> ScoreImages(
+        self._handler, self._labels, self._top_k,
+        self._progress_interval_secs)
+    errors = ((read_errors, header_errors, decode_errors)
+              | 'MergeErrors' >> beam.Flatten()
+              | 'CountErrors' >> beam.ParDo(_CountErrorsFn()))
+    return predictions, errors
+
+
+class _WriteShardFn(beam.DoFn):
+  """(shard index, JSON lines) -> writes the whole shard; yields its path."""
+
+  def __init__(self, prefix, name, num_shards):
+    super().__init__()
+    self._prefix = prefix
+    self._name = name
+    self._num_shards = num_shards
+
+  def process(self, element):
+    index, lines = element
+    path = outputs.shard_path(self._prefix, self._name, index,
+                              self._num_shards)
+    # Written to a temporary file and moved (or uploaded) whole, so a
+    # retried bundle or a killed worker never leaves half a shard.
+    with storage.open_write(path) as f:
+      for line in lines:
+        if line is not None:  # The placeholder that makes empty shards.
+          f.write(line.encode('utf-8'))
+          f.write(b'\n')
+    yield path
+
+
+class WriteRecords(beam.PTransform):
+  """Records -> `PREFIX-NAME-SSSSS-of-NNNNN.jsonl` files; yields their paths.
+
+  Beam's `WriteToText` finalises through filesystem renames (batch requests
+  on GCS); this sink writes each shard with one atomic upload instead, and
+  its deterministic shard names make re-runs overwrite, never duplicate.
+  """
+
+  def __init__(self, prefix, name, num_shards):
+    super().__init__()
+    self._prefix = prefix
+    self._name = name
+    self._num_shards = num_shards
+
+  def expand(self, records):
+    num_shards = self._num_shards
+    keyed = records | 'KeyByShard' >> beam.Map(
+        lambda record: (outputs.shard_of(record['uri'], num_shards),
+                        outputs.to_json_line(record)))
+    every_shard = records.pipeline | 'EveryShard' >> beam.Create(
+        [(index, None) for index in range(num_shards)])
+    return ((keyed, every_shard)
+            | 'AddEmptyShards' >> beam.Flatten()
+            | 'GroupByShard' >> beam.GroupByKey()
+            | 'WriteShards' >> beam.ParDo(
+                _WriteShardFn(self._prefix, self._name, num_shards)))

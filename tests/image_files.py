@@ -1,0 +1,140 @@
+"""Good and bad image files for the scorer's tests, made with Pillow and zlib.
+
+`write_catalogue` writes the bad-input catalogue of the scoring issue beside
+real digits, so tests can check that each bad file gets its own error record
+and every good one is scored.
+"""
+
+import io
+import os
+import struct
+import zlib
+
+import numpy as np
+from PIL import Image
+
+from tests import conftest
+from trainer import data
+
+
+def digits(count, offset=0):
+  """`count` real test digits: (uint8 pixels [28, 28], label) pairs."""
+  source = data.load_mnist_sample(0.1, 0.1)
+  pixels, labels = next(source.examples('test').skip(offset).batch(count)
+                        .as_numpy_iterator())
+  return [(p[..., 0], int(label)) for p, label in zip(pixels, labels)]
+
+
+def encode(pixels, image_format, mode=None, **options):
+  image = Image.fromarray(pixels)
+  if mode:
+    image = image.convert(mode)
+  buffer = io.BytesIO()
+  image.save(buffer, image_format, **options)
+  return buffer.getvalue()
+
+
+def sixteen_bit_png(digit):
+  """The digit as a 16-bit grey PNG (values scaled by 257, so exact)."""
+  return conftest.encode_image(digit.astype(np.uint16) * 257, 'PNG')
+
+
+def cmyk_jpeg(digit):
+  return encode(np.stack([digit] * 3, -1), 'JPEG', mode='CMYK', quality=95)
+
+
+def rgb_jpeg(digit):
+  return encode(np.stack([digit] * 3, -1), 'JPEG', quality=95)
+
+
+def animated_gif(frames=3, size=28):
+  images = [Image.fromarray(conftest.random_pixels(size, size, 1, seed=i))
+            for i in range(frames)]
+  buffer = io.BytesIO()
+  images[0].save(buffer, 'GIF', save_all=True, append_images=images[1:])
+  return buffer.getvalue()
+
+
+def _png_chunk(chunk_type, body):
+  return (struct.pack('>I', len(body)) + chunk_type + body +
+          struct.pack('>I', zlib.crc32(chunk_type + body)))
+
+
+def bomb_png(width=10_001, height=10_001):
+  """A valid grey PNG of width x height black pixels, in a small file.
+
+  The pixel rows are compressed as they are generated, so making it needs
+  no more memory than its compressed size (about 100 kB for 100 million
+  pixels); decoding it would need width x height bytes and more.
+  """
+  compressor = zlib.compressobj(9)
+  row = bytes(1 + width)  # Filter byte 0, then black pixels.
+  parts = [compressor.compress(row) for _ in range(height)]
+  parts.append(compressor.flush())
+  header = struct.pack('>IIBBBBB', width, height, 8, 0, 0, 0, 0)
+  return (b'\x89PNG\r\n\x1a\n' + _png_chunk(b'IHDR', header) +
+          _png_chunk(b'IDAT', b''.join(parts)) + _png_chunk(b'IEND', b''))
+
+
+def truncated_jpeg(digit):
+  """A JPEG cut in the middle of its pixel data: its header is intact."""
+  whole = encode(digit, 'JPEG', quality=95)
+  return whole[:len(whole) * 2 // 3]
+
+
+def random_bytes(count=2000, seed=1):
+  raw = np.random.default_rng(seed).integers(0, 256, count, dtype=np.uint8)
+  return b'\x07\x01' + raw.tobytes()  # No image format starts like this.
+
+
+# Bad inputs of the catalogue: file name -> (bytes or None for "do not
+# create", expected error kind, words the error message must contain).
+def bad_inputs():
+  digit = digits(1)[0][0]
+  return {
+      'empty.png': (b'', 'empty_file', 'empty file'),
+      'text-renamed.jpg': (b'Just some notes, renamed to .jpg by mistake.\n',
+                           'not_an_image', 'text'),
+      'truncated.jpg': (truncated_jpeg(digit), 'undecodable',
+                        'truncated or corrupt'),
+      'random.jpg': (random_bytes(), 'not_an_image', 'unrecognised content'),
+      'bomb.png': (bomb_png(), 'too_many_pixels', '100,020,001 pixels'),
+      'animated.gif': (animated_gif(), 'animated', '3 frames'),
+      'missing.png': (None, 'not_found', 'no such file'),
+  }
+
+
+def write_catalogue(folder, good_count=6):
+  """Writes good digits (PNG, JPEG, 16-bit PNG, CMYK JPEG, BMP), bad inputs.
+
+  Args:
+    folder: a local folder to write into.
+    good_count: how many digits to write as 8-bit PNG (and as JPEG).
+
+  Returns:
+    (good, bad): good maps path -> true label; bad maps path -> (kind,
+    words). The `missing.png` path is in `bad` but not on disk.
+  """
+  os.makedirs(folder, exist_ok=True)
+  good, bad = {}, {}
+
+  def put(name, content):
+    path = os.path.join(folder, name)
+    with open(path, 'wb') as f:
+      f.write(content)
+    return path
+
+  for index, (digit, label) in enumerate(digits(good_count)):
+    good[put(f'digit-{index}-{label}.png', encode(digit, 'PNG'))] = label
+    good[put(f'digit-{index}-{label}.jpg', rgb_jpeg(digit))] = label
+  digit, label = digits(1)[0]
+  good[put(f'sixteen-bit-{label}.png', sixteen_bit_png(digit))] = label
+  good[put(f'cmyk-{label}.jpg', cmyk_jpeg(digit))] = label
+  good[put(f'colour-{label}.bmp', encode(np.stack([digit] * 3, -1),
+                                         'BMP'))] = label
+  for name, (content, kind, words) in bad_inputs().items():
+    path = os.path.join(folder, name)
+    if content is not None:
+      put(name, content)
+    bad[path] = (kind, words)
+  return good, bad

@@ -1,0 +1,126 @@
+"""Dataflow readiness: the package `--setup_file` ships, and a dry run of the
+README's Dataflow command (options accepted, package and job built, nothing
+submitted)."""
+
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import zipfile
+
+import pytest
+
+from batch_predict import options as options_lib
+from batch_predict import pipeline
+from tests import conftest
+from tests import image_files
+from trainer import storage
+
+# What a worker needs to import to run the pipeline.
+_MODULES = ('batch_predict/pipeline.py', 'batch_predict/transforms.py',
+            'batch_predict/model_handler.py', 'batch_predict/image_header.py',
+            'batch_predict/inputs.py', 'batch_predict/outputs.py',
+            'batch_predict/options.py', 'trainer/export.py',
+            'trainer/storage.py', 'trainer/preprocessing.py')
+
+
+def _copy_project(destination):
+  """The files setup.py packages, without build output of earlier runs."""
+  os.makedirs(destination)
+  for name in ('setup.py', 'README.md'):
+    shutil.copy(os.path.join(conftest.REPO, name), destination)
+  for package in ('trainer', 'batch_predict'):
+    shutil.copytree(os.path.join(conftest.REPO, package),
+                    os.path.join(destination, package),
+                    ignore=shutil.ignore_patterns('__pycache__'))
+  return destination
+
+
+def test_sdist_and_wheel_hold_both_packages(tmp_path):
+  project = _copy_project(str(tmp_path / 'project'))
+  dist = str(tmp_path / 'dist')
+  # What Beam's stager runs for --setup_file when `build` is not installed.
+  subprocess.run([sys.executable, 'setup.py', '-q', 'sdist', '--dist-dir',
+                  dist], cwd=project, check=True, capture_output=True)
+  subprocess.run([sys.executable, '-m', 'pip', 'wheel', '-q', '--no-deps',
+                  '--no-build-isolation', '--wheel-dir', dist, '.'],
+                 cwd=project, check=True, capture_output=True)
+  sdist, = [n for n in os.listdir(dist) if n.endswith('.tar.gz')]
+  wheel, = [n for n in os.listdir(dist) if n.endswith('.whl')]
+  with tarfile.open(os.path.join(dist, sdist)) as archive:
+    in_sdist = {name.split('/', 1)[1] for name in archive.getnames()
+                if '/' in name}
+  with zipfile.ZipFile(os.path.join(dist, wheel)) as archive:
+    in_wheel = set(archive.namelist())
+  for module in _MODULES:
+    assert module in in_sdist, module
+    assert module in in_wheel, module
+  assert not any('tests/' in name for name in in_wheel)
+
+
+def test_dataflow_dry_run_builds_the_package_and_job_without_submitting(
+    gcs_server, beam_gcs_anonymous, trained_export, tmp_path):
+  project = _copy_project(str(tmp_path / 'project'))
+  storage.upload_tree(trained_export, 'gs://test-bucket/mnist/export')
+  storage.write_bytes('gs://test-bucket/images/0.png', image_files.encode(
+      image_files.digits(1)[0][0], 'PNG'))
+  earlier = 'gs://test-bucket/scores/mnist-predictions-00000-of-00001.jsonl'
+  storage.write_text(earlier, '{"uri": "kept"}\n')
+  result = pipeline.run([
+      '--runner=DataflowRunner', '--project=test-project',
+      '--region=us-central1', '--temp_location=gs://test-bucket/tmp',
+      f'--setup_file={project}/setup.py', '--dry_run=True',
+      '--model_dir=gs://test-bucket/mnist/export',
+      '--input=gs://test-bucket/images/**',
+      '--output=gs://test-bucket/scores/mnist', '--num_shards=100'])
+  assert result.state == 'DONE'
+  # Beam's stager built the package from --setup_file, to be staged...
+  assert os.path.isdir(os.path.join(project, 'tf_image_classifier.egg-info'))
+  proto = result.job.proto_pipeline
+  staged = [dependency.role_payload for environment in
+            proto.components.environments.values()
+            for dependency in environment.dependencies]
+  assert any(b'workflow.tar.gz' in payload for payload in staged)
+  # ...and the job request holds the scoring steps and options.
+  steps = [t.unique_name for t in proto.components.transforms.values()]
+  for step in ('ListImages', 'ClassifyImages/ScoreImages/RunInference',
+               'WritePredictions', 'WriteErrors'):
+    assert any(name.startswith(step) for name in steps), step
+  scoring = result.job.options.view_as(options_lib.ScoringOptions)
+  assert scoring.model_dir == 'gs://test-bucket/mnist/export'
+  # A dry run changes nothing.
+  assert storage.read_text(earlier) == '{"uri": "kept"}\n'
+  assert not storage.glob('gs://test-bucket/tmp/**')
+
+
+def test_dataflow_needs_the_project_installed_on_workers(
+    gcs_server, trained_export):
+  storage.upload_tree(trained_export, 'gs://test-bucket/mnist/export')
+  with pytest.raises(options_lib.ConfigError, match='--setup_file'):
+    pipeline.run([
+        '--runner=DataflowRunner', '--project=test-project',
+        '--region=us-central1', '--temp_location=gs://test-bucket/tmp',
+        '--model_dir=gs://test-bucket/mnist/export',
+        '--input=gs://test-bucket/images/*.png',
+        '--output=gs://test-bucket/scores/mnist'])
+
+
+def test_options_beam_refuses_fail_before_any_work(
+    gcs_server, beam_gcs_anonymous, trained_export):
+  storage.upload_tree(trained_export, 'gs://test-bucket/mnist/export')
+  storage.write_bytes('gs://test-bucket/images/0.png', b'x')
+  earlier = 'gs://test-bucket/scores/mnist-predictions-00000-of-00001.jsonl'
+  storage.write_text(earlier, '{"uri": "kept"}\n')
+  # Beam itself checks its options (here --job_name) when the pipeline is
+  # created: that too happens before the earlier outputs are deleted.
+  with pytest.raises(options_lib.ConfigError, match='Invalid job_name'):
+    pipeline.run([
+        '--runner=DataflowRunner', '--project=test-project',
+        '--region=us-central1', '--temp_location=gs://test-bucket/tmp',
+        '--job_name=Nightly_Scoring',
+        f'--setup_file={conftest.REPO}/setup.py',
+        '--model_dir=gs://test-bucket/mnist/export',
+        '--input=gs://test-bucket/images/0.png',
+        '--output=gs://test-bucket/scores/mnist'])
+  assert storage.read_text(earlier) == '{"uri": "kept"}\n'

@@ -1,0 +1,139 @@
+"""Header sniffing: formats, sizes and frame counts without decoding."""
+
+import io
+
+import numpy as np
+from PIL import Image
+import pytest
+
+from batch_predict import image_header
+from tests import conftest
+from tests import image_files
+
+
+def _encode(pixels, image_format, **options):
+  buffer = io.BytesIO()
+  Image.fromarray(pixels).save(buffer, image_format, **options)
+  return buffer.getvalue()
+
+
+@pytest.mark.parametrize('image_format,options,channels', [
+    ('JPEG', {}, 1),
+    ('JPEG', {}, 3),
+    ('JPEG', {'progressive': True}, 3),
+    ('JPEG', {'exif': b'Exif\x00\x00' + b'\x00' * 64}, 3),
+    ('PNG', {}, 1),
+    ('PNG', {}, 3),
+    ('GIF', {}, 1),
+    ('BMP', {}, 3),
+])
+def test_reads_format_and_size_of_images_pillow_writes(image_format, options,
+                                                       channels):
+  pixels = conftest.random_pixels(37, 53, channels)  # 37 high, 53 wide.
+  info = image_header.read_header(_encode(pixels, image_format, **options))
+  assert info == image_header.ImageInfo(image_format, 53, 37, 1)
+  assert info.pixels == 37 * 53
+
+
+def test_sixteen_bit_png_cmyk_jpeg_and_top_down_bmp_are_ordinary_images():
+  digit = image_files.digits(1)[0][0]
+  sixteen_bit, cmyk = (image_files.sixteen_bit_png(digit),
+                       image_files.cmyk_jpeg(digit))
+  assert sixteen_bit[24] == 16  # IHDR bit depth.
+  assert Image.open(io.BytesIO(cmyk)).mode == 'CMYK'
+  assert image_header.check_image(sixteen_bit, 10**6) == ('PNG', 28, 28, 1)
+  assert image_header.check_image(cmyk, 10**6) == ('JPEG', 28, 28, 1)
+  bmp = bytearray(_encode(conftest.random_pixels(5, 7), 'BMP'))
+  bmp[22:26] = (-5).to_bytes(4, 'little', signed=True)  # Top-down rows.
+  assert image_header.read_header(bytes(bmp)) == ('BMP', 7, 5, 1)
+
+
+def test_counts_frames_of_animated_gif_and_png():
+  info = image_header.read_header(image_files.animated_gif(frames=4))
+  assert (info.format, info.frames) == ('GIF', 4)
+  frames = [Image.fromarray(conftest.random_pixels(8, 8, 3, seed=i))
+            for i in range(2)]
+  buffer = io.BytesIO()
+  frames[0].save(buffer, 'PNG', save_all=True, append_images=frames[1:])
+  assert image_header.read_header(buffer.getvalue()).frames == 2
+  with pytest.raises(image_header.HeaderError, match='animated GIF with 4 '
+                     'frames') as raised:
+    image_header.check_image(image_files.animated_gif(frames=4), 10**6)
+  assert raised.value.kind == image_header.ANIMATED
+
+
+def test_decompression_bomb_is_refused_from_its_header():
+  bomb = image_files.bomb_png()
+  assert len(bomb) < 1_000_000  # A small file...
+  info = image_header.read_header(bomb)
+  assert info.pixels == 10_001 * 10_001  # ...of over 100 million pixels.
+  with pytest.raises(image_header.HeaderError) as raised:
+    image_header.check_image(bomb, max_pixels=100_000_000)
+  assert raised.value.kind == image_header.TOO_MANY_PIXELS
+  assert '10,001 x 10,001' in str(raised.value)
+  assert '--max_image_pixels' in str(raised.value)
+  assert image_header.check_image(bomb, max_pixels=10**9) == info
+
+
+def test_gif_frame_larger_than_its_screen_counts_at_its_own_size():
+  gif = bytearray(_encode(conftest.random_pixels(4, 4, 1), 'GIF'))
+  gif[6:10] = bytes([1, 0, 1, 0])  # Logical screen 1 x 1; the frame is 4 x 4.
+  assert image_header.read_header(bytes(gif)).pixels == 16
+
+
+@pytest.mark.parametrize('content,kind,words', [
+    (b'', image_header.EMPTY_FILE, 'empty file'),
+    (b'hello, world\nthis is text\n', image_header.NOT_AN_IMAGE, 'text'),
+    (b'BMW and Audi photos: see list.txt', image_header.NOT_AN_IMAGE, 'text'),
+    ('caf\u00e9 cr\u00e8me'.encode(), image_header.NOT_AN_IMAGE, 'text'),
+    (image_files.random_bytes(), image_header.NOT_AN_IMAGE,
+     'unrecognised content'),
+    (b'%PDF-1.7\n...', image_header.UNSUPPORTED_FORMAT, 'PDF'),
+    (b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg">',
+     image_header.UNSUPPORTED_FORMAT, 'SVG'),
+    (b'\xff\xd8\xff\xe0\x00\x10JFIF', image_header.CORRUPT_HEADER,
+     'truncated JPEG'),
+    (b'\x89PNG\r\n\x1a\n\x00\x00', image_header.CORRUPT_HEADER,
+     'truncated PNG'),
+    (b'GIF89a\x05\x00\x05\x00\x00\x00\x00;', image_header.CORRUPT_HEADER,
+     'truncated GIF'),
+])
+def test_bad_bytes_get_a_kind_and_a_message_a_person_can_act_on(
+    content, kind, words):
+  with pytest.raises(image_header.HeaderError) as raised:
+    image_header.check_image(content, 10**6)
+  assert raised.value.kind == kind
+  assert words in str(raised.value)
+
+
+@pytest.mark.parametrize('image_format,name', [
+    ('WEBP', 'WebP'), ('TIFF', 'TIFF'), ('ICO', 'ICO')])
+def test_other_image_formats_are_named_in_the_error(image_format, name):
+  content = _encode(conftest.random_pixels(16, 16, 3), image_format)
+  assert image_header.sniff_format(content[:32]) == name
+  with pytest.raises(image_header.HeaderError,
+                     match=f'{name} file.*convert it to PNG or JPEG') as raised:
+    image_header.read_header(content)
+  assert raised.value.kind == image_header.UNSUPPORTED_FORMAT
+
+
+def test_zero_sized_image_is_a_corrupt_header():
+  png = bytearray(_encode(conftest.random_pixels(3, 3), 'PNG'))
+  png[16:20] = bytes(4)  # IHDR width = 0.
+  with pytest.raises(image_header.HeaderError, match='0 x 3') as raised:
+    image_header.read_header(bytes(png))
+  assert raised.value.kind == image_header.CORRUPT_HEADER
+
+
+def test_truncated_jpeg_with_whole_header_passes_the_header_check():
+  # Only the decoder can tell: the model handler isolates it (see
+  # test_model_handler.py).
+  digit = image_files.digits(1)[0][0]
+  truncated = image_files.truncated_jpeg(digit)
+  assert image_header.check_image(truncated, 10**6) == ('JPEG', 28, 28, 1)
+
+
+def test_sniff_format_needs_only_the_first_bytes():
+  png = _encode(np.zeros((4, 4), np.uint8), 'PNG')
+  assert image_header.sniff_format(png[:16]) == 'PNG'
+  assert image_header.sniff_format(b'gs://bucket/a.png\n') is None

@@ -1,0 +1,143 @@
+"""The RunInference handler: loading the artifact, isolating bad images."""
+
+import os
+import shutil
+
+import apache_beam as beam
+from apache_beam.ml.inference import base
+from apache_beam.testing import test_pipeline
+from apache_beam.testing import util
+import numpy as np
+import pytest
+
+from batch_predict import model_handler
+from tests import image_files
+from trainer import export
+from trainer import storage
+
+
+@pytest.fixture(scope='module')
+def classifier(trained_export):
+  return model_handler.load_classifier(trained_export)
+
+
+def _good_images(count):
+  return [(image_files.encode(digit, 'PNG'), label)
+          for digit, label in image_files.digits(count)]
+
+
+def test_loads_the_artifact_with_its_labels(classifier):
+  assert classifier.labels == tuple(str(d) for d in range(10))
+  images = [image for image, _ in _good_images(4)]
+  probabilities = classifier.predict(images)
+  assert probabilities.shape == (4, 10)
+  np.testing.assert_allclose(probabilities.sum(axis=1), 1, atol=1e-5)
+
+
+def test_one_undecodable_image_costs_one_result_not_the_batch(classifier):
+  good = _good_images(9)
+  digit = image_files.digits(1)[0][0]
+  truncated = image_files.truncated_jpeg(digit)
+  corrupt_png = bytearray(image_files.encode(digit, 'PNG'))
+  corrupt_png[60:80] = bytes(20)  # Zeroes over the compressed pixels.
+  batch = [image for image, _ in good]
+  batch[2:2] = [truncated]
+  batch[7:7] = [bytes(corrupt_png)]
+  splits = []
+  results = model_handler.predict_isolating_failures(
+      classifier, batch, on_split=lambda: splits.append(1))
+  assert len(results) == len(batch)
+  failures = [i for i, r in enumerate(results)
+              if isinstance(r, model_handler.DecodeFailure)]
+  assert failures == [2, 7]
+  assert results[2].kind == model_handler.UNDECODABLE
+  assert 'truncated or corrupt' in results[2].message
+  assert 'Graph execution error' not in results[2].message
+  assert splits  # The batch was split to find them.
+  # Every good image got the probabilities it gets on its own.
+  alone = classifier.predict([image for image, _ in good])
+  scored = np.stack([r for i, r in enumerate(results) if i not in (2, 7)])
+  np.testing.assert_allclose(scored, alone, atol=1e-5)
+
+
+def test_a_batch_of_good_images_is_one_call(classifier):
+  splits = []
+  results = model_handler.predict_isolating_failures(
+      classifier, [image for image, _ in _good_images(5)],
+      on_split=lambda: splits.append(1))
+  assert not splits
+  assert all(isinstance(r, np.ndarray) for r in results)
+
+
+def test_power_of_two_chunks_cover_the_batch_in_order():
+  batch = list(range(37))
+  chunks = model_handler.power_of_two_chunks(batch)
+  assert [len(c) for c in chunks] == [32, 4, 1]
+  assert [x for c in chunks for x in c] == batch
+  assert [len(c) for c in model_handler.power_of_two_chunks(range(64))] == [64]
+  assert model_handler.power_of_two_chunks([]) == []
+
+
+def test_handler_returns_prediction_results_for_a_batch(trained_export):
+  handler = model_handler.ImageClassifierHandler(trained_export,
+                                                 max_batch_size=16)
+  assert handler.batch_elements_kwargs() == {'max_batch_size': 16}
+  model = handler.load_model()
+  # 7 images: model calls of 4, 2 and 1 images; the bad one is in the 2.
+  images = [image for image, _ in _good_images(6)]
+  images.insert(5, b'\xff\xd8\xff')
+  results = list(handler.run_inference(images, model))
+  assert [r.example for r in results] == images
+  assert all(r.model_id == trained_export for r in results)
+  assert [isinstance(r.inference, model_handler.DecodeFailure)
+          for r in results] == [False] * 5 + [True, False]
+  alone = model.predict(images[:5] + images[6:])
+  np.testing.assert_allclose(
+      np.stack([r.inference for i, r in enumerate(results) if i != 5]),
+      alone, atol=1e-5)
+  assert handler.get_num_bytes(images) == sum(len(i) for i in images)
+
+
+def test_loads_an_artifact_from_a_bucket(gcs_server, trained_export,
+                                         classifier):
+  storage.upload_tree(trained_export, 'gs://test-bucket/run/export')
+  remote = model_handler.load_classifier('gs://test-bucket/run/export')
+  images = [image for image, _ in _good_images(3)]
+  np.testing.assert_allclose(remote.predict(images),
+                             classifier.predict(images), atol=1e-6)
+
+
+def test_refuses_an_incomplete_artifact(trained_export, tmp_path):
+  copy = str(tmp_path / 'export')
+  shutil.copytree(trained_export, copy)
+  os.remove(os.path.join(copy, export.COMPLETE_MARKER))
+  handler = model_handler.ImageClassifierHandler(copy)
+  with pytest.raises(export.ArtifactError, match='incomplete'):
+    handler.load_model()
+
+
+def test_runinference_keeps_each_uri_with_its_result(trained_export):
+  good = _good_images(5)
+  elements = [(f'digit-{i}.png', image) for i, (image, _) in enumerate(good)]
+  elements.append(('cut.jpg', image_files.truncated_jpeg(
+      image_files.digits(1)[0][0])))
+  expected_labels = {f'digit-{i}.png': str(np.argmax(p)) for i, p in
+                     enumerate(model_handler.load_classifier(
+                         trained_export).predict([g for g, _ in good]))}
+  expected_labels['cut.jpg'] = model_handler.UNDECODABLE
+
+  def label(element):
+    uri, result = element
+    if isinstance(result.inference, model_handler.DecodeFailure):
+      return uri, result.inference.kind
+    return uri, str(np.argmax(result.inference))
+
+  handler = model_handler.ImageClassifierHandler(
+      trained_export, min_batch_size=len(elements),
+      max_batch_size=len(elements))
+  with test_pipeline.TestPipeline() as pipeline:
+    labels = (pipeline
+              | beam.Create(elements)
+              | base.RunInference(base.KeyedModelHandler(handler))
+              | beam.Map(label))
+    util.assert_that(labels, util.equal_to(list(expected_labels.items())))

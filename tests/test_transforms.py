@@ -1,0 +1,234 @@
+"""The pipeline's steps, in TestPipelines: listing, the bad-input catalogue,
+counters and progress logs, and the sharded JSON-lines sink."""
+
+import collections
+import json
+import logging
+import os
+
+import apache_beam as beam
+from apache_beam.metrics import metric
+from apache_beam.options import pipeline_options
+from apache_beam.testing import test_pipeline
+from apache_beam.testing import util
+import numpy as np
+import pytest
+
+from batch_predict import inputs
+from batch_predict import model_handler
+from batch_predict import outputs
+from batch_predict import transforms
+from tests import image_files
+
+
+@pytest.fixture(scope='module')
+def catalogue(tmp_path_factory):
+  return image_files.write_catalogue(str(tmp_path_factory.mktemp('images')))
+
+
+def _counters(result):
+  query = result.metrics().query(
+      metric.MetricsFilter().with_namespace(transforms.NAMESPACE))
+  totals = {}
+  for counter in query['counters']:
+    name = counter.key.metric.name
+    totals[name] = totals.get(name, 0) + counter.committed
+  return totals
+
+
+def test_bad_input_catalogue_each_gets_its_error_and_good_images_are_scored(
+    trained_export, catalogue):
+  good, bad = catalogue
+  uris = sorted(good) + sorted(bad)
+  classifier = model_handler.load_classifier(trained_export)
+  expected_labels = {}
+  for uri in good:
+    with open(uri, 'rb') as f:
+      expected_labels[uri] = classifier.labels[int(np.argmax(
+          classifier.predict([f.read()])[0]))]
+  # One batch for every image that passes the header checks, so the
+  # truncated JPEG shares its batch with all the good images: 16 of them,
+  # a power of two, so the handler makes one model call of the whole batch.
+  assert len(good) + 1 == 16
+  handler = model_handler.ImageClassifierHandler(
+      trained_export, min_batch_size=len(uris), max_batch_size=len(uris))
+
+  def check_predictions(records):
+    by_uri = {r['uri']: r for r in records}
+    assert len(by_uri) == len(records) == len(good)
+    assert set(by_uri) == set(good)
+    for uri, record in by_uri.items():
+      assert record['label'] == expected_labels[uri], uri
+      assert [c['label'] for c in record['top_k']][0] == record['label']
+      assert len(record['top_k']) == 3
+      scores = [c['score'] for c in record['top_k']]
+      assert scores == sorted(scores, reverse=True)
+    # The 16-bit PNG and the CMYK JPEG are valid images: they score like
+    # their 8-bit grey and RGB twins (the same digit).
+    twin = {os.path.basename(u): r for u, r in by_uri.items()}
+    digit_label = next(n for n in twin if n.startswith('digit-0-'))[8]
+    assert twin[f'sixteen-bit-{digit_label}.png']['label'] == (
+        twin[f'digit-0-{digit_label}.png']['label'])
+    assert twin[f'cmyk-{digit_label}.jpg']['label'] == (
+        twin[f'digit-0-{digit_label}.jpg']['label'])
+
+  def check_errors(records):
+    by_uri = {r['uri']: r for r in records}
+    assert len(by_uri) == len(records)
+    assert set(by_uri) == set(bad)
+    problems = []
+    for uri, (kind, words) in bad.items():
+      record = by_uri[uri]
+      if record['kind'] != kind or words not in record['error']:
+        problems.append((os.path.basename(uri), kind, words, record))
+    assert not problems, problems
+
+  pipeline = test_pipeline.TestPipeline()
+  predictions, errors = (
+      pipeline
+      | beam.Create(uris)
+      | transforms.ClassifyImages(handler, classifier.labels, top_k=3,
+                                  max_file_bytes=10**6,
+                                  max_image_pixels=100_000_000))
+  util.assert_that(predictions, check_predictions, label='CheckPredictions')
+  util.assert_that(errors, check_errors, label='CheckErrors')
+  result = pipeline.run()
+  result.wait_until_finish()
+  counters = _counters(result)
+  assert counters['images_scored'] == len(good)
+  assert counters['batches_split'] >= 1  # The truncated JPEG's batch.
+  for kind, count in collections.Counter(k for k, _ in bad.values()).items():
+    assert counters[f'errors_{kind}'] == count, kind
+  on_disk = sum(os.path.getsize(u) for u in uris if os.path.exists(u))
+  assert counters['bytes_read'] == on_disk
+
+
+def test_files_over_max_file_bytes_are_not_read(trained_export, tmp_path):
+  big = tmp_path / 'big.png'
+  big.write_bytes(image_files.encode(np.zeros((200, 200), np.uint8), 'PNG') +
+                  bytes(5000))
+  small = tmp_path / 'small.png'
+  small.write_bytes(image_files.encode(image_files.digits(1)[0][0], 'PNG'))
+  handler = model_handler.ImageClassifierHandler(trained_export)
+  with test_pipeline.TestPipeline() as pipeline:
+    predictions, errors = (
+        pipeline
+        | beam.Create([str(big), str(small)])
+        | transforms.ClassifyImages(handler, [str(d) for d in range(10)],
+                                    top_k=1, max_file_bytes=4000,
+                                    max_image_pixels=10**6))
+    util.assert_that(predictions | beam.Map(lambda r: r['uri']),
+                     util.equal_to([str(small)]), label='CheckPredictions')
+    util.assert_that(errors | beam.Map(lambda r: (r['uri'], r['kind'])),
+                     util.equal_to([(str(big), inputs.FILE_TOO_LARGE)]),
+                     label='CheckErrors')
+
+
+def test_model_is_loaded_once_per_process_and_shared_by_its_threads(
+    trained_export, tmp_path):
+  paths = []
+  for index, (digit, _) in enumerate(image_files.digits(40)):
+    path = tmp_path / f'{index}.png'
+    path.write_bytes(image_files.encode(digit, 'PNG'))
+    paths.append(str(path))
+  handler = model_handler.ImageClassifierHandler(trained_export,
+                                                 max_batch_size=4)
+  pipeline = test_pipeline.TestPipeline(
+      options=pipeline_options.PipelineOptions(
+          ['--direct_running_mode=multi_threading', '--direct_num_workers=2']))
+  predictions, _ = (pipeline
+                    | beam.Create(paths)
+                    | transforms.ClassifyImages(
+                        handler, [str(d) for d in range(10)], top_k=1,
+                        max_file_bytes=10**6, max_image_pixels=10**6))
+  util.assert_that(predictions | beam.Map(lambda r: r['uri']),
+                   util.equal_to(paths))
+  result = pipeline.run()
+  result.wait_until_finish()
+  query = result.metrics().query(metric.MetricsFilter().with_name(
+      'load_model_latency_milli_secs'))
+  loads = sum(d.committed.count for d in query['distributions'])
+  batches = sum(d.committed.count for d in result.metrics().query(
+      metric.MetricsFilter().with_name('inference_batch_latency_micro_secs')
+  )['distributions'])
+  assert loads == 1
+  assert batches >= 10  # Many batches, in two worker threads, one model.
+
+
+def test_progress_is_logged(trained_export, tmp_path, caplog):
+  paths = []
+  for index, (digit, _) in enumerate(image_files.digits(4)):
+    path = tmp_path / f'{index}.png'
+    path.write_bytes(image_files.encode(digit, 'PNG'))
+    paths.append(str(path))
+  handler = model_handler.ImageClassifierHandler(trained_export)
+  with caplog.at_level(logging.INFO, logger=transforms.__name__):
+    with test_pipeline.TestPipeline() as pipeline:
+      _ = (pipeline
+           | beam.Create(paths)
+           | transforms.ClassifyImages(handler, [str(d) for d in range(10)],
+                                       top_k=1, max_file_bytes=10**6,
+                                       max_image_pixels=10**6,
+                                       progress_interval_secs=1e-9))
+  progress = [r.getMessage() for r in caplog.records
+              if 'This worker has scored' in r.getMessage()]
+  assert progress  # At most one line per interval; here, per image.
+  assert 'images/s' in progress[-1]
+
+
+def test_list_images_reads_a_uri_list(tmp_path):
+  listing = tmp_path / 'lists' / 'images.txt'
+  listing.parent.mkdir()
+  listing.write_text('# scored nightly\n\nrelative.png\n/abs/a.png\n'
+                     '/gcs/bucket/b.png\nhttp://example.com/c.png\n')
+  with test_pipeline.TestPipeline() as pipeline:
+    uris = pipeline | transforms.ListImages(
+        inputs.InputSource(inputs.URI_LIST, str(listing)))
+    util.assert_that(uris, util.equal_to([
+        str(tmp_path / 'lists' / 'relative.png'), '/abs/a.png',
+        'gs://bucket/b.png', 'http://example.com/c.png']))
+
+
+def test_list_images_of_a_folder_is_recursive(tmp_path):
+  for name in ('a.png', 'sub/b.jpg', 'sub/deeper/c.gif'):
+    (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / name).write_bytes(b'x')
+  source = inputs.resolve_input(str(tmp_path))
+  with test_pipeline.TestPipeline() as pipeline:
+    uris = pipeline | transforms.ListImages(source)
+    util.assert_that(uris, util.equal_to([
+        str(tmp_path / 'a.png'), str(tmp_path / 'sub/b.jpg'),
+        str(tmp_path / 'sub/deeper/c.gif')]))
+
+
+def _records(count):
+  return [outputs.error_record(f'/images/{i}.png', 'not_found', 'gone')
+          for i in range(count)]
+
+
+def _write(prefix, records, num_shards):
+  with test_pipeline.TestPipeline() as pipeline:
+    paths = (pipeline
+             | beam.Create(records)
+             | transforms.WriteRecords(prefix, outputs.ERRORS, num_shards))
+    util.assert_that(paths, util.equal_to([
+        outputs.shard_path(prefix, outputs.ERRORS, i, num_shards)
+        for i in range(num_shards)]))
+
+
+def test_write_records_writes_every_shard_whole_and_rewrites_on_rerun(
+    tmp_path):
+  prefix = str(tmp_path / 'out' / 'run')
+  records = _records(3)  # Fewer records than shards: some shards are empty.
+  _write(prefix, records, num_shards=5)
+  files = sorted(os.listdir(tmp_path / 'out'))
+  assert files == [f'run-errors-0000{i}-of-00005.jsonl' for i in range(5)]
+  for index, name in enumerate(files):
+    with open(tmp_path / 'out' / name) as f:
+      lines = [json.loads(line) for line in f]
+    expected = [r for r in records if outputs.shard_of(r['uri'], 5) == index]
+    assert sorted(lines, key=str) == sorted(expected, key=str)
+  _write(prefix, records, num_shards=5)  # A retry or re-run: no duplicates.
+  assert sorted(os.listdir(tmp_path / 'out')) == files
+  assert sorted(outputs.read_records(prefix, outputs.ERRORS),
+                key=str) == sorted(records, key=str)
