@@ -1,0 +1,83 @@
+"""A full train -> export -> write samples -> score run whose only storage is
+buckets on a real GCS-compatible server (fake-gcs-server)."""
+
+import gzip
+import json
+import struct
+
+import numpy as np
+import pytest
+
+from batch_predict import pipeline
+from tests import conftest
+from trainer import data
+from trainer import export
+from trainer import samples
+from trainer import storage
+
+
+def _idx_bytes(array):
+  header = struct.pack('>HBB', 0, 0x08, array.ndim)
+  header += struct.pack(f'>{array.ndim}I', *array.shape)
+  return gzip.compress(header + array.astype(np.uint8).tobytes())
+
+
+def _upload_digits_as_idx(folder, n_train=1200, n_test=300):
+  """The bundled digits, in MNIST's own IDX .gz format, in a bucket."""
+  source = data.load_mnist_sample(0.0, 0.2)
+  for split, prefix, count in (('train', 'train', n_train),
+                               ('test', 't10k', n_test)):
+    images, labels = next(source.examples(split).batch(count)
+                          .as_numpy_iterator())
+    storage.write_bytes(f'{folder}/{prefix}-images-idx3-ubyte.gz',
+                        _idx_bytes(images[..., 0]))
+    storage.write_bytes(f'{folder}/{prefix}-labels-idx1-ubyte.gz',
+                        _idx_bytes(labels))
+
+
+@pytest.mark.slow
+def test_train_export_and_score_with_buckets_only(gcs_server,
+                                                  beam_gcs_anonymous):
+  bucket = 'gs://test-bucket'
+  _upload_digits_as_idx(f'{bucket}/data/digits')
+  # Vertex's Cloud Storage FUSE path names the same bucket.
+  conftest.run_module(
+      'trainer.task', '--dataset=mnist', f'--data_dir={bucket}/data/digits',
+      '--job_dir=/gcs/test-bucket/runs/digits', '--model=deep_mnist',
+      '--epochs=2', '--batch_size=64')
+  job_dir = f'{bucket}/runs/digits'
+  names = {uri[len(job_dir) + 1:].split('/')[0]
+           for uri in storage.list_files(job_dir)}
+  assert names == {'checkpoints', 'config.yaml', 'export', 'logs',
+                   'metrics.json', 'training_curves.png'}
+  assert export.is_complete(f'{job_dir}/export')
+  metrics = storage.read_json(f'{job_dir}/metrics.json')
+  assert metrics['examples'] == {'train': 1080, 'validation': 120,
+                                 'test': 300}
+
+  conftest.run_module(
+      'trainer.write_samples', '--dataset=mnist',
+      f'--data_dir={bucket}/data/digits', f'--output_dir={bucket}/samples',
+      '--count=300')
+  storage.write_bytes(f'{bucket}/samples/broken.png', b'\x89PNG\r\n\x1a\n')
+  result = pipeline.run([
+      f'--model_dir={job_dir}/export', f'--input={bucket}/samples/*.png',
+      f'--output={bucket}/scores/digits', '--num_shards=2'])
+  assert result.state == 'DONE'
+
+  def records(name):
+    found = []
+    for uri in storage.glob(f'{bucket}/scores/digits-{name}-*.jsonl'):
+      found += [json.loads(line) for line in
+                storage.read_text(uri).splitlines()]
+    return found
+
+  predictions, errors = records('predictions'), records('errors')
+  assert len(storage.glob(f'{bucket}/scores/digits-*')) == 4
+  assert [e['uri'] for e in errors] == [f'{bucket}/samples/broken.png']
+  assert len(predictions) == 300
+  # Scoring the whole test split as PNG files reproduces the trainer's own
+  # test accuracy: no skew between training and scoring.
+  correct = sum(samples.label_from_name(p['uri']) == int(p['label'])
+                for p in predictions)
+  assert correct / 300 == pytest.approx(metrics['test_accuracy'], abs=0.005)
