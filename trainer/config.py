@@ -21,6 +21,7 @@ MODELS = ('softmax', 'mlp', 'deep_mnist', 'cnn_bn')
 STRATEGIES = ('auto', 'default', 'mirrored', 'multi_worker')
 CACHE_MODES = ('auto', 'memory', 'none')
 HYPERTUNE_METRICS = ('val_accuracy', 'val_loss', 'accuracy', 'loss')
+MIXED_PRECISION = ('float32', 'mixed_bfloat16', 'mixed_float16', 'auto')
 # Datasets whose images have a fixed shape; the others are resized.
 FIXED_SHAPE_DATASETS = ('mnist_sample', 'mnist', 'fashion_mnist')
 DEFAULT_IMAGE_SIZE = 64  # For image_folder and tfrecord, unless set.
@@ -85,6 +86,10 @@ class Config:
       'auto', f'tf.distribute strategy: {", ".join(STRATEGIES)}. auto: '
       'multi_worker when TF_CONFIG/CLUSTER_SPEC names a cluster, mirrored '
       'with two or more GPUs, default otherwise.')
+  mixed_precision: str = _field(
+      'float32', 'Keras dtype policy: float32, mixed_bfloat16, '
+      'mixed_float16, or auto (what the GPU or CPU computes fastest; see '
+      'trainer/precision.py). Exports are float32 either way.')
   jit_compile: bool = _field(
       False, 'XLA-compile the training step (helps on GPUs; about 3x slower '
       'on the CPUs measured here).')
@@ -177,6 +182,9 @@ def _validate(config):
          f'unknown model {config.model!r}; choose one of {MODELS}.')
   _check(config.strategy in STRATEGIES, 'strategy',
          f'unknown strategy {config.strategy!r}; choose one of {STRATEGIES}.')
+  _check(config.mixed_precision in MIXED_PRECISION, 'mixed_precision',
+         f'unknown policy {config.mixed_precision!r}; choose one of '
+         f'{MIXED_PRECISION}.')
   _check(config.cache in CACHE_MODES, 'cache',
          f'unknown cache mode {config.cache!r}; choose one of {CACHE_MODES}.')
   for name in ('epochs', 'batch_size'):

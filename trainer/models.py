@@ -38,7 +38,9 @@ _MAX_FEATURE_SIDE = 7
 def classifier_head(x, num_classes):
   """The classification head every model ends with (the export finds it)."""
   logits = keras.layers.Dense(num_classes, name=LOGITS_LAYER)(x)
-  return keras.layers.Softmax(name=PROBABILITIES_LAYER)(logits)
+  # float32 under mixed precision too: probabilities and the loss need it.
+  return keras.layers.Softmax(name=PROBABILITIES_LAYER, dtype='float32')(
+      logits)
 
 
 def _cap_feature_map(x):

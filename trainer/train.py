@@ -39,6 +39,7 @@ from trainer import distribute
 from trainer import export
 from trainer import hptuning
 from trainer import models
+from trainer import precision
 from trainer import preemption
 from trainer import storage
 from trainer import transfer
@@ -275,7 +276,8 @@ def build_and_compile(config, info, strategy, base=None):
   With a transfer `base` (transfer.prepare), the model is the base's frozen
   feature extractor under a new head.
   """
-  with strategy.scope():
+  policy = precision.resolve(config.mixed_precision)
+  with strategy.scope(), precision.policy_scope(policy):
     keras.utils.set_random_seed(config.seed)
     if base is None:
       model = models.build_model(config.model, config.image_shape,
@@ -283,6 +285,9 @@ def build_and_compile(config, info, strategy, base=None):
     else:
       model = transfer.build_model(base, info.num_classes)
     compile_model(model, config, config.learning_rate)
+  if policy != 'float32':
+    logging.info('Mixed precision: %s (--mixed_precision=%s).', policy,
+                 config.mixed_precision)
   return model
 
 
@@ -440,6 +445,7 @@ def _train_evaluate_export(config, layout, source, model, strategy, task,
       'model': model.name,
       'examples': source.info.sizes,
       'replicas': strategy.num_replicas_in_sync,
+      'mixed_precision': model.dtype_policy.name,
       'workers': task.num_tasks,
       'train_seconds': round(train_seconds, 2),
       'train_images_per_second': _summarise_throughput(history),
@@ -502,6 +508,9 @@ def _export(model, config, source, layout, dirs, task, metrics, base=None):
       metrics={k: metrics[k] for k in ('test_accuracy', 'test_loss')},
       extra=(transfer.describe(base, model, config.dataset,
                                config.fine_tune_layers) if base else None))
+  # A float32 artifact whatever the training precision: portable, and it
+  # scores the same on any hardware.
+  model = precision.as_float32(model)
   if task.is_chief:
     export.export_model(model, layout.export_dir, metadata)
     dirs.push()
