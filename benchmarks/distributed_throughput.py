@@ -41,8 +41,14 @@ import time
 from absl import app
 from absl import flags
 
+from benchmarks import results
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+SECTION_TITLE = ('## Distributed training: 1 device, 2 devices, 2 workers; '
+                 'resume latency')
+_RESULTS = flags.DEFINE_string('results', results.RESULTS_PATH,
+                               'Markdown file to write the table to.')
 _MODEL = flags.DEFINE_string('model', 'deep_mnist', 'Model to train.')
 _EPOCHS = flags.DEFINE_integer('epochs', 4, 'Epochs per run (at least 3).')
 _STEPS = flags.DEFINE_integer('steps_per_epoch', 40, 'Steps per epoch.')
@@ -167,19 +173,19 @@ def main(argv):
     print(f'{_MODEL.value}, {_EPOCHS.value} epochs of {_STEPS.value} steps, '
           f'global batch {_BATCH_SIZE.value}, {os.cpu_count()} CPU cores; '
           f'load average before: {os.getloadavg()[0]:.2f}', flush=True)
-    results = {}
+    results_by_run = {}
     for name, run in (('1 device', run_one_device),
                       ('2 devices (mirrored)', run_two_devices),
                       ('2 workers (multi-worker)', run_two_workers)):
       started = time.perf_counter()
-      results[name] = run(work_dir)
+      results_by_run[name] = run(work_dir)
       print(f'  ran {name} in {time.perf_counter() - started:.0f} s',
             flush=True)
     resumed, fresh, stop_seconds = run_resumed(work_dir)
-    baseline = _rate(results['1 device'])
+    baseline = _rate(results_by_run['1 device'])
     print(f'\n{"run":26} {"replicas":>8} {"images/s":>9} {"vs 1":>6}   '
           'per epoch')
-    for name, metrics in results.items():
+    for name, metrics in results_by_run.items():
       print(f'{name:26} {metrics["replicas"]:8d} {_rate(metrics):9.0f} '
             f'{_rate(metrics) / baseline:6.2f}   {_epoch_rates(metrics)}')
     print(f'\nSIGTERM to exit: {stop_seconds:.1f} s. Resumed run: first '
@@ -188,6 +194,28 @@ def main(argv):
           f'fresh start: {fresh:.1f} s; difference '
           f'{resumed["first_step_seconds"] - fresh:+.1f} s).')
     print(f'load average after: {os.getloadavg()[0]:.2f}')
+    rows = [[name, metrics['replicas'], f'{_rate(metrics):,.0f}',
+             f'{_rate(metrics) / baseline:.2f}', _epoch_rates(metrics)]
+            for name, metrics in results_by_run.items()]
+    body = '\n'.join([
+        '`python -m benchmarks.distributed_throughput`: '
+        f'{_MODEL.value}, {_EPOCHS.value} epochs of {_STEPS.value} steps, '
+        f'global batch {_BATCH_SIZE.value} ({results.machine()}). Images/s: '
+        'median of the per-epoch rates after the first. On 2 cores, logical '
+        'devices and local workers share the same cores: the ratios show '
+        "each strategy's overhead, not a speed-up.",
+        '',
+        results.markdown_table(['run', 'replicas', 'images/s', 'vs 1 device',
+                                'per epoch'], rows),
+        '',
+        f'Resume: the first training step of a resumed run came '
+        f'{resumed["first_step_seconds"]:.1f} s after the process started, at '
+        f'epoch {resumed["resumed_from_epoch"] + 1}; the same job\'s fresh '
+        f'start took {fresh:.1f} s (difference '
+        f'{resumed["first_step_seconds"] - fresh:+.1f} s). SIGTERM to exit: '
+        f'{stop_seconds:.1f} s.',
+    ])
+    results.write_section(SECTION_TITLE, body, _RESULTS.value)
 
 
 if __name__ == '__main__':

@@ -37,6 +37,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _WRITTEN = '_WRITTEN'
+SECTION_TITLE = '## Scoring throughput and memory: the pipeline beside the model'
 
 
 def _child_env():
@@ -185,6 +186,9 @@ def main():
   parser.add_argument('--batch_size', type=int, default=64,
                       help='Batch size of the model-alone loop (the pipeline '
                       'default).')
+  parser.add_argument('--results',
+                      default=os.path.join(REPO, 'benchmarks', 'RESULTS.md'),
+                      help='Markdown file to write the table to.')
   parser.add_argument('--measure', help=argparse.SUPPRESS)
   parser.add_argument('--images_dir', help=argparse.SUPPRESS)
   parser.add_argument('--pipeline_flag', action='append', default=[],
@@ -210,30 +214,74 @@ def main():
   small = ensure_images(args.work_dir, args.images)
   print(f'Model {model_dir}; {os.cpu_count()} CPUs; {args.runs} runs each.')
   print(f"{'':<34} {'images':>7} {'images/s':>9}   (each run)")
-  rows = {}
-  for key, label, kind, flags in (
-      ('model', 'model alone, 1 process', 'model', ()),
-      ('direct', 'pipeline, DirectRunner in-process', 'pipeline', ()),
-      ('multi', 'pipeline, multi_processing x2', 'pipeline', _MULTI)):
-    runs = [run_measurement(kind, model_dir, small, args, flags)
-            for _ in range(args.runs)]
-    rows[key] = _summary(label, runs)
-    _print_row(rows[key])
-  for key in ('direct', 'multi'):
-    print(f"ratio {rows[key]['label']} / model alone: "
-          f"{rows[key]['median_rate'] / rows['model']['median_rate']:.2f}")
+  variants = (('model', 'model alone, 1 process', 'model', ()),
+              ('direct', 'pipeline, DirectRunner in-process', 'pipeline', ()),
+              ('multi', 'pipeline, multi_processing x2', 'pipeline', _MULTI))
+  start = time.perf_counter()
+  # Round by round, so that the machine's slow spells fall on every variant.
+  runs = {key: [] for key, _, _, _ in variants}
+  for _ in range(args.runs):
+    for key, _, kind, flags in variants:
+      runs[key].append(run_measurement(kind, model_dir, small, args, flags))
+  rows = {key: _summary(label, runs[key]) for key, label, _, _ in variants}
+  for row in rows.values():
+    _print_row(row)
+  ratios = {key: rows[key]['median_rate'] / rows['model']['median_rate']
+            for key in ('direct', 'multi')}
+  for key, ratio in ratios.items():
+    print(f"ratio {rows[key]['label']} / model alone: {ratio:.2f}")
+  large_rows = {}
   if args.large_images:
     large = ensure_images(args.work_dir, args.large_images)
-    for key, flags in (('direct', ()), ('multi', _MULTI)):
-      runs = [run_measurement('pipeline', model_dir, large, args, flags)
-              for _ in range(max(1, args.runs - 1))]
-      row = _summary(rows[key]['label'], runs)
-      _print_row(row)
-      small_peak = rows[key]['peak_total_rss_mb']
-      large_peak = row['peak_total_rss_mb']
-      print(f"peak memory {args.large_images:,} / {args.images:,} images, "
-            f"{row['label']}: {large_peak:,.0f} / {small_peak:,.0f} MB = "
-            f"{large_peak / small_peak:.2f}")
+    large_runs = {'direct': [], 'multi': []}
+    for _ in range(max(1, args.runs - 1)):
+      for key, flags in (('direct', ()), ('multi', _MULTI)):
+        large_runs[key].append(
+            run_measurement('pipeline', model_dir, large, args, flags))
+    for key, measured in large_runs.items():
+      large_rows[key] = _summary(rows[key]['label'], measured)
+      _print_row(large_rows[key])
+  write_results(rows, large_rows, ratios, args,
+                (time.perf_counter() - start) / 60)
+
+
+def write_results(rows, large_rows, ratios, args, minutes):
+  """Writes the section of benchmarks/RESULTS.md."""
+  sys.path.insert(0, REPO)
+  from benchmarks import results  # pylint: disable=g-import-not-at-top
+  table_rows = []
+  for key, row in list(rows.items()) + [(k, r) for k, r in
+                                        large_rows.items()]:
+    ratio = row['median_rate'] / rows['model']['median_rate']
+    table_rows.append([
+        row['label'], row['images'], f"{row['median_rate']:,.0f}",
+        ', '.join(f'{r:,.0f}' for r in row['rates']),
+        '' if key == 'model' else f'{ratio:.2f}',
+        f"{row['peak_total_rss_mb']:,.0f}"])
+  lines = [
+      '`python benchmarks/scoring_throughput.py`: PNG digits scored with the '
+      'default (cnn_bn) export, each measurement in a fresh process, '
+      f'{args.runs} alternating rounds ({results.machine()}; '
+      f'{minutes:.0f} minutes in all). Pipeline rates are wall-clock for the '
+      'whole run as a user sees it (start-up, listing, model loading, '
+      'scoring, writing); the model-alone loop (read files, decode + predict '
+      f'in batches of {args.batch_size}) is timed after loading the model.',
+      '',
+      results.markdown_table(
+          ['run', 'images', 'images/s (median)', 'each run',
+           'ratio to model alone', 'peak RSS MB'], table_rows),
+      '',
+      f"Target: the pipeline at least 0.6 of the model's own rate: "
+      f"{ratios['direct']:.2f} in-process "
+      f"({'met' if ratios['direct'] >= 0.6 else 'NOT met'}).",
+  ]
+  for key, row in large_rows.items():
+    growth = row['peak_total_rss_mb'] / rows[key]['peak_total_rss_mb']
+    lines.append(
+        f"Peak memory, {args.large_images:,} / {args.images:,} images, "
+        f"{row['label']}: {growth:.2f} (target at most 1.2: "
+        f"{'met' if growth <= 1.2 else 'NOT met'}).")
+  results.write_section(SECTION_TITLE, '\n'.join(lines), args.results)
 
 
 if __name__ == '__main__':

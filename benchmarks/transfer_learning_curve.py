@@ -18,13 +18,14 @@ heading (other sections of that file are left alone).
 """
 
 import os
-import re
 import tempfile
 import time
 
 from absl import app
 from absl import flags
 from absl import logging
+
+from benchmarks import results
 
 _FASHION_MNIST_DIR = flags.DEFINE_string(
     'fashion_mnist_dir', '/usr/share/datasets/fashion-mnist',
@@ -38,7 +39,7 @@ _SIZES = flags.DEFINE_list('sizes', ['100', '500', '4000'],
 _STEPS = flags.DEFINE_integer(
     'steps', 300, 'Optimisation steps of every digits run (batch 32).')
 _RESULTS = flags.DEFINE_string(
-    'results', os.path.join(os.path.dirname(__file__), 'RESULTS.md'),
+    'results', results.RESULTS_PATH,
     'Markdown file to write the table to.')
 
 SECTION_TITLE = '## Transfer learning: bundled digits from a Fashion-MNIST base'
@@ -95,23 +96,6 @@ def format_table(accuracies, sizes):
   return '\n'.join(lines)
 
 
-def replace_section(document, title, body):
-  """Puts `title` + `body` in a Markdown document, replacing that section.
-
-  The section runs from its `## ` heading to the next `## ` heading; the
-  rest of the document is kept as it is.
-  """
-  section = f'{title}\n\n{body.strip()}\n'
-  pattern = re.compile(rf'^{re.escape(title)}\n.*?(?=^## |\Z)',
-                       re.MULTILINE | re.DOTALL)
-  if pattern.search(document):
-    return pattern.sub(lambda _: section + '\n', document, count=1).rstrip(
-        '\n') + '\n'
-  if not document.strip():
-    return f'# Benchmark results\n\n{section}'
-  return document.rstrip('\n') + f'\n\n{section}'
-
-
 def main(argv):
   del argv
   sizes = [int(size) for size in _SIZES.value]
@@ -145,14 +129,7 @@ def main(argv):
       '',
       table,
   ])
-  print(f'\n{SECTION_TITLE}\n\n{body}\n')
-  document = ''
-  if os.path.exists(_RESULTS.value):
-    with open(_RESULTS.value, encoding='utf-8') as f:
-      document = f.read()
-  with open(_RESULTS.value, 'w', encoding='utf-8') as f:
-    f.write(replace_section(document, SECTION_TITLE, body))
-  print(f'Wrote {_RESULTS.value}')
+  results.write_section(SECTION_TITLE, body, _RESULTS.value)
 
 
 if __name__ == '__main__':

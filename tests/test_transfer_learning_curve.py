@@ -1,5 +1,6 @@
 """The transfer learning-curve benchmark's bookkeeping (not its training)."""
 
+from benchmarks import results
 from benchmarks import transfer_learning_curve as curve
 
 TITLE = curve.SECTION_TITLE
@@ -19,11 +20,11 @@ def test_every_variant_gets_the_same_number_of_steps():
 
 def test_results_section_is_added_then_replaced_leaving_others_alone():
   others = '# Benchmark results\n\n## Throughput\n\nkeep me\n'
-  added = curve.replace_section(others, TITLE, 'first table')
+  added = results.replace_section(others, TITLE, 'first table')
   assert added.startswith(others.rstrip('\n'))
   assert added.endswith(f'{TITLE}\n\nfirst table\n')
   later = added + '\n## Scoring\n\nkeep me too\n'
-  replaced = curve.replace_section(later, TITLE, 'second table')
+  replaced = results.replace_section(later, TITLE, 'second table')
   assert 'first table' not in replaced
   assert replaced.count(TITLE) == 1
   assert f'{TITLE}\n\nsecond table\n\n## Scoring\n\nkeep me too\n' in replaced
@@ -31,5 +32,5 @@ def test_results_section_is_added_then_replaced_leaving_others_alone():
 
 
 def test_results_file_is_created_when_absent():
-  assert curve.replace_section('', TITLE, 'table') == (
+  assert results.replace_section('', TITLE, 'table') == (
       f'# Benchmark results\n\n{TITLE}\n\ntable\n')
