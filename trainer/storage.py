@@ -233,21 +233,10 @@ def write_bytes(path, data):
   """Writes a whole file atomically: readers see the old or the new content.
 
   GCS object uploads are atomic; locally the data goes to a temporary file in
-  the same directory, which is then renamed over the target.
+  the same directory, which is then renamed over the target (`open_write`).
   """
-  path = normalize(path)
-  if is_gcs(path):
-    _blob(path).upload_from_string(data)
-    return
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = f'{path}.tmp-{uuid.uuid4().hex}'
-  try:
-    with open(tmp, 'wb') as f:
-      f.write(data)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  with open_write(path) as f:
+    f.write(data)
 
 
 def write_text(path, text):
