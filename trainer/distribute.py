@@ -33,14 +33,13 @@ import tensorflow as tf
 from trainer import cluster as cluster_lib
 from trainer import config as config_lib
 
-STRATEGY_NAMES = ('auto', 'default', 'mirrored', 'multi_worker')
 
 
 def resolve_strategy_name(requested, num_tasks, num_gpus):
   """Turns `auto` into a concrete strategy name and checks the choice.
 
   Args:
-    requested: one of STRATEGY_NAMES.
+    requested: one of config_lib.STRATEGIES.
     num_tasks: training tasks (chief and workers) in the cluster; 1 when
       there is no cluster.
     num_gpus: physical GPUs on this machine.
@@ -52,9 +51,9 @@ def resolve_strategy_name(requested, num_tasks, num_gpus):
     ValueError: for an unknown name, or a single-machine strategy asked for
       in a cluster of several tasks (each task would train its own model).
   """
-  if requested not in STRATEGY_NAMES:
+  if requested not in config_lib.STRATEGIES:
     raise ValueError(f'Unknown strategy: {requested!r}; choose one of '
-                     f'{STRATEGY_NAMES}.')
+                     f'{config_lib.STRATEGIES}.')
   if requested == 'auto':
     if num_tasks > 1:
       return 'multi_worker'
@@ -72,7 +71,7 @@ def create_strategy(requested='auto', cluster=None,
   """Creates the strategy; call before any other TensorFlow operation.
 
   Args:
-    requested: one of STRATEGY_NAMES.
+    requested: one of config_lib.STRATEGIES.
     cluster: the normalised cluster from `cluster.parse_cluster`, or None.
     task: this process's TaskInfo from `cluster.parse_cluster`.
 

@@ -24,8 +24,9 @@ import contextlib
 import keras
 import tensorflow as tf
 
+from trainer import config as config_lib
+
 POLICIES = ('float32', 'mixed_bfloat16', 'mixed_float16')
-CHOICES = POLICIES + ('auto',)
 _BF16_CPU_FLAGS = ('avx512_bf16', 'amx_bf16')
 
 
@@ -54,7 +55,7 @@ def resolve(requested, gpu_capabilities=None, flags=None):
   """Turns `auto` into a policy name for this hardware.
 
   Args:
-    requested: one of CHOICES.
+    requested: one of config.MIXED_PRECISION.
     gpu_capabilities: compute capabilities of the local GPUs (default: ask
       TensorFlow).
     flags: CPU feature flags (default: /proc/cpuinfo).
@@ -62,9 +63,9 @@ def resolve(requested, gpu_capabilities=None, flags=None):
   Returns:
     One of POLICIES.
   """
-  if requested not in CHOICES:
+  if requested not in config_lib.MIXED_PRECISION:
     raise ValueError(f'Unknown mixed precision {requested!r}; choose one of '
-                     f'{CHOICES}.')
+                     f'{config_lib.MIXED_PRECISION}.')
   if requested != 'auto':
     return requested
   if gpu_capabilities is None:

@@ -45,17 +45,11 @@ class StopSignal:
 
   def __init__(self):
     self.received = None
-    self._previous = {}
 
   def install(self, signals=(signal.SIGTERM, signal.SIGINT)):
     """Installs the handler; call from the main thread."""
     for signum in signals:
-      self._previous[signum] = signal.signal(signum, self._handle)
-
-  def uninstall(self):
-    for signum, handler in self._previous.items():
-      signal.signal(signum, handler)
-    self._previous = {}
+      signal.signal(signum, self._handle)
 
   def _handle(self, signum, unused_frame):
     name = signal.Signals(signum).name

@@ -21,7 +21,6 @@ an emulator, so this module never relies on it.
 import contextlib
 import fnmatch
 import functools
-import io
 import json
 import os
 import shutil
@@ -271,21 +270,6 @@ def open_write(path):
   finally:
     if os.path.exists(tmp):
       os.remove(tmp)
-
-
-def open_read(path):
-  """Returns a binary file object for reading (the whole object for GCS)."""
-  path = normalize(path)
-  if not is_gcs(path):
-    return open(path, 'rb')
-  return io.BytesIO(read_bytes(path))
-
-
-def makedirs(path):
-  """Creates a local directory tree; a no-op on GCS (no real directories)."""
-  path = normalize(path)
-  if not is_gcs(path):
-    os.makedirs(path, exist_ok=True)
 
 
 # --------------------------------------------------------------------------
