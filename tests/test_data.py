@@ -331,17 +331,29 @@ def test_tfrecord_glob_is_split_by_record_position(tmp_path):
   assert counts == {'train': 140, 'validation': 20, 'test': 40}
 
 
+def test_tfrecord_folder_without_a_split_fails_clearly(tmp_path):
+  # ImageNet-style shards (train-* and validation-* only) must not give an
+  # empty test set: the error names what is missing and the way out.
+  for name in ('train-00000-of-00001', 'validation-00000-of-00001'):
+    (tmp_path / name).write_bytes(b'')
+  (tmp_path / 'labels.txt').write_text('a\nb\n')
+  with pytest.raises(data.DataError, match=r'no test-\* shards.*glob'):
+    data.load_tfrecord(str(tmp_path), (28, 28, 1), 0.1, 0.1)
+
+
 def test_tfrecord_without_labels_file_fails_clearly(tmp_path):
-  (tmp_path / 'train-00000-of-00001').write_bytes(b'')
+  for split in data.SPLITS:
+    (tmp_path / f'{split}-00000-of-00001').write_bytes(b'')
   with pytest.raises(data.DataError, match='labels.txt: missing'):
     data.load_tfrecord(str(tmp_path), (28, 28, 1), 0.1, 0.1)
 
 
 def test_tfrecord_label_out_of_range_fails_at_read_time(tmp_path):
-  with tf.io.TFRecordWriter(str(tmp_path / 'train-0')) as writer:
-    writer.write(tfrecords.make_example(
-        conftest.encode_image(conftest.random_pixels(28, 28, 1), 'PNG'), 5,
-        'five', 'f').SerializeToString())
+  for split in data.SPLITS:
+    with tf.io.TFRecordWriter(str(tmp_path / f'{split}-0')) as writer:
+      writer.write(tfrecords.make_example(
+          conftest.encode_image(conftest.random_pixels(28, 28, 1), 'PNG'), 5,
+          'five', 'f').SerializeToString())
   (tmp_path / 'labels.txt').write_text('a\nb\n')
   source = data.load_tfrecord(str(tmp_path), (28, 28, 1), 0.1, 0.1)
   with pytest.raises(tf.errors.InvalidArgumentError, match='out of range'):

@@ -303,8 +303,8 @@ def _read_labels_file(path):
 def _tfrecord_files(data_dir):
   """Finds shards and says how to split them.
 
-  A folder holding train-* shards (and optionally validation-*, test-*)
-  uses those splits. A glob (or a folder without train-* shards) uses every
+  A folder holding train-*, validation-* and test-* shards uses those
+  splits. A glob (or a folder without train-* shards) uses every
   matching shard and splits records by position: record i goes to test if
   i % 100 < 100 * test_fraction, and so on.
 
@@ -322,6 +322,14 @@ def _tfrecord_files(data_dir):
     named = {split: storage.glob(storage.join(data_dir, split + '-*'))
              for split in SPLITS}
     if named['train']:
+      missing = [f'{split}-*' for split in SPLITS if not named[split]]
+      if missing:
+        raise DataError(
+            f'data_dir {data_dir}: has train-* shards but no '
+            f'{" or ".join(missing)} shards. Add them (`python -m '
+            'trainer.make_tfrecords` writes all three), or pass a glob such '
+            f'as {storage.join(data_dir, "*-*")} to split all records by '
+            'position (--validation_fraction, --test_fraction).')
       return named, None, folder
     files = [f for f in storage.list_files(data_dir)
              if storage.basename(f) != LABELS_FILE]

@@ -78,8 +78,8 @@ def convert_image_folder(image_dir, output_dir, num_shards=4,
 
 def _write_split(image_dir, class_names, split, items, shards, staging,
                  counts):
-  if not items:
-    return 0
+  # Every split gets at least one file, even an empty one: a folder of
+  # shards always has all three splits.
   writers = [tf.io.TFRecordWriter(
       os.path.join(staging, f'{split}-{i:05d}-of-{shards:05d}.tfrecord'))
              for i in range(shards)]
