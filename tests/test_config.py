@@ -128,9 +128,23 @@ def test_saved_config_reloads_to_the_same_config(tmp_path):
   assert config_lib.build(config_lib.load_file(path)) == config
 
 
-def test_training_differences_ignore_placement():
+def test_saved_config_does_not_carry_output_folders_or_start_fresh(tmp_path):
+  config = build(export_dir='/aip/model', checkpoint_dir='/aip/ckpt',
+                 start_fresh=True)
+  path = str(tmp_path / 'config.yaml')
+  config_lib.save(config, path)
+  text = open(path).read()
+  assert "# export_dir: '/aip/model'" in text  # Recorded, as a comment.
+  reused = config_lib.build(config_lib.load_file(path), {'job_dir': '/new'})
+  assert (reused.export_dir, reused.checkpoint_dir) == ('', '')
+  assert not reused.start_fresh
+  assert reused.model == config.model
+
+
+def test_training_differences_ignore_placement_and_how_it_runs():
   config = build(epochs=3)
-  previous = dict(config.to_dict(), job_dir='/elsewhere', epochs=4)
+  previous = dict(config.to_dict(), job_dir='/elsewhere', epochs=4,
+                  cache='none', strategy='mirrored', jit_compile=True)
   assert config_lib.training_differences(config, previous) == ['epochs']
 
 

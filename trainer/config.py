@@ -115,7 +115,9 @@ class Config:
       "the study's metricId. Needs the [hypertune] extra. Empty = off.")
   start_fresh: bool = _field(
       False, 'Ignore and delete existing checkpoints and outputs in job_dir '
-      'and train from scratch.')
+      'and train from scratch. Not for jobs that may be restarted: Vertex AI '
+      'reruns a preempted job with the same flags, and each rerun would '
+      'start over.')
   checkpoint_dir: str = _field(
       '', 'Resume state; default JOB_DIR/checkpoints (AIP_CHECKPOINT_DIR '
       'when set).')
@@ -154,9 +156,14 @@ class Config:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
-# Keys that describe where a run writes, not what it trains.
+# Keys that say where a run writes (config.yaml leaves out all but job_dir:
+# reused with --config, it must not send a new run to this run's folders).
 _PLACEMENT_KEYS = ('job_dir', 'checkpoint_dir', 'tensorboard_dir', 'export_dir',
                    'start_fresh')
+# Keys that change how a run trains but not what: a run may resume with other
+# values.
+_NOT_TRAINING_KEYS = _PLACEMENT_KEYS + ('cache', 'strategy', 'jit_compile',
+                                        'hypertune_metric')
 
 
 class ConfigError(ValueError):
@@ -336,19 +343,29 @@ def build(file_values=None, overrides=None, source='config file'):
 
 
 def save(config, path):
-  """Writes the resolved configuration as YAML (loadable with --config)."""
-  text = yaml.safe_dump(config.to_dict(), sort_keys=True)
-  storage.write_text(path, '# Resolved configuration of this run.\n' + text)
+  """Writes the resolved configuration as YAML (loadable with --config).
+
+  The output folders other than job_dir, and start_fresh, are written as
+  comments only: a file reused for another run must not point it at this
+  run's folders, nor delete them.
+  """
+  values = config.to_dict()
+  left_out = {k: values.pop(k) for k in _PLACEMENT_KEYS if k != 'job_dir'}
+  lines = ['# Resolved configuration of this run (loadable with --config).']
+  lines += [f'# {k}: {v!r}' for k, v in sorted(left_out.items()) if v]
+  storage.write_text(path, '\n'.join(lines) + '\n' +
+                     yaml.safe_dump(values, sort_keys=True))
 
 
 def training_differences(config, previous):
   """Keys whose values differ between `config` and a saved config dict.
 
-  Only keys that change what is trained count; where outputs go does not.
+  Only keys that change what is trained count; where outputs go, caching,
+  the strategy and XLA do not.
   """
   current = config.to_dict()
   return sorted(k for k in current
-                if k not in _PLACEMENT_KEYS and k in previous and
+                if k not in _NOT_TRAINING_KEYS and k in previous and
                 previous[k] != current[k])
 
 
