@@ -28,12 +28,12 @@ def _model(units=3):
   return model
 
 
-def _fit(model, backup, epochs):
+def _fit(model, backup, epochs, *more_callbacks):
   rng = np.random.default_rng(0)
   features = rng.random((32, 4), dtype=np.float32)
   labels = rng.integers(0, 3, 32)
   history = model.fit(features, labels, epochs=epochs, batch_size=8,
-                      callbacks=[backup], verbose=0)
+                      callbacks=[backup, *more_callbacks], verbose=0)
   return history.epoch  # The epochs this fit() ran.
 
 
@@ -224,3 +224,44 @@ def test_the_chief_pushes_the_record_after_the_weights_it_names(
     assert checkpoints.saved_epoch(again.restore_dir) == 2
   finally:
     again.close()
+
+
+def _dropout_model():
+  keras.utils.set_random_seed(0)
+  inputs = keras.Input((4,))
+  hidden = keras.layers.Dropout(0.5)(keras.layers.Dense(8)(inputs))
+  model = keras.Model(inputs,
+                      keras.layers.Dense(3, activation='softmax')(hidden))
+  model.compile(optimizer='adam', loss='sparse_categorical_crossentropy')
+  return model
+
+
+def _seed_states(model):
+  return [v.numpy().tolist() for v in model.variables
+          if 'seed_generator' in v.path]
+
+
+class _SeedStatesAtFirstEpoch(keras.callbacks.Callback):
+
+  def on_epoch_begin(self, epoch, logs=None):
+    if not hasattr(self, 'states'):
+      self.states = _seed_states(self.model)
+
+
+def test_a_resumed_fit_continues_the_dropout_masks_instead_of_replaying(
+    tmp_path):
+  folder = str(tmp_path / 'checkpoints')
+  config = _config(tmp_path)
+  first = _dropout_model()
+  initial = _seed_states(first)
+  _fit(first, checkpoints.BackupAndRestore(folder, folder, config), 2)
+  after_two_epochs = _seed_states(first)
+  assert after_two_epochs != initial  # The masks drew from the stream.
+  resumed = _dropout_model()
+  # Same seed, same starting state: without the backup's random state the
+  # resumed epochs would draw the first epochs' masks again.
+  assert _seed_states(resumed) == initial
+  probe = _SeedStatesAtFirstEpoch()
+  assert _fit(resumed, checkpoints.BackupAndRestore(folder, folder, config),
+              3, probe) == [2]
+  assert probe.states == after_two_epochs

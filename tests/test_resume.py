@@ -6,9 +6,16 @@ import signal
 
 import pytest
 
+import tensorflow as tf
+
 from tests import conftest
 from tests import processes
+from trainer import checkpoints
+from trainer import config as config_lib
+from trainer import data
 from trainer import export
+from trainer import storage
+from trainer import train
 
 EPOCHS = 3
 
@@ -116,3 +123,33 @@ def test_another_model_on_a_reused_checkpoint_dir_fails_then_start_fresh(
   metrics = conftest.read_json(str(tmp_path / 'job' / 'metrics.json'))
   assert metrics['resumed_from_epoch'] == 0 and metrics['model'] == 'softmax'
   assert processes.saved_epoch(shared) == 2
+
+
+def test_a_resumed_run_does_not_replay_the_first_epochs_shuffle(
+    tmp_path, monkeypatch):
+  config = config_lib.build(overrides={
+      'job_dir': str(tmp_path / 'job'), 'model': 'softmax', 'epochs': 2,
+      'train_examples': 64, 'batch_size': 32})
+  strategy = tf.distribute.get_strategy()
+  seeds = []
+  make_dataset = data.make_dataset
+
+  def spy(source, split, *args, **kwargs):
+    if kwargs.get('training'):
+      seeds.append(kwargs['seed'])
+    return make_dataset(source, split, *args, **kwargs)
+
+  monkeypatch.setattr(data, 'make_dataset', spy)
+  train.run(config, strategy)
+  # A crash during epoch 2: the record still names the backup of epoch 1.
+  layout = train.Layout.from_config(config)
+  record_path = os.path.join(layout.checkpoint_dir, checkpoints.STATE_PATH)
+  record = storage.read_json(record_path)
+  storage.write_json(record_path, dict(record['previous'], previous=None,
+                                       config=record['config']))
+  os.remove(layout.metrics_path)
+  shutil.rmtree(layout.export_dir)
+  resumed = train.run(config, strategy)
+  assert resumed['resumed_from_epoch'] == 1
+  # Seeded alike, the rerun's epoch 2 would see epoch 1's order again.
+  assert seeds == [config.seed, config.seed + 1]

@@ -2,7 +2,8 @@
 
 The checkpoint folder (JOB_DIR/checkpoints, or AIP_CHECKPOINT_DIR) holds:
   backup/training_metadata.json  the commit record, written last, atomically:
-                                 {"epoch", "weights", "previous", "config"}
+                                 {"epoch", "weights", "previous", "config",
+                                 "random_state" (dropout seed states)}
   backup/epoch-NNNN.weights.h5   weights and optimizer state after an epoch;
                                  the newest two are kept
   history.json                   per-epoch history (train.py)
@@ -14,7 +15,9 @@ backup that does not match its record or cannot be read. Here every epoch
 writes a new weights file, and the record that names it is replaced
 atomically afterwards: a killed run leaves the previous backup intact. Like
 Keras', it restores the epoch, not the batch: an interrupted epoch is trained
-again from its first batch.
+again from its first batch. Random streams do not replay: the dropout seed
+states are part of the backup, and train.fit offsets the shuffle seed by the
+epoch it resumes at.
 
 In a multi-worker job every worker restores from the shared folder (so all
 resume at the same epoch), only the chief writes there, and the others save
@@ -35,6 +38,7 @@ import tempfile
 
 from absl import logging
 import keras
+import numpy as np
 
 from trainer import config as config_lib
 from trainer import storage
@@ -207,6 +211,27 @@ def saved_epoch(checkpoint_dir):
   return int(state['epoch']) if state else 0
 
 
+def _seed_variables(model):
+  return [v for v in model.variables if v.path.endswith('seed_generator_state')]
+
+
+def _random_state(model):
+  """The states of the model's seed generators (dropout masks), in order.
+
+  Keras leaves them out of saved weights: restored without them, a resumed
+  run would draw the same dropout masks as the first epochs of the run.
+  (In order, not by name: Keras numbers the generators of each new model.)
+  """
+  return [np.asarray(v.numpy()).tolist() for v in _seed_variables(model)]
+
+
+def _set_random_state(model, saved):
+  variables = _seed_variables(model)
+  if saved and len(saved) == len(variables):
+    for variable, value in zip(variables, saved):
+      variable.assign(np.asarray(value, variable.dtype))
+
+
 class BackupAndRestore(keras.callbacks.Callback):
   """Backs up after every epoch; restores, checked, before training.
 
@@ -269,6 +294,7 @@ class BackupAndRestore(keras.callbacks.Callback):
       path = os.path.join(folder, candidate['weights'])
       try:
         self.model.load_weights(path)
+        _set_random_state(self.model, candidate.get('random_state'))
       except Exception as e:  # pylint: disable=broad-except
         # h5py, Keras and TensorFlow raise many types for truncated files
         # and mismatched shapes; each is reported below.
@@ -291,10 +317,11 @@ class BackupAndRestore(keras.callbacks.Callback):
     self.model.save_weights(path, overwrite=True)
     previous = None
     if self._state:
-      previous = {'epoch': self._state['epoch'],
-                  'weights': self._state['weights']}
+      previous = {key: self._state.get(key)
+                  for key in ('epoch', 'weights', 'random_state')}
     self._state = {
         'epoch': epoch + 1, 'weights': name, 'previous': previous,
+        'random_state': _random_state(self.model),
         'config': self._config.to_dict(),
         'saved': datetime.datetime.now(datetime.timezone.utc).isoformat(
             timespec='seconds'),

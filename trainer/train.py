@@ -306,13 +306,14 @@ def _images_per_epoch(config, info):
   return info.sizes.get('train')
 
 
-def _input(strategy, source, config, split, training):
+def _input(strategy, source, config, split, training, seed=None):
   """One split's input pipeline, distributed as `strategy` needs it."""
 
   def make(batch_size, shard):
     dataset = data.make_dataset(
         source, split, batch_size, config.image_shape, training=training,
-        seed=config.seed, shuffle_buffer=config.shuffle_buffer,
+        seed=config.seed if seed is None else seed,
+        shuffle_buffer=config.shuffle_buffer,
         cache=config.cache if split != 'test' else 'none',
         augment=config.augment and training, shard=shard)
     if training and config.steps_per_epoch:
@@ -331,7 +332,11 @@ def fit(model, config, source, strategy, dirs, stop_signal, started_at=None):
     step or None).
   """
   info = source.info
-  train_data = _input(strategy, source, config, 'train', True)
+  # A resumed run must not replay the first epochs' shuffle order (and
+  # augmentation): its pipeline is seeded by the epoch it resumes at.
+  resume_at = checkpoints.saved_epoch(dirs.restore_dir)
+  train_data = _input(strategy, source, config, 'train', True,
+                      seed=config.seed + resume_at)
   validation_data = _input(strategy, source, config, 'validation', False) if (
       info.sizes.get('validation') != 0) else None
   callbacks = _callbacks(config, dirs, _images_per_epoch(config, info),
