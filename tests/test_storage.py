@@ -57,6 +57,20 @@ def test_fuse_paths_reach_the_bucket(gcs_server):
   assert storage.read_text('gs://test-bucket/via-fuse.txt') == 'hi'
 
 
+@pytest.mark.parametrize('on_gcs', [False, True])
+def test_local_file_is_the_file_itself_or_a_temporary_copy(
+    tmp_path, on_gcs, request):
+  if on_gcs:
+    request.getfixturevalue('gcs_server')
+  path = 'gs://test-bucket/w.h5' if on_gcs else str(tmp_path / 'w.h5')
+  storage.write_bytes(path, b'weights')
+  with storage.local_file(path) as local:
+    with open(local, 'rb') as f:
+      assert f.read() == b'weights'
+    assert (local != path) == on_gcs
+  assert os.path.exists(local) != on_gcs  # The copy is gone, not the file.
+
+
 def _folder(tmp_path, files):
   local = tmp_path / 'folder'
   for name, body in files.items():

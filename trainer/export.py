@@ -216,12 +216,7 @@ def load_keras_model(path):
   if path.endswith('.keras'):
     if not storage.exists(path):
       raise ArtifactError(f'{path}: no such file.')
-    with tempfile.TemporaryDirectory() as staging:
-      local = path
-      if storage.is_gcs(path):
-        local = os.path.join(staging, storage.basename(path))
-        with open(local, 'wb') as f:
-          f.write(storage.read_bytes(path))
+    with storage.local_file(path) as local:
       return keras.saving.load_model(local, safe_mode=True, compile=False)
   with local_copy(path) as local:
     return keras.saving.load_model(os.path.join(local, MODEL_FILE),

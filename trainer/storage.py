@@ -338,6 +338,24 @@ def download_tree(remote_dir, local_dir):
   return copied
 
 
+@contextlib.contextmanager
+def local_file(path):
+  """Yields a local path holding the file at `path`.
+
+  The path itself when it is local; for gs://, a temporary copy (for
+  libraries that read only local files: Keras, h5py), removed afterwards.
+  """
+  path = normalize(path)
+  if not is_gcs(path):
+    yield path
+    return
+  with tempfile.TemporaryDirectory(prefix='gcs-file-') as staging:
+    local = os.path.join(staging, basename(path))
+    with open(local, 'wb') as f:
+      f.write(read_bytes(path))
+    yield local
+
+
 def sync_tree(local_dir, remote_dir, last=()):
   """Makes `remote_dir` an exact copy of local `local_dir`.
 

@@ -30,8 +30,6 @@ model reloads with `safe_mode=True` and serves like any other.
 """
 
 import dataclasses
-import os
-import tempfile
 import zipfile
 
 from absl import logging
@@ -283,12 +281,7 @@ def _load_weights_file(extractor, name, spec, size, path):
                  f'{name} weights file without the top, such as '
                  f'{_imagenet_file(spec, size).rsplit("/", 1)[1]}, "none" '
                  'or "imagenet" (needs network access).')
-  with tempfile.TemporaryDirectory(prefix='weights-') as staging:
-    local = path
-    if storage.is_gcs(path):
-      local = os.path.join(staging, storage.basename(path))
-      with open(local, 'wb') as f:
-        f.write(storage.read_bytes(path))
+  with storage.local_file(path) as local:
     try:
       extractor.load_weights(local)
     except (ValueError, OSError, KeyError) as e:
