@@ -15,6 +15,7 @@ machine noise falls on all of them alike:
                     `mixed_precision: auto` (bfloat16 on CPUs that have it)
   trainer, float32  the same with --mixed_precision=float32, to show what
                     the pipeline alone gives
+  trainer, batch 256  the config with --batch_size=256: fewer, larger steps
 
 All use the same 54,000 training / 6,000 validation split. Images/s counts
 the training steps of an epoch (epoch start to the start of its validation):
@@ -53,8 +54,9 @@ _RESULTS = flags.DEFINE_string('results', results.RESULTS_PATH,
                                'Markdown file to write the table to.')
 _MEASURE = flags.DEFINE_string('measure', None, 'Internal: a child run.')
 
-VARIANTS = ('tutorial', 'trainer', 'trainer_float32')
+VARIANTS = ('tutorial', 'trainer', 'trainer_float32', 'trainer_batch256')
 LABELS = {'tutorial': 'tutorial: model.fit on NumPy, batch 128, float32',
+          'trainer_batch256': 'trainer, config with --batch_size=256',
           'trainer': 'trainer, config (tf.data, mixed_precision auto)',
           'trainer_float32': 'trainer, --mixed_precision=float32'}
 
@@ -121,6 +123,8 @@ def run_variant(variant, job_dir, epochs, data_dir):
              f'--data_dir={data_dir}']
   if variant == 'trainer_float32':
     command.append('--mixed_precision=float32')
+  if variant == 'trainer_batch256':
+    command.append('--batch_size=256')
   subprocess.run(command, cwd=REPO, env=_env(), check=True,
                  capture_output=True)
   with open(os.path.join(job_dir, 'metrics.json')) as f:

@@ -9,9 +9,9 @@ hardware computes fastest:
   anything else                                          float32
 
 Whether it pays depends on the model: measured on this project's 2-core
-AVX512-BF16 machines, mixed_bfloat16 trains deep_mnist up to 1.8x faster
-at the same accuracy (2,895 against 1,581 images/s when the shared machine
-is in its fast state; no gain in its slow state) but cnn_bn about 10% slower
+AVX512-BF16 machines, mixed_bfloat16 trains deep_mnist 1.9x faster at
+the same accuracy (3,092 against 1,612 images/s when the shared machine is
+in its fast state; no gain in its slow state) but cnn_bn about 10% slower
 (its batch normalisation and narrow convolutions gain nothing from
 bfloat16). So the default is float32, and the deep_mnist configs ask for
 `auto` (benchmarks/RESULTS.md).
