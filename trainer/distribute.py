@@ -34,7 +34,6 @@ from trainer import cluster as cluster_lib
 from trainer import config as config_lib
 
 
-
 def resolve_strategy_name(requested, num_tasks, num_gpus):
   """Turns `auto` into a concrete strategy name and checks the choice.
 

@@ -320,6 +320,11 @@ def upload_tree(local_dir, remote_dir, skip=()):
   return copied
 
 
+def _download(path, local_path):
+  with open(local_path, 'wb') as f:
+    f.write(read_bytes(path))
+
+
 def download_tree(remote_dir, local_dir):
   """Copies every file under `remote_dir` into local `local_dir`.
 
@@ -332,8 +337,7 @@ def download_tree(remote_dir, local_dir):
     relative = path[len(remote_dir) + 1:]
     target = os.path.join(local_dir, *relative.split('/'))
     os.makedirs(os.path.dirname(target), exist_ok=True)
-    with open(target, 'wb') as f:
-      f.write(read_bytes(path))
+    _download(path, target)
     copied.append(relative)
   return copied
 
@@ -351,8 +355,7 @@ def local_file(path):
     return
   with tempfile.TemporaryDirectory(prefix='gcs-file-') as staging:
     local = os.path.join(staging, basename(path))
-    with open(local, 'wb') as f:
-      f.write(read_bytes(path))
+    _download(path, local)
     yield local
 
 
