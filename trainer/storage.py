@@ -22,6 +22,7 @@ import contextlib
 import fnmatch
 import functools
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -242,8 +243,30 @@ def write_text(path, text):
   write_bytes(path, text.encode('utf-8'))
 
 
+def json_safe(value):
+  """A copy of `value` with every NaN or infinite float replaced by None.
+
+  JSON has no NaN or Infinity (Python's json module writes them, and most
+  other readers then refuse the file), so every JSON file and line this
+  project writes goes through this first.
+  """
+  if isinstance(value, float):
+    return value if math.isfinite(value) else None
+  if isinstance(value, dict):
+    return {key: json_safe(item) for key, item in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [json_safe(item) for item in value]
+  return value
+
+
+def to_json(value, **kwargs):
+  """`json.dumps` of `json_safe(value)`: always valid JSON."""
+  return json.dumps(json_safe(value), allow_nan=False, **kwargs)
+
+
 def write_json(path, value):
-  write_text(path, json.dumps(value, indent=2, sort_keys=True) + '\n')
+  """Writes `value` as JSON (non-finite numbers as null), atomically."""
+  write_text(path, to_json(value, indent=2, sort_keys=True) + '\n')
 
 
 @contextlib.contextmanager
@@ -270,6 +293,58 @@ def open_write(path):
   finally:
     if os.path.exists(tmp):
       os.remove(tmp)
+
+
+# --------------------------------------------------------------------------
+# Conditional writes of single gs:// objects (leases).
+
+
+def create_exclusive(uri, data):
+  """Creates a gs:// object only if none exists; returns its generation.
+
+  Raises:
+    google.api_core.exceptions.PreconditionFailed: if the object exists.
+  """
+  blob = _blob(normalize(uri))
+  blob.upload_from_string(data, if_generation_match=0)
+  return blob.generation
+
+
+def read_with_generation(uri):
+  """(bytes, generation) of a gs:// object, or None if there is none."""
+  bucket, key = _split(normalize(uri))
+  blob = _client().bucket(bucket).get_blob(key)
+  if blob is None:
+    return None
+  from google.api_core import exceptions  # pylint: disable=g-import-not-at-top
+  try:
+    return blob.download_as_bytes(if_generation_match=blob.generation), (
+        blob.generation)
+  except (exceptions.NotFound, exceptions.PreconditionFailed):
+    return None  # Replaced or deleted in between.
+
+
+def replace_if_generation(uri, data, generation):
+  """Overwrites a gs:// object only if it is still at `generation`.
+
+  Returns:
+    The new generation.
+
+  Raises:
+    google.api_core.exceptions.PreconditionFailed: if it changed.
+  """
+  blob = _blob(normalize(uri))
+  blob.upload_from_string(data, if_generation_match=generation)
+  return blob.generation
+
+
+def delete_if_generation(uri, generation):
+  """Deletes a gs:// object if it is still at `generation` (else no-op)."""
+  from google.api_core import exceptions  # pylint: disable=g-import-not-at-top
+  try:
+    _blob(normalize(uri)).delete(if_generation_match=generation)
+  except (exceptions.NotFound, exceptions.PreconditionFailed):
+    pass
 
 
 # --------------------------------------------------------------------------
