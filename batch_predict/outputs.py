@@ -19,16 +19,17 @@ FOLDER/.BASENAME-staging-RUNID/BASENAME-predictions-SSSSS-of-NNNNN.jsonl
 and `publish` runs only once every shard of both outputs is there: each
 shard is moved to its final name (a rename locally; a copy, then a delete,
 on GCS), then files of exactly this project's shard pattern for this prefix
-that the run did not write (shards of another `--num_shards`) and the
-staging folders of this prefix (this run's, now empty, and those of killed
-runs) are removed. Nothing else is ever deleted: names are matched by a
-regular expression against the entries listed directly in FOLDER, never by a
-glob (on GCS a `*` crosses `/`), so a user's `PREFIX-predictions-notes.txt`
-or an image in the same folder stays. A run that fails before publishing
-leaves the previous outputs as they were.
+that the run did not write (shards of another `--num_shards`) and the run's
+staging folder are removed. Nothing else is ever deleted: names are matched
+by a regular expression against the entries listed directly in FOLDER, never
+by a glob (on GCS a `*` crosses `/`), so a user's
+`PREFIX-predictions-notes.txt` or an image in the same folder stays. A run
+that fails before publishing leaves the previous outputs as they were.
 
 `FOLDER/.BASENAME.lease` is the lease that keeps a second scorer off the
-same prefix while one runs (`pipeline.py` takes it).
+same prefix while one runs (`pipeline.py` takes it). Holding it, a run first
+removes the staging folders that killed runs left (`remove_staging_folders`):
+no other run can be writing into them.
 """
 
 import json
@@ -177,7 +178,7 @@ def publish(prefix, run_id, staged_paths, names, num_shards):
       if not storage.exists(final):  # Else moved by an earlier attempt.
         raise
   _remove_stale_shards(prefix, names, keep=set(finals))
-  remove_staging_folders(prefix)
+  remove_staging_folders(prefix, run_id)
   return finals
 
 
@@ -196,7 +197,9 @@ def remove_staging_folders(prefix, run_id=None):
   """Removes the staging folders of `prefix` (only this run's, if given).
 
   Only shard files (and their temporary files) are deleted from a staging
-  folder; a folder that still holds anything else is left.
+  folder; a folder that still holds anything else is left. Without `run_id`,
+  call it only while holding the prefix's lease: it would remove the staging
+  folder of a live run too.
   """
   folder = storage.dirname(prefix)
   regex = _staging_name_regex(prefix)

@@ -157,6 +157,9 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
     return _dry_run(pipeline, config, options)
   lease = lease_lib.Lease(outputs.lease_path(config.output), 'scoring')
   with lease.acquire(break_lease=config.break_lease):
+    # No other scorer writes here now: what staging folders there are, a
+    # killed run left.
+    outputs.remove_staging_folders(config.output)
     build_pipeline(pipeline, config)
     result = _run_and_publish(pipeline, config, lease)
   _log_summary(summarize(result), config.output)

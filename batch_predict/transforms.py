@@ -430,7 +430,7 @@ class PublishOutputs(beam.PTransform):
 
   The paths are collected into one list, so publishing runs once, after
   every shard of every output is staged; `outputs.publish` then moves them
-  into place and removes stale shards and staging folders of this prefix.
+  into place and removes stale shards of this prefix and the staging folder.
   """
 
   def __init__(self, prefix, run_id, names, num_shards):
