@@ -485,10 +485,13 @@ def local_error(path, error):
   """The ReadError of a local `OSError`, by its errno."""
   code = error.errno
   if code == errno.ENOENT:
-    if os.path.lexists(path):
-      return ReadError(DANGLING_LINK, 'a symbolic link to '
-                       f'{printable(os.readlink(path))}, which does not '
-                       'exist: fix or remove the link.')
+    if os.path.islink(path):
+      try:
+        target = printable(os.readlink(path))
+      except OSError:  # Replaced since; the kind still holds.
+        target = 'a path'
+      return ReadError(DANGLING_LINK, f'a symbolic link to {target}, which '
+                       'does not exist: fix or remove the link.')
     return ReadError(NOT_FOUND, 'no such file: check the path, or the line of '
                      'the --input list that names it.')
   messages = {

@@ -63,9 +63,10 @@ class ScoringOptions(pipeline_options.PipelineOptions):
         'Required.')
     parser.add_argument(
         '--break_lease', action='store_true', default=False,
-        help='Take over the lease on --output of another scorer that looks '
-        'alive (on gs://: one that crashed less than 3 minutes ago). Only '
-        'when you know it is gone.')
+        help='Take over the gs:// lease on --output that another scorer '
+        'holds and renews (one whose heartbeat stopped 3 minutes ago is taken '
+        'over anyway; a local lease ends with its process). Only when you '
+        'know that scorer is gone.')
     parser.add_argument(
         '--top_k', type=int, default=DEFAULT_TOP_K,
         help='How many classes each prediction lists, most probable first.')

@@ -112,7 +112,10 @@ class ListImages(beam.PTransform):
 
 
 class _ReadImageFn(beam.DoFn):
-  """uri -> (uri, bytes), or an error record on the errors output."""
+  """uri -> (uri, bytes), or an error record on the errors output.
+
+  An error record from the listing goes straight to the errors output.
+  """
 
   def __init__(self, max_file_bytes):
     super().__init__()

@@ -190,15 +190,16 @@ def test_an_unreadable_sub_folder_is_one_entry(tmp_path):
 
 
 def test_a_glob_lists_only_the_entries_it_can_match(tmp_path):
-  for name in ('a.png', 'b.jpg', 'sub/c.png', 'sub/deeper/d.png', 'other/e.png'):
+  for name in ('a.png', 'b.jpg', 'sub/c.png', 'sub/deeper/d.png',
+               'other/e.png'):
     _write(str(tmp_path / name))
   os.symlink('nowhere', tmp_path / 'readme')  # Dangling, but not *.png.
   os.symlink('nowhere.png', tmp_path / 'gone.png')
   os.symlink('..', tmp_path / 'other' / 'up')  # A loop * cannot reach.
 
   def listed(pattern):
-    return sorted(os.path.relpath(uri, tmp_path)
-                  for uri in _listed(inputs.list_local(str(tmp_path / pattern))))
+    found = _listed(inputs.list_local(str(tmp_path / pattern)))
+    return sorted(os.path.relpath(uri, tmp_path) for uri in found)
 
   assert listed('*.png') == ['a.png', 'gone.png']
   assert listed('sub/*.png') == ['sub/c.png']
