@@ -638,9 +638,13 @@ def test_a_uri_list_with_every_bad_kind_of_line(trained_export, tmp_path):
   listing = tmp_path / 'list.txt'
   listing.write_bytes(b'\n'.join(lines) + b'\n')
   prefix = str(tmp_path / 'scores' / 'run')
-  pipeline.run([f'--model_dir={trained_export}', f'--input={listing}',
-                f'--output={prefix}', '--num_shards=2'],
-               test_pipeline=test_pipeline.TestPipeline())
+  result = pipeline.run([f'--model_dir={trained_export}', f'--input={listing}',
+                         f'--output={prefix}', '--num_shards=2'],
+                        test_pipeline=test_pipeline.TestPipeline())
+  totals = pipeline.summarize(result)
+  assert totals['images_scored'] == 3
+  for kind in filter(None, lines.values()):
+    assert totals[f'errors_{kind}'] == 1, kind
 
   def uri(line):
     text = line.decode('utf-8', 'backslashreplace')
