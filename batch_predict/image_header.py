@@ -11,6 +11,21 @@ give the format, the header gives width and height, and GIF blocks (or PNG's
 `acTL` chunk) give the number of frames. Pixel data is never decompressed.
 The model's decoder (TensorFlow's, inside the artifact) reads JPEG, PNG, GIF
 and BMP; other formats are recognised only to name them in the error.
+
+Some variants of those formats TensorFlow 2.21's decoder cannot read, or
+reads wrongly; they are refused from the header as `unsupported_format`
+(found with real files, made with Pillow, libjpeg-turbo and by hand):
+* BMP: TensorFlow reads only uncompressed 8-, 24- and 32-bit pixels with a
+  Windows header (40 bytes or more). 1-, 4- and 16-bit, RLE4/RLE8/JPEG/PNG
+  compression and OS/2 (12- or 16-byte) headers fail; an 8-bit BMP's
+  palette is ignored (its colour indices come out as grey levels), so only
+  a grey-ramp palette is accepted; 32-bit bit fields other than BGR masks
+  come out with the channels swapped.
+* JPEG: lossless (SOF3) and 12-bit data fail; hierarchical frames
+  (SOF5-7, SOF13-15) are not supported by libjpeg. Baseline, extended,
+  progressive and arithmetic-coded 8-bit JPEGs (grey, RGB, CMYK) decode.
+* PNG (1- to 16-bit, grey, palette, alpha, interlaced) and GIF (interlaced,
+  transparent) decode in every variant tried.
 """
 
 import struct
@@ -35,6 +50,15 @@ KINDS = (EMPTY_FILE, NOT_AN_IMAGE, UNSUPPORTED_FORMAT, CORRUPT_HEADER,
 
 _HOW_TO_FIX_FORMAT = ('convert it to PNG or JPEG (the model reads '
                       f'{", ".join(SUPPORTED_FORMATS)})')
+_HOW_TO_FIX_BMP = (
+    "TensorFlow's decoder in the model reads uncompressed 8-bit grey, "
+    '24-bit and 32-bit BMP only. Convert it to PNG (e.g. with Pillow: '
+    "Image.open(path).convert('RGB').save('image.png')), or save it as a "
+    '24-bit BMP.')
+_HOW_TO_FIX_JPEG = (
+    "TensorFlow's decoder in the model reads 8-bit baseline, progressive "
+    'and arithmetic-coded JPEG only. Convert it to PNG (16-bit PNG keeps '
+    'extra precision) or to an 8-bit baseline JPEG.')
 
 # Magic bytes of formats the model cannot read, so errors can name them.
 # Checked in order; each entry is (offset, bytes, name).
@@ -217,6 +241,17 @@ def _as_text(head):
 _JPEG_FRAME_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 # Markers without a length field.
 _JPEG_STANDALONE_MARKERS = frozenset(range(0xD0, 0xD8)) | {0x01}
+# Frame types the model's decoder cannot read.
+_UNSUPPORTED_JPEG_FRAMES = {
+    0xC3: 'lossless JPEG (SOF3)',
+    0xC5: 'hierarchical JPEG (SOF5)',
+    0xC6: 'hierarchical progressive JPEG (SOF6)',
+    0xC7: 'hierarchical lossless JPEG (SOF7)',
+    0xCB: 'lossless arithmetic-coded JPEG (SOF11)',
+    0xCD: 'hierarchical arithmetic-coded JPEG (SOF13)',
+    0xCE: 'hierarchical progressive arithmetic-coded JPEG (SOF14)',
+    0xCF: 'hierarchical lossless arithmetic-coded JPEG (SOF15)',
+}
 
 
 def _read_jpeg(data):
@@ -245,9 +280,20 @@ def _read_jpeg(data):
     if marker in _JPEG_FRAME_MARKERS:
       if position + 7 > len(data):
         raise _truncated(JPEG, 'inside its frame header')
+      precision = data[position + 2]
       height, width = struct.unpack_from('>HH', data, position + 3)
+      _check_jpeg_variant(marker, precision)
       return ImageInfo(JPEG, width, height)
     position += length
+
+
+def _check_jpeg_variant(marker, precision):
+  if marker in _UNSUPPORTED_JPEG_FRAMES:
+    raise HeaderError(UNSUPPORTED_FORMAT, f'{_UNSUPPORTED_JPEG_FRAMES[marker]}'
+                      f': {_HOW_TO_FIX_JPEG}')
+  if precision != 8:
+    raise HeaderError(UNSUPPORTED_FORMAT, f'{precision}-bit JPEG: '
+                      f'{_HOW_TO_FIX_JPEG}')
 
 
 def _read_png(data):
@@ -322,17 +368,67 @@ def _read_gif(data):
   return ImageInfo(GIF, width, height, frames)
 
 
+# BMP compression types other than none (0) and bit fields (3).
+_BMP_COMPRESSIONS = {1: 'RLE8-compressed', 2: 'RLE4-compressed',
+                     4: 'JPEG-compressed', 5: 'PNG-compressed',
+                     6: 'alpha-bit-field', 11: 'CMYK', 12: 'CMYK RLE8',
+                     13: 'CMYK RLE4'}
+_BMP_BITFIELDS = 3
+_BMP_BGR_MASKS = (0xFF0000, 0x00FF00, 0x0000FF)
+# Colour masks and the palette start here (after a 40-byte header, masks
+# follow it; larger headers hold them at the same place).
+_BMP_MASKS_OFFSET = 54
+
+
 def _read_bmp(data):
-  """Reads the BMP file header and the size fields of its DIB header."""
+  """Reads the BMP file header and the DIB header's size and pixel format."""
   if len(data) < 26:
     raise _truncated(BMP, 'inside its header')
   (header_size,) = struct.unpack_from('<I', data, 14)
-  if header_size == 12:  # OS/2 BITMAPCOREHEADER: 16-bit sizes.
-    width, height = struct.unpack_from('<HH', data, 18)
-  elif header_size >= 16:
-    width, height = struct.unpack_from('<ii', data, 18)
-    height = abs(height)  # Negative height means top-down rows.
-  else:
-    raise HeaderError(CORRUPT_HEADER, f'corrupt BMP: unknown header size '
-                      f'{header_size}. Re-export the image.')
-  return ImageInfo(BMP, width, height)
+  if header_size < 40:  # OS/2 headers (12 or 16 bytes).
+    raise HeaderError(UNSUPPORTED_FORMAT, f'OS/2 BMP ({header_size}-byte '
+                      f'header): {_HOW_TO_FIX_BMP}')
+  if len(data) < 34:
+    raise _truncated(BMP, 'inside its header')
+  width, height, _, bits, compression = struct.unpack_from('<iiHHI', data, 18)
+  _check_bmp_variant(data, header_size, bits, compression)
+  # A negative height means top-down rows.
+  return ImageInfo(BMP, width, abs(height))
+
+
+def _check_bmp_variant(data, header_size, bits, compression):
+  """Refuses the BMP variants TensorFlow cannot decode, or decodes wrongly."""
+  if bits not in (8, 24, 32) or compression in _BMP_COMPRESSIONS:
+    variant = ' '.join(filter(None, (f'{bits}-bit',
+                                     _BMP_COMPRESSIONS.get(compression))))
+    raise HeaderError(UNSUPPORTED_FORMAT, f'{variant} BMP: {_HOW_TO_FIX_BMP}')
+  if compression not in (0, _BMP_BITFIELDS):
+    raise HeaderError(CORRUPT_HEADER, f'corrupt BMP: unknown compression '
+                      f'type {compression}. Re-export the image.')
+  if compression == _BMP_BITFIELDS and bits == 32:
+    if len(data) < _BMP_MASKS_OFFSET + 12:
+      raise _truncated(BMP, 'inside its colour masks')
+    masks = struct.unpack_from('<III', data, _BMP_MASKS_OFFSET)
+    if masks != _BMP_BGR_MASKS:
+      raise HeaderError(UNSUPPORTED_FORMAT, '32-bit BMP with colour masks '
+                        f'{" ".join(f"{m:#010x}" for m in masks)} (not BGR): '
+                        f'its colours would come out swapped. '
+                        f'{_HOW_TO_FIX_BMP}')
+  if bits == 8:
+    _check_bmp_palette(data, header_size)
+
+
+def _check_bmp_palette(data, header_size):
+  """An 8-bit BMP must have a grey-ramp palette: TensorFlow ignores it."""
+  (colours,) = struct.unpack_from('<I', data, 46)
+  colours = min(colours or 256, 256)
+  start = 14 + header_size
+  if len(data) < start + 4 * colours:
+    raise _truncated(BMP, 'inside its palette')
+  for index in range(colours):
+    blue, green, red = data[start + 4 * index:start + 4 * index + 3]
+    if not blue == green == red == index:
+      raise HeaderError(
+          UNSUPPORTED_FORMAT, '8-bit colour-mapped (palette) BMP: '
+          "TensorFlow's decoder would read its colour indices as grey "
+          f'levels, not its colours. {_HOW_TO_FIX_BMP}')

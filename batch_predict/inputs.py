@@ -1,38 +1,91 @@
-"""What `--input` names, and reading one image file through Beam's FileSystems.
+"""What `--input` names, listing it, and reading one input file.
 
 `--input` is one of:
 * a glob (`/data/*.png`, `gs://bucket/images/**.jpg`): every matching file;
 * a folder (local, or a `gs://` prefix): every file under it, recursively;
-* a text file of URIs, one per line (blank lines and lines starting with `#`
-  are skipped; relative paths are relative to the list's folder);
-* a single image file.
+* one file, which is read as one image or as a list of URIs by a rule on
+  its name, never by guessing from its bytes (`--input_format=auto`): an
+  image extension (`.jpg`, `.png`, `.bmp`, `.webp`, ... see
+  `IMAGE_EXTENSIONS`) makes it one image, even if it turns out corrupt;
+  `.csv` and `.jsonl` are refused (reserved for manifests); any other name
+  is a text list of URIs, one per line (blank lines and lines starting with
+  `#` are skipped; relative paths are relative to the list's folder). The
+  flag `--input_format=image|list` says it outright.
 
 Globs use Beam's semantics: `*` stays within one folder, `**` crosses
-folders. Images are read with Beam's `FileSystems`, so every filesystem Beam
-supports works on every runner; `/gcs/bucket/...` (Vertex AI's mount) is
+folders. Remote (gs://) globs and folders are listed by Beam's
+`fileio.MatchFiles`. Local ones are listed here (`list_local`): Beam's local
+listing (`os.walk`) leaves out dangling links and folders it cannot read
+without a word, and a named pipe among the files would block its reader;
+here every entry gets exactly one record. Symlinked folders are followed,
+and a link back to a folder above it (a loop) becomes one `link_loop` error
+instead of an endless walk.
+
+Reading (`read_image_file`) refuses special files (named pipes, sockets,
+devices) from `os.stat`, before any `open`, and turns every local `OSError`
+of one input into a `ReadError` with its own `kind`; network errors on gs://
+propagate, so the runner retries. `/gcs/bucket/...` (Vertex AI's mount) is
 read as `gs://bucket/...`.
+
+A file name that is not valid UTF-8 cannot be carried through the pipeline
+or written as JSON as it is: its record has a printable URI, the name with
+each byte that is not UTF-8 written as a backslash escape (`caf\\xe9.png`),
+and kind `invalid_name`.
 """
 
+import errno
+import os
+import re
+import stat
 from typing import NamedTuple
 
 from apache_beam.io import filesystem
 from apache_beam.io import filesystems
 from google.api_core import exceptions as gcs_exceptions
 
-from batch_predict import image_header
 from trainer import storage
 
 GLOB = 'glob'
 URI_LIST = 'uri_list'
 SINGLE_FILE = 'single_file'
 
-# Error kinds of `read_image_file`, beside image_header's.
+# --input_format: how one --input file is read. A later version adds its
+# manifest formats (csv, jsonl, tfrecord) here, with a reader each.
+AUTO = 'auto'
+IMAGE = 'image'
+LIST = 'list'
+INPUT_FORMATS = (AUTO, IMAGE, LIST)
+IMAGE_EXTENSIONS = frozenset((
+    '.jpg', '.jpeg', '.jpe', '.jfif', '.png', '.apng', '.gif', '.bmp', '.dib',
+    '.webp', '.tif', '.tiff', '.heic', '.heif', '.avif', '.ico', '.jp2',
+    '.j2k', '.jxl', '.psd', '.svg'))
+_MANIFEST_EXTENSIONS = frozenset(('.csv', '.jsonl'))
+# A URI list's lines lose ASCII whitespace at both ends (and a byte-order
+# mark at the start), nothing else: names may hold U+00A0, U+2028, ...
+_ASCII_WHITESPACE = ' \t\r\n\v\f'
+
+# Error kinds of listing and reading, beside image_header's.
 NOT_FOUND = 'not_found'
 NOT_A_FILE = 'not_a_file'
 PERMISSION_DENIED = 'permission_denied'
 INVALID_URI = 'invalid_uri'
 FILE_TOO_LARGE = 'file_too_large'
-KINDS = (NOT_FOUND, NOT_A_FILE, PERMISSION_DENIED, INVALID_URI, FILE_TOO_LARGE)
+SPECIAL_FILE = 'special_file'
+DANGLING_LINK = 'dangling_link'
+LINK_LOOP = 'link_loop'
+UNREADABLE_FOLDER = 'unreadable_folder'
+INVALID_NAME = 'invalid_name'
+NOT_A_FOLDER = 'not_a_folder'
+NAME_TOO_LONG = 'name_too_long'
+READ_FAILED = 'read_failed'
+KINDS = (NOT_FOUND, NOT_A_FILE, PERMISSION_DENIED, INVALID_URI, FILE_TOO_LARGE,
+         SPECIAL_FILE, DANGLING_LINK, LINK_LOOP, UNREADABLE_FOLDER,
+         INVALID_NAME, NOT_A_FOLDER, NAME_TOO_LONG, READ_FAILED)
+
+_SPECIAL_FILE_TYPES = ((stat.S_ISFIFO, 'a named pipe (FIFO)'),
+                       (stat.S_ISSOCK, 'a socket'),
+                       (stat.S_ISCHR, 'a character device'),
+                       (stat.S_ISBLK, 'a block device'))
 
 
 class InputError(ValueError):
@@ -40,11 +93,16 @@ class InputError(ValueError):
 
 
 class ReadError(IOError):
-  """One input cannot be read, for a reason the user can act on."""
+  """One input cannot be read, for a reason the user can act on.
 
-  def __init__(self, kind, message):
+  `uri` is the input's printable URI when the error is raised while listing
+  (a name that is not UTF-8 gets backslash escapes), else None.
+  """
+
+  def __init__(self, kind, message, uri=None):
     super().__init__(message)
     self.kind = kind
+    self.uri = uri
 
 
 class InputSource(NamedTuple):
@@ -53,86 +111,310 @@ class InputSource(NamedTuple):
   path: str
 
 
-def resolve_input(path):
+def printable(name):
+  """`name` with the bytes that are not UTF-8 as backslash escapes.
+
+  Args:
+    name: a path as Python decodes file names (undecodable bytes become
+      lone surrogates, `os.fsdecode`).
+  """
+  return name.encode('utf-8', 'surrogateescape').decode('utf-8',
+                                                        'backslashreplace')
+
+
+def _is_utf8(name):
+  try:
+    name.encode('utf-8')
+  except UnicodeEncodeError:
+    return False
+  return True
+
+
+def _invalid_name(name):
+  return ReadError(
+      INVALID_NAME, 'the file name is not valid UTF-8 (this URI shows each '
+      'byte that is not as a \\x escape): rename the file with a UTF-8 name '
+      'to score it.', uri=printable(name))
+
+
+# --------------------------------------------------------------------------
+# What --input names.
+
+
+def resolve_input(path, input_format=AUTO):
   """Works out what `--input` names, checking that it names something.
 
   Args:
     path: the `--input` value.
+    input_format: AUTO, IMAGE or LIST: how a single file is read.
 
   Returns:
     An `InputSource`: a folder becomes the glob `FOLDER/**`.
 
   Raises:
-    InputError: if nothing matches the glob, or the path does not exist.
+    InputError: if nothing matches the glob, the path does not exist, is
+      not a regular file or folder, or the format does not apply.
   """
+  if input_format not in INPUT_FORMATS:
+    raise InputError(f'--input_format={input_format}: use one of '
+                     f'{", ".join(INPUT_FORMATS)}.')
   try:
     path = storage.normalize(path)
   except ValueError as e:
     raise InputError(f'--input: {e}') from e
-  if storage.has_glob(path):
-    _check_glob_matches(path)
-    return InputSource(GLOB, path)
-  if storage.isdir(path):
+  is_glob = storage.has_glob(path)
+  if is_glob or storage.isdir(path):
+    if input_format != AUTO:
+      raise InputError(
+          f'--input_format={input_format} is for one --input file, and '
+          f'{path} is a {"glob" if is_glob else "folder"}: leave it at auto.')
+    if is_glob:
+      _check_glob_matches(path, 'no files match')
+      return InputSource(GLOB, path)
     pattern = storage.join(path, '**')
-    _check_glob_matches(pattern, what=f'folder {path} holds no files')
+    _check_glob_matches(pattern, f'folder {path} holds no files')
     return InputSource(GLOB, pattern)
-  if not storage.exists(path):
-    raise InputError(f'--input={path}: no such file or folder.')
-  with _open(path) as f:
-    head = f.read(64)
-  if image_header.sniff_format(head):
-    return InputSource(SINGLE_FILE, path)
-  return InputSource(URI_LIST, path)
+  _check_single_file(path)
+  return InputSource(_single_file_kind(path, input_format), path)
 
 
-def _check_glob_matches(pattern, what=None):
+def _check_single_file(path):
+  if storage.is_gcs(path):
+    if not storage.exists(path):
+      raise InputError(f'--input={path}: no such file or folder.')
+    return
+  try:
+    info = os.stat(path)
+  except OSError as e:
+    problem = local_error(path, e)
+    if problem.kind == NOT_FOUND:
+      raise InputError(f'--input={path}: no such file or folder.') from e
+    raise InputError(f'--input={path}: {problem}') from e
+  if not stat.S_ISREG(info.st_mode):
+    raise InputError(f'--input={path} is {_special_file_type(info.st_mode)}, '
+                     'not a file or folder.')
+
+
+def _single_file_kind(path, input_format):
+  """The one-file rule: the flag if given, else the file name's extension."""
+  if input_format == IMAGE:
+    return SINGLE_FILE
+  if input_format == LIST:
+    return URI_LIST
+  extension = os.path.splitext(storage.basename(path))[1].lower()
+  if extension in IMAGE_EXTENSIONS:
+    return SINGLE_FILE
+  if extension in _MANIFEST_EXTENSIONS:
+    raise InputError(
+        f'--input={path}: {extension} files are reserved for manifests, '
+        'which this version does not read. For a list of URIs, one per line, '
+        'pass --input_format=list (or name it .txt).')
+  return URI_LIST
+
+
+def _check_glob_matches(pattern, nothing):
+  """Raises InputError unless `pattern` names at least one entry."""
+  if not storage.is_gcs(pattern):
+    base = _glob_base(pattern)
+    try:
+      os.scandir(base).close()
+    except FileNotFoundError as e:
+      raise InputError(f'--input={pattern}: {nothing}.') from e
+    except OSError as e:
+      raise InputError(f'--input={pattern}: cannot list {base}: '
+                       f'{e.strerror}.') from e
+    if next(list_local(pattern), None) is None:
+      raise InputError(f'--input={pattern}: {nothing}.')
+    return
   try:
     result, = filesystems.FileSystems.match([pattern], limits=[1])
   except (IOError, ValueError) as e:
     raise InputError(f'--input={pattern}: cannot list files: {e}') from e
   if not result.metadata_list:
-    raise InputError(f'--input={pattern}: {what or "no files match"}.')
+    raise InputError(f'--input={pattern}: {nothing}.')
+
+
+# --------------------------------------------------------------------------
+# Listing a local glob or folder.
+
+
+def _glob_base(pattern):
+  """The folder a local glob is listed from (as Beam's `match` finds it)."""
+  before_glob = re.match(r'[^[*?]*', pattern).group(0)
+  return os.path.dirname(before_glob)
+
+
+def _ancestor_ids(folder):
+  """(st_dev, st_ino) of `folder` and of every folder above it."""
+  ids = set()
+  path = os.path.realpath(folder)
+  while True:
+    info = os.stat(path)
+    ids.add((info.st_dev, info.st_ino))
+    parent = os.path.dirname(path)
+    if parent == path:
+      return frozenset(ids)
+    path = parent
+
+
+def _folder_id(entry):
+  """(st_dev, st_ino) of a folder entry, following links; None otherwise.
+
+  An entry whose `stat` fails (a link loop, a file gone meanwhile) is not a
+  folder to walk: it is listed as a file, and reading it says what it is.
+  """
+  try:
+    if not entry.is_dir():
+      return None
+    info = entry.stat()
+  except OSError:
+    return None
+  return info.st_dev, info.st_ino
+
+
+class _Levels:
+  """Which sub-folders of a glob's base folder can hold matches."""
+
+  def __init__(self, pattern, base):
+    levels = pattern[len(base):].lstrip(os.sep).split(os.sep)
+    # Up to the first level with `**` (which crosses folders), each level
+    # of a folder's path must match its level of the pattern.
+    self._regexes = []
+    for level in levels:
+      if '**' in level:
+        self._regexes.append(None)
+        break
+      self._regexes.append(re.compile(
+          filesystem.FileSystem.translate_pattern(level)))
+    self._unbounded = self._regexes[-1:] == [None]
+
+  def may_hold_matches(self, relative_folder):
+    parts = relative_folder.split(os.sep)
+    for part, regex in zip(parts, self._regexes):
+      if regex is None:
+        return True
+      if not regex.match(part):
+        return False
+    return len(parts) < len(self._regexes) or self._unbounded
+
+
+def list_local(pattern):
+  """Yields every entry a local glob (or `FOLDER/**`) names, lazily, once.
+
+  Regular files, special files, dangling links and broken link chains are
+  yielded as paths (reading each says what it is); a folder that cannot be
+  listed, a symlinked folder that leads back to a folder above it, and a
+  name that is not UTF-8 are yielded as `ReadError`s with their `uri`.
+  Folders themselves are not entries: their contents are.
+
+  Args:
+    pattern: an absolute local glob in Beam's syntax.
+
+  Yields:
+    A path (str) to read, or a `ReadError`.
+  """
+  base = _glob_base(pattern)
+  matches = re.compile(filesystem.FileSystem.translate_pattern(pattern)).match
+  levels = _Levels(pattern, base)
+  try:
+    pending = [(base, _ancestor_ids(base))]
+  except OSError as e:  # Gone since --input was checked.
+    yield _folder_error(base, e)
+    return
+  while pending:
+    folder, ancestors = pending.pop()
+    subfolders = []
+    try:
+      with os.scandir(folder) as entries:
+        for entry in entries:
+          folder_id = _folder_id(entry)
+          if folder_id is None:
+            if matches(entry.path):
+              yield entry.path if _is_utf8(entry.path) else _invalid_name(
+                  entry.path)
+          elif levels.may_hold_matches(os.path.relpath(entry.path, base)):
+            if folder_id in ancestors:
+              yield _link_loop(entry.path)
+            else:
+              subfolders.append((entry.path, ancestors | {folder_id}))
+    except OSError as e:
+      yield _folder_error(folder, e)
+    pending.extend(reversed(subfolders))
+
+
+def _link_loop(path):
+  return ReadError(
+      LINK_LOOP, f'a link to {printable(os.path.realpath(path))}, a folder '
+      'that holds this link: not followed (it would loop forever). Remove '
+      'the link, or score the folder it points to.', uri=printable(path))
+
+
+def _folder_error(folder, error):
+  """The ReadError of a folder whose listing failed."""
+  if error.errno == errno.ENAMETOOLONG:
+    return ReadError(NAME_TOO_LONG, 'the folder\'s path is too long for the '
+                     'filesystem: its files were not scored; move them '
+                     'higher up.', uri=printable(folder))
+  return ReadError(
+      UNREADABLE_FOLDER, f'cannot list this folder ({error.strerror}): its '
+      'files were not scored. Give the pipeline read access to it, or leave '
+      'it out of --input.', uri=printable(folder))
+
+
+# --------------------------------------------------------------------------
+# URI lists.
 
 
 def parse_uri_line(line, list_folder):
   """The URI on one line of a URI list, or None for blank and comment lines.
 
+  Only ASCII whitespace (and a byte-order mark at the start) is stripped, so
+  names keep characters such as U+00A0 or U+2028 at either end.
+
   Args:
-    line: a line of the list, with or without its line ending.
+    line: a line of the list (str, or the raw bytes), with or without its
+      line ending.
     list_folder: the folder of the list file; relative paths start there.
 
   Returns:
     The normalized URI, or the stripped line itself if it is not a path this
     project can read (reading it then gives an `invalid_uri` error record).
+
+  Raises:
+    ReadError: of kind `invalid_name` if the line is not valid UTF-8.
   """
-  line = line.strip().lstrip('\ufeff')  # A byte-order mark may start a file.
+  if isinstance(line, bytes):
+    line = line.decode('utf-8', 'surrogateescape')
+  line = line.lstrip('\ufeff').strip(_ASCII_WHITESPACE)
   if not line or line.startswith('#'):
     return None
   if '://' not in line and not line.startswith('/'):
     line = storage.join(list_folder, line)
+  if not _is_utf8(line):
+    raise _invalid_name(line)
   try:
     return storage.normalize(line)
   except ValueError:
     return line
 
 
-def _open(uri):
-  # UNCOMPRESSED: a file named x.gz is an input like any other, not a stream
-  # for Beam to gunzip.
-  return filesystems.FileSystems.open(
-      uri, mime_type='application/octet-stream',
-      compression_type=filesystem.CompressionTypes.UNCOMPRESSED)
+# --------------------------------------------------------------------------
+# Reading one input.
 
 
 def read_image_file(uri, max_bytes):
-  """Reads one whole input file through Beam's FileSystems.
+  """Reads one whole input file.
 
-  Errors that belong to this input (missing file, folder, no permission,
-  unreadable URI, too big) raise `ReadError`; anything else (a network
-  failure, say) propagates, so the runner retries the work.
+  Local files are checked with `os.stat` before they are opened and read
+  with `os.open` (not Beam's `FileSystems`, which would open a named pipe
+  and block), so that a special file is never opened; every `OSError` of a
+  local file is that file's `ReadError`. gs:// objects are read through
+  Beam's `FileSystems`; errors that belong to the object (missing, no
+  permission) raise `ReadError`, anything else (a network failure, say)
+  propagates, so the runner retries the work.
 
   Args:
-    uri: the file, local or any filesystem Beam supports.
+    uri: a local path, gs:// or /gcs/ URI.
     max_bytes: refuse files larger than this, reading at most one byte more.
 
   Returns:
@@ -141,24 +423,108 @@ def read_image_file(uri, max_bytes):
   Raises:
     ReadError: naming the problem and what to do about it.
   """
+  if uri.startswith(storage.GCS_FUSE_ROOT):
+    uri = storage.normalize(uri)
+  if storage.is_gcs(uri):
+    data = _read_remote(uri, max_bytes)
+  elif '://' in uri or not os.path.isabs(uri):
+    raise ReadError(INVALID_URI, 'not a path or URI this pipeline can read: '
+                    'use a local path, gs://BUCKET/PATH or /gcs/BUCKET/PATH.')
+  else:
+    data = _read_local(uri, max_bytes)
+  if len(data) > max_bytes:
+    raise _too_large(max_bytes)
+  return data
+
+
+def _too_large(max_bytes):
+  return ReadError(FILE_TOO_LARGE, f'file is larger than {max_bytes:,} bytes '
+                   '(--max_file_bytes): downscale or recompress it, or raise '
+                   '--max_file_bytes.')
+
+
+def _special_file_type(mode):
+  for test, name in _SPECIAL_FILE_TYPES:
+    if test(mode):
+      return name
+  return 'not a regular file'
+
+
+def _check_regular(mode):
+  if stat.S_ISDIR(mode):
+    raise ReadError(NOT_A_FILE, 'a folder, not a file: list files, not '
+                    'folders, in the --input list.')
+  if not stat.S_ISREG(mode):
+    raise ReadError(
+        SPECIAL_FILE, f'{_special_file_type(mode)}, not a regular file: not '
+        'opened, as reading it could block or have side effects. Score '
+        'image files only.')
+
+
+def _read_local(path, max_bytes):
   try:
-    with _open(uri) as f:
-      data = f.read(max_bytes + 1)
+    _check_regular(os.stat(path).st_mode)
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(descriptor, 'rb') as f:
+      # Replaced by something else since the stat? Check what was opened.
+      info = os.fstat(f.fileno())
+      _check_regular(info.st_mode)
+      if info.st_size > max_bytes:
+        raise _too_large(max_bytes)
+      return f.read(max_bytes + 1)
+  except ValueError as e:  # An embedded NUL character.
+    raise ReadError(INVALID_NAME, f'not a file name ({e}): fix this line of '
+                    'the --input list.') from e
+  except ReadError:
+    raise
+  except OSError as e:
+    raise local_error(path, e) from e
+
+
+def local_error(path, error):
+  """The ReadError of a local `OSError`, by its errno."""
+  code = error.errno
+  if code == errno.ENOENT:
+    if os.path.islink(path):
+      try:
+        target = printable(os.readlink(path))
+      except OSError:  # Replaced since; the kind still holds.
+        target = 'a path'
+      return ReadError(DANGLING_LINK, f'a symbolic link to {target}, which '
+                       'does not exist: fix or remove the link.')
+    return ReadError(NOT_FOUND, 'no such file: check the path, or the line of '
+                     'the --input list that names it.')
+  messages = {
+      errno.ELOOP: (LINK_LOOP, 'symbolic links that lead in a circle: fix '
+                    'or remove them.'),
+      errno.ENOTDIR: (NOT_A_FOLDER, 'a part of the path is a file, not a '
+                      'folder: check the path.'),
+      errno.ENAMETOOLONG: (NAME_TOO_LONG, 'the name is too long for the '
+                           'filesystem: check the path, or shorten it.'),
+      errno.EISDIR: (NOT_A_FILE, 'a folder, not a file: list files, not '
+                     'folders, in the --input list.'),
+      errno.EACCES: (PERMISSION_DENIED, 'permission denied: give the '
+                     'pipeline read access to it.'),
+      errno.EPERM: (PERMISSION_DENIED, 'operation not permitted: give the '
+                    'pipeline read access to it.'),
+  }
+  kind, message = messages.get(code, (
+      READ_FAILED, f'could not read it: {error.strerror} '
+      f'({errno.errorcode.get(code, code)}). Check the file and the disk.'))
+  return ReadError(kind, message)
+
+
+def _read_remote(uri, max_bytes):
+  try:
+    # UNCOMPRESSED: a file named x.gz is an input like any other, not a
+    # stream for Beam to gunzip.
+    with filesystems.FileSystems.open(
+        uri, mime_type='application/octet-stream',
+        compression_type=filesystem.CompressionTypes.UNCOMPRESSED) as f:
+      return f.read(max_bytes + 1)
   except (FileNotFoundError, gcs_exceptions.NotFound) as e:
     raise ReadError(NOT_FOUND, 'no such file: check the path, or the line of '
                     'the --input list that names it.') from e
-  except IsADirectoryError as e:
-    raise ReadError(NOT_A_FILE, 'a folder, not a file: list files, not '
-                    'folders, in the --input list.') from e
   except (PermissionError, gcs_exceptions.Forbidden) as e:
     raise ReadError(PERMISSION_DENIED, 'permission denied: give the pipeline '
                     f'(or its service account) read access. ({e})') from e
-  except ValueError as e:  # Beam: no filesystem for the scheme.
-    raise ReadError(INVALID_URI, 'not a path or URI this pipeline can read: '
-                    'use a local path, gs://BUCKET/PATH or /gcs/BUCKET/PATH.'
-                    ) from e
-  if len(data) > max_bytes:
-    raise ReadError(FILE_TOO_LARGE, f'file is larger than {max_bytes:,} bytes '
-                    '(--max_file_bytes): downscale or recompress it, or raise '
-                    '--max_file_bytes.')
-  return data

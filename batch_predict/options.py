@@ -7,8 +7,9 @@ registers every `PipelineOptions` subclass by its qualified name: a second
 copy under another name would clash.
 
 `build_config` checks everything a run needs before any work starts: the
-model is a complete artifact, `--input` names files, the numbers are sane,
-and on Dataflow every path is one the workers can reach.
+model is a complete artifact whose SavedModel loads and returns one
+probability per label, `--input` names files, the numbers are sane, and on
+Dataflow every path is one the workers can reach.
 """
 
 import dataclasses
@@ -18,8 +19,8 @@ from apache_beam.options import pipeline_options
 from google.api_core import exceptions as gcs_exceptions
 
 from batch_predict import inputs
+from batch_predict import model_handler
 from batch_predict import outputs
-from trainer import export
 from trainer import storage
 
 DEFAULT_TOP_K = 3
@@ -49,9 +50,23 @@ class ScoringOptions(pipeline_options.PipelineOptions):
         'folders), a folder (every file under it), a text file of image URIs '
         '(one per line), or one image. Local, gs:// or /gcs/. Required.')
     parser.add_argument(
+        '--input_format', default=inputs.AUTO,
+        help='How a single --input file is read: auto (by its extension: '
+        'an image extension such as .jpg or .png is one image, .csv and '
+        '.jsonl are refused, anything else is a list of URIs), image, or '
+        'list.')
+    parser.add_argument(
         '--output',
-        help='Output prefix: writes PREFIX-predictions-*.jsonl and '
-        'PREFIX-errors-*.jsonl, replacing those of earlier runs. Required.')
+        help='Output prefix: writes PREFIX-predictions-SSSSS-of-NNNNN.jsonl '
+        'and PREFIX-errors-SSSSS-of-NNNNN.jsonl. A run replaces the shards of '
+        'earlier runs once its own are complete, and deletes nothing else. '
+        'Required.')
+    parser.add_argument(
+        '--break_lease', action='store_true', default=False,
+        help='Take over the gs:// lease on --output that another scorer '
+        'holds and renews (one whose heartbeat stopped 3 minutes ago is taken '
+        'over anyway; a local lease ends with its process). Only when you '
+        'know that scorer is gone.')
     parser.add_argument(
         '--top_k', type=int, default=DEFAULT_TOP_K,
         help='How many classes each prediction lists, most probable first.')
@@ -96,6 +111,9 @@ class ScoringConfig:
   max_file_bytes: int
   num_shards: int
   progress_interval_secs: float
+  break_lease: bool = False
+  # Names this run's staging folder (outputs.staging_folder).
+  run_id: str = dataclasses.field(default_factory=outputs.new_run_id)
 
 
 def is_remote_runner(options):
@@ -133,7 +151,8 @@ def build_config(options, argv=None):
 
   Raises:
     ConfigError: for a missing, unknown or out-of-range flag.
-    export.ArtifactError: if --model_dir is not a complete artifact.
+    export.ArtifactError: if --model_dir is not a complete, consistent
+      artifact.
     inputs.InputError: if --input names nothing to score.
   """
   unknown = unknown_flags(argv)
@@ -155,13 +174,15 @@ def build_config(options, argv=None):
   if is_remote_runner(options):
     _check_remote(options, {'--model_dir': model_dir, '--input': flags.input,
                             '--output': output})
-  labels = tuple(export.read_metadata(model_dir)['labels'])
+  labels = model_handler.check_artifact(model_dir)
   if flags.top_k > len(labels):
     raise ConfigError(f'--top_k={flags.top_k} is more than the model\'s '
                       f'{len(labels)} classes.')
   return ScoringConfig(
-      model_dir=model_dir, source=inputs.resolve_input(flags.input),
-      output=output, labels=labels, **numbers)
+      model_dir=model_dir,
+      source=inputs.resolve_input(flags.input, flags.input_format),
+      output=output, labels=labels, break_lease=bool(flags.break_lease),
+      **numbers)
 
 
 def _normalize(name, path):
@@ -188,13 +209,14 @@ def _check_output(output):
   """The output prefix names files in a folder the run can write to."""
   if storage.has_glob(output):
     raise ConfigError(f'--output={output}: a prefix cannot contain *, ? or [ '
-                      '(earlier outputs are found by globbing it).')
+                      '(the outputs are read with globs such as '
+                      'PREFIX-predictions-*.jsonl).')
   if storage.is_gcs(output):
     if '/' not in output[len(storage.GCS_PREFIX):]:
       raise ConfigError(f'--output={output} is a bucket; give a prefix in it, '
                         f'e.g. --output={output}/scores/run.')
     try:
-      storage.glob(outputs.output_pattern(output, outputs.PREDICTIONS))
+      storage.scan_folder(storage.dirname(output))
     except gcs_exceptions.NotFound as e:
       raise ConfigError(f'--output={output}: no such bucket.') from e
     return output

@@ -1,4 +1,4 @@
-"""The scoring outputs (Contract 3): record formats, shard names, clean-up.
+"""The scoring outputs (Contract 3): records, shard names, and publishing.
 
 ```
 PREFIX-predictions-SSSSS-of-NNNNN.jsonl  {"uri", "label", "score", "top_k": [{"label", "score"}, ...]}
@@ -7,12 +7,34 @@ PREFIX-errors-SSSSS-of-NNNNN.jsonl       {"uri", "error", "kind"}
 
 Each record goes to the shard `crc32(uri) % NNNNN`, and every shard is
 written whole, even when empty, so a finished run always has NNNNN files of
-each. Because names and contents depend only on the inputs, a retried bundle
-or a re-run overwrites files instead of adding duplicates; `delete_outputs`
-removes what an earlier (possibly killed) run left before a run starts.
+each. Every line is strict JSON (`storage.to_json`: never NaN or Infinity).
+
+A run first writes its shards into a staging folder beside the outputs, of
+its own (RUNID is new for every run):
+
+```
+FOLDER/.BASENAME-staging-RUNID/BASENAME-predictions-SSSSS-of-NNNNN.jsonl
+```
+
+and `publish` runs only once every shard of both outputs is there: each
+shard is moved to its final name (a rename locally; a copy, then a delete,
+on GCS), then files of exactly this project's shard pattern for this prefix
+that the run did not write (shards of another `--num_shards`) and the run's
+staging folder are removed. Nothing else is ever deleted: names are matched
+by a regular expression against the entries listed directly in FOLDER, never
+by a glob (on GCS a `*` crosses `/`), so a user's
+`PREFIX-predictions-notes.txt` or an image in the same folder stays. A run
+that fails before publishing leaves the previous outputs as they were.
+
+`FOLDER/.BASENAME.lease` is the lease that keeps a second scorer off the
+same prefix while one runs (`pipeline.py` takes it). Holding it, a run first
+removes the staging folders that killed runs left (`remove_staging_folders`):
+no other run can be writing into them.
 """
 
 import json
+import re
+import uuid
 import zlib
 
 import numpy as np
@@ -23,6 +45,9 @@ PREDICTIONS = 'predictions'
 ERRORS = 'errors'
 OUTPUT_NAMES = (PREDICTIONS, ERRORS)
 _SCORE_DIGITS = 6
+# `storage.open_write` writes a local file as PATH.tmp-HEX and renames it;
+# a killed writer leaves that temporary file behind.
+_TEMPORARY_SUFFIX = r'(\.tmp-[0-9a-f]{32})?'
 
 
 def prediction_record(uri, probabilities, labels, top_k):
@@ -52,7 +77,8 @@ def error_record(uri, kind, message):
 
 
 def to_json_line(record):
-  return json.dumps(record, ensure_ascii=False)
+  """One output line: strict JSON (a NaN would become null), UTF-8 text."""
+  return storage.to_json(record, ensure_ascii=False)
 
 
 def shard_of(uri, num_shards):
@@ -66,29 +92,136 @@ def shard_path(prefix, name, index, num_shards):
 
 
 def output_pattern(prefix, name):
-  """The glob matching every file of one output, and any leftovers."""
+  """How a person globs one output's files (for messages, not deletion)."""
   return f'{prefix}-{name}-*'
 
 
-def delete_outputs(prefix):
-  """Deletes the outputs (and temporary files) of earlier runs at `prefix`.
+def new_run_id():
+  return uuid.uuid4().hex
+
+
+def staging_folder(prefix, run_id):
+  """`FOLDER/.BASENAME-staging-RUNID`: where a run writes before publishing."""
+  return storage.join(storage.dirname(prefix),
+                      f'.{storage.basename(prefix)}-staging-{run_id}')
+
+
+def lease_path(prefix):
+  """`FOLDER/.BASENAME.lease`: one scorer per output prefix at a time."""
+  return storage.join(storage.dirname(prefix),
+                      f'.{storage.basename(prefix)}.lease')
+
+
+def _shard_name_regex(prefix, names, temporary=False):
+  """Matches the file names of this prefix's shards of `names`, exactly."""
+  pattern = (f'{re.escape(storage.basename(prefix))}-'
+             f'({"|".join(re.escape(name) for name in names)})'
+             r'-\d{5,}-of-\d{5,}\.jsonl')
+  return re.compile(pattern + (_TEMPORARY_SUFFIX if temporary else ''))
+
+
+def _staging_name_regex(prefix):
+  return re.compile(rf'\.{re.escape(storage.basename(prefix))}-staging-'
+                    r'[0-9a-f]{32}')
+
+
+def find_shards(prefix, names=OUTPUT_NAMES):
+  """The shard files of `prefix` for `names`, listed in its folder only.
+
+  Returns:
+    Sorted paths of the files directly in the prefix's folder whose names
+    are exactly `PREFIX-NAME-SSSSS-of-NNNNN.jsonl`.
+  """
+  folder = storage.dirname(prefix)
+  regex = _shard_name_regex(prefix, names)
+  return [storage.join(folder, entry.name)
+          for entry in storage.scan_folder(folder)
+          if not entry.is_folder and regex.fullmatch(entry.name)]
+
+
+def publish(prefix, run_id, staged_paths, names, num_shards):
+  """Moves a run's staged shards to their final names, then cleans up.
+
+  Called once, after every shard of `names` was written to the run's
+  staging folder. Safe to call again after a failure part-way (a retried
+  step): shards already moved are skipped.
 
   Args:
     prefix: the `--output` prefix, normalized.
+    run_id: the run's id (names its staging folder).
+    staged_paths: the paths the shard writers reported.
+    names: the outputs to publish (OUTPUT_NAMES, or one of them).
+    num_shards: shards per output.
 
   Returns:
-    The paths deleted.
+    The final paths, sorted.
+
+  Raises:
+    RuntimeError: if a shard is missing from `staged_paths` (nothing is
+      moved then).
   """
-  deleted = []
-  for name in OUTPUT_NAMES:
-    for path in storage.glob(output_pattern(prefix, name)):
+  staging = staging_folder(prefix, run_id)
+  finals = sorted(shard_path(prefix, name, index, num_shards)
+                  for name in names for index in range(num_shards))
+  moves = {storage.join(staging, storage.basename(final)): final
+           for final in finals}
+  missing = sorted(set(moves) - set(staged_paths))
+  if missing:
+    raise RuntimeError(
+        f'{len(missing)} of {len(moves)} output shards were not written '
+        f'(e.g. {missing[0]}): not publishing; the earlier outputs at '
+        f'{prefix} are unchanged.')
+  for staged, final in moves.items():
+    try:
+      storage.move(staged, final)
+    except FileNotFoundError:
+      if not storage.exists(final):  # Else moved by an earlier attempt.
+        raise
+  _remove_stale_shards(prefix, names, keep=set(finals))
+  remove_staging_folders(prefix, run_id)
+  return finals
+
+
+def _remove_stale_shards(prefix, names, keep):
+  """Deletes this prefix's shard files of `names` not in `keep`."""
+  folder = storage.dirname(prefix)
+  regex = _shard_name_regex(prefix, names, temporary=True)
+  for entry in storage.scan_folder(folder):
+    path = storage.join(folder, entry.name)
+    if (not entry.is_folder and regex.fullmatch(entry.name) and
+        path not in keep):
       storage.delete(path)
-      deleted.append(path)
-  return deleted
+
+
+def remove_staging_folders(prefix, run_id=None):
+  """Removes the staging folders of `prefix` (only this run's, if given).
+
+  Only shard files (and their temporary files) are deleted from a staging
+  folder; a folder that still holds anything else is left. Without `run_id`,
+  call it only while holding the prefix's lease: it would remove the staging
+  folder of a live run too.
+  """
+  folder = storage.dirname(prefix)
+  regex = _staging_name_regex(prefix)
+  shard_regex = _shard_name_regex(prefix, OUTPUT_NAMES, temporary=True)
+  for entry in storage.scan_folder(folder):
+    if not (entry.is_folder and regex.fullmatch(entry.name)):
+      continue
+    if run_id is not None and entry.name != storage.basename(
+        staging_folder(prefix, run_id)):
+      continue
+    staging = storage.join(folder, entry.name)
+    for inside in storage.scan_folder(staging):
+      if not inside.is_folder and shard_regex.fullmatch(inside.name):
+        storage.delete(storage.join(staging, inside.name))
+    storage.remove_folder_if_empty(staging)
 
 
 def read_records(prefix, name):
   """Reads every record of one output (for tests, tools and notebooks).
+
+  Records are split on '\\n' only: a URI or label may hold U+2028, U+0085
+  or other characters that `str.splitlines` would also break at.
 
   Args:
     prefix: the `--output` prefix.
@@ -98,7 +231,7 @@ def read_records(prefix, name):
     The records of all shards, shard by shard.
   """
   records = []
-  for path in storage.glob(output_pattern(storage.normalize(prefix), name)):
+  for path in find_shards(storage.normalize(prefix), (name,)):
     records.extend(json.loads(line)
-                   for line in storage.read_text(path).splitlines() if line)
+                   for line in storage.read_text(path).split('\n') if line)
   return records

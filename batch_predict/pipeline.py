@@ -10,6 +10,10 @@ DirectRunner by default; add `--runner=DataflowRunner --project=... \
 --region=... --temp_location=gs://... --setup_file=./setup.py` for Dataflow,
 and `--dry_run=True` to check a command without scoring or submitting.
 `--help` lists the scoring flags; Beam's own are in its documentation.
+
+A run holds a lease on PREFIX (FOLDER/.BASENAME.lease) from before any work
+until its outputs are published, so a second scorer on the same --output
+is refused (`--break_lease` takes over the lease of one that is gone).
 """
 
 import argparse
@@ -27,6 +31,7 @@ from batch_predict import options as options_lib
 from batch_predict import outputs
 from batch_predict import transforms
 from trainer import export
+from trainer import lease as lease_lib
 
 _LOGGER = logging.getLogger(__name__)
 _TRUE = ('true', '1', 'yes')
@@ -54,10 +59,14 @@ def build_pipeline(pipeline, config):
           max_file_bytes=config.max_file_bytes,
           max_image_pixels=config.max_image_pixels,
           progress_interval_secs=config.progress_interval_secs))
-  _ = predictions | 'WritePredictions' >> transforms.WriteRecords(
-      config.output, outputs.PREDICTIONS, config.num_shards)
-  _ = errors | 'WriteErrors' >> transforms.WriteRecords(
-      config.output, outputs.ERRORS, config.num_shards)
+  staged = (
+      predictions | 'WritePredictions' >> transforms.WriteShards(
+          config.output, outputs.PREDICTIONS, config.num_shards,
+          config.run_id),
+      errors | 'WriteErrors' >> transforms.WriteShards(
+          config.output, outputs.ERRORS, config.num_shards, config.run_id))
+  _ = staged | 'PublishOutputs' >> transforms.PublishOutputs(
+      config.output, config.run_id, outputs.OUTPUT_NAMES, config.num_shards)
   return predictions, errors
 
 
@@ -131,6 +140,9 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
   Raises:
     options_lib.ConfigError, export.ArtifactError, inputs.InputError: if the
       flags, model or input cannot work; raised before any work starts.
+    lease_lib.LeaseError: if another scorer holds the lease on --output
+      (before any work), or took it over during the run (then nothing is
+      published).
   """
   argv = sys.argv[1:] if argv is None else list(argv)
   options = pipeline_options.PipelineOptions(argv)
@@ -141,14 +153,22 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
   _LOGGER.info('Scoring %s (%s) with %s into %s-*.', config.source.path,
                config.source.kind, config.model_dir, config.output)
   pipeline = test_pipeline or _create_pipeline(options)
-  if not dry_run:
-    # Names are deterministic, so a re-run rewrites every shard; deleting
-    # first also removes shards and temporary files of a killed run.
-    deleted = outputs.delete_outputs(config.output)
-    if deleted:
-      _LOGGER.info('Deleted %d output files of an earlier run.', len(deleted))
+  if dry_run:
+    return _dry_run(pipeline, config, options)
+  lease = lease_lib.Lease(outputs.lease_path(config.output), 'scoring')
+  with lease.acquire(break_lease=config.break_lease):
+    # No other scorer writes here now: what staging folders there are, a
+    # killed run left.
+    outputs.remove_staging_folders(config.output)
+    build_pipeline(pipeline, config)
+    result = _run_and_publish(pipeline, config, lease)
+  _log_summary(summarize(result), config.output)
+  return result
+
+
+def _dry_run(pipeline, config, options):
   build_pipeline(pipeline, config)
-  if dry_run and not options_lib.is_remote_runner(options):
+  if not options_lib.is_remote_runner(options):
     _LOGGER.info('Dry run: the flags, model and input are fine; nothing was '
                  'scored.')
     return runner.PipelineResult(runner.PipelineState.DONE)
@@ -156,10 +176,29 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
   # and stops short of submitting it.
   result = pipeline.run()
   result.wait_until_finish()
-  if dry_run:
-    _LOGGER.info('Dry run: the Dataflow job was built, not submitted.')
-  else:
-    _log_summary(summarize(result), config.output)
+  _LOGGER.info('Dry run: the Dataflow job was built, not submitted.')
+  return result
+
+
+def _run_and_publish(pipeline, config, lease):
+  """Runs the pipeline (which publishes its outputs as its last step).
+
+  A failed run removes what it staged; the published outputs of earlier
+  runs are untouched until the publishing step.
+  """
+  try:
+    with transforms.holding_lease(lease):
+      result = pipeline.run()
+      result.wait_until_finish()
+  except Exception:
+    try:
+      outputs.remove_staging_folders(config.output, config.run_id)
+    except Exception as e:  # pylint: disable=broad-except
+      # The run's own error matters more; the next run removes the folder.
+      _LOGGER.warning('Could not remove this run\'s staging folder: %s', e)
+    if lease.lost:  # Say why the publishing step refused, in one line.
+      lease.check()
+    raise
   return result
 
 
@@ -180,7 +219,7 @@ def main(argv=None):
   try:
     run(argv)
   except (options_lib.ConfigError, export.ArtifactError,
-          inputs.InputError) as e:
+          inputs.InputError, lease_lib.LeaseError) as e:
     # Bad flags are the user's to fix: say what is wrong, no traceback.
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)

@@ -1,21 +1,43 @@
 """The scoring pipeline's steps, as composite PTransforms.
 
   ListImages -> ClassifyImages (ReadImages -> CheckImages -> ScoreImages)
-             -> WriteRecords (predictions)   WriteRecords (errors)
+             -> WriteShards (predictions)   WriteShards (errors)
+             -> PublishOutputs (both, once every shard is written)
 
 Every input leaves as exactly one record: a prediction, or an error that
 says what is wrong with it. Bad inputs are split off as early as possible
-(unreadable files while reading, non-images and decompression bombs from
-their headers), so they never reach a batch; the model handler isolates the
-rare image that passes the header checks but still cannot be decoded.
+(entries that cannot be listed while listing, unreadable files while
+reading, non-images and decompression bombs from their headers), so they
+never reach a batch; the model handler isolates the rare image that passes
+the header checks but still cannot be decoded.
+
+The sink is written here rather than taken from Beam's
+`WriteToText(num_shards=...)`:
+* A record goes to the shard `crc32(uri) % NNNNN` (WriteToText deals
+  records out round-robin), so which file holds an input depends on the
+  inputs alone, and a retried write bundle rewrites the same staged file.
+  Every shard is written even when empty (as WriteToText does too).
+* WriteToText's finalisation first deletes every existing file that
+  matches its output glob (on gs:// a `*` crosses folders), then renames
+  its temporary files with FileSystems' batch requests, which
+  fake-gcs-server does not implement; and each sink is finalised on its
+  own, so one output could be published without the other. Here both
+  outputs are published together, by one step that runs after every
+  shard of both is staged (`PublishOutputs`: the staged paths are
+  collected with a combiner, as Beam's own finalisation collects its
+  writers' results), with single-object requests on GCS, and it deletes
+  only exact shard names of this prefix (`outputs.publish`).
 """
 
+import contextlib
 import logging
 import time
 
 import apache_beam as beam
+from apache_beam import coders
 from apache_beam.io import fileio
 from apache_beam.ml.inference import base
+import numpy as np
 
 from batch_predict import image_header
 from batch_predict import inputs
@@ -24,19 +46,41 @@ from batch_predict import outputs
 from trainer import storage
 
 NAMESPACE = model_handler.METRICS_NAMESPACE
-ERROR_KINDS = inputs.KINDS + image_header.KINDS + (model_handler.UNDECODABLE,)
+ERROR_KINDS = inputs.KINDS + image_header.KINDS + (
+    model_handler.UNDECODABLE, model_handler.NON_FINITE_OUTPUT)
 
 _LOGGER = logging.getLogger(__name__)
 
 
-def _uris_on_line(line, list_folder):
-  uri = inputs.parse_uri_line(line, list_folder)
+def _listed(item):
+  """A listing's item -> a URI, or the error record of a `ReadError`."""
+  if isinstance(item, inputs.ReadError):
+    return outputs.error_record(item.uri, item.kind, str(item))
+  return item
+
+
+def _entries_on_line(line, list_folder):
+  try:
+    uri = inputs.parse_uri_line(line, list_folder)
+  except inputs.ReadError as e:
+    yield _listed(e)
+    return
   if uri is not None:
     yield uri
 
 
+def _list_local(pattern):
+  for item in inputs.list_local(pattern):
+    yield _listed(item)
+
+
 class ListImages(beam.PTransform):
-  """PBegin -> the URI of every input named by `--input`."""
+  """PBegin -> the URI of every input named by `--input`.
+
+  An entry that cannot be carried on as a URI (a name that is not UTF-8, a
+  folder that cannot be listed, a symlink loop) arrives as its error record
+  (a dict) instead; `ReadImages` passes those on to the errors.
+  """
 
   def __init__(self, source):
     """Args: source: an `inputs.InputSource`."""
@@ -45,14 +89,22 @@ class ListImages(beam.PTransform):
 
   def expand(self, pbegin):
     kind, path = self._source
-    if kind == inputs.GLOB:
+    if kind == inputs.GLOB and storage.is_gcs(path):
       return (pbegin
               | 'MatchFiles' >> fileio.MatchFiles(path)
               | 'TakePaths' >> beam.Map(lambda metadata: metadata.path))
-    if kind == inputs.URI_LIST:
+    if kind == inputs.GLOB:
+      # Walked lazily by one worker; ReadImages redistributes the entries.
       return (pbegin
-              | 'ReadList' >> beam.io.ReadFromText(path)
-              | 'ParseLines' >> beam.FlatMap(_uris_on_line,
+              | 'Pattern' >> beam.Create([path])
+              | 'WalkFolders' >> beam.FlatMap(_list_local))
+    if kind == inputs.URI_LIST:
+      # Lines as bytes, split on '\n' only: a line that is not UTF-8 is one
+      # error record, not a failed read of the whole list.
+      return (pbegin
+              | 'ReadList' >> beam.io.ReadFromText(path,
+                                                   coder=coders.BytesCoder())
+              | 'ParseLines' >> beam.FlatMap(_entries_on_line,
                                              storage.dirname(path)))
     if kind == inputs.SINGLE_FILE:
       return pbegin | 'OneFile' >> beam.Create([path])
@@ -60,7 +112,10 @@ class ListImages(beam.PTransform):
 
 
 class _ReadImageFn(beam.DoFn):
-  """uri -> (uri, bytes), or an error record on the errors output."""
+  """uri -> (uri, bytes), or an error record on the errors output.
+
+  An error record from the listing goes straight to the errors output.
+  """
 
   def __init__(self, max_file_bytes):
     super().__init__()
@@ -68,6 +123,9 @@ class _ReadImageFn(beam.DoFn):
     self._bytes_read = beam.metrics.Metrics.counter(NAMESPACE, 'bytes_read')
 
   def process(self, uri):
+    if isinstance(uri, dict):  # An error record from the listing.
+      yield beam.pvalue.TaggedOutput(outputs.ERRORS, uri)
+      return
     try:
       data = inputs.read_image_file(uri, self._max_file_bytes)
     except inputs.ReadError as e:
@@ -187,6 +245,14 @@ class _ToRecordsFn(beam.DoFn):
           f'The model returned {len(inference)} probabilities but its '
           f'metadata lists {len(self._labels)} labels: the artifact is '
           'inconsistent; re-export it.')
+    if not np.all(np.isfinite(inference)):
+      self._progress.record(0, 1)
+      yield beam.pvalue.TaggedOutput(outputs.ERRORS, outputs.error_record(
+          uri, model_handler.NON_FINITE_OUTPUT,
+          'the model returned NaN or infinite probabilities for this image: '
+          'the model is broken (it probably trained to NaN). Retrain it, or '
+          're-export it from a good checkpoint, then score again.'))
+      return
     self._images_scored.inc()
     self._progress.record(1, 0)
     yield outputs.prediction_record(uri, inference, self._labels, self._top_k)
@@ -268,19 +334,45 @@ class ClassifyImages(beam.PTransform):
     return predictions, errors
 
 
-class _WriteShardFn(beam.DoFn):
-  """(shard index, JSON lines) -> writes the whole shard; yields its path."""
 
-  def __init__(self, prefix, name, num_shards):
+
+# --------------------------------------------------------------------------
+# The sink: shards staged, then published together (see the module's
+# docstring for why it is not WriteToText).
+
+# The leases this process holds, by path, so that a publishing step running
+# in this process can check that its lease was not taken over. Workers of a
+# remote runner do not see it; there the launcher holds the lease.
+_LEASES_HELD = {}
+
+
+@contextlib.contextmanager
+def holding_lease(lease):
+  """Lets in-process publishing steps check `lease` (a `trainer.lease.Lease`)
+  before they publish."""
+  _LEASES_HELD[lease.path] = lease
+  try:
+    yield lease
+  finally:
+    _LEASES_HELD.pop(lease.path, None)
+
+
+class _WriteShardFn(beam.DoFn):
+  """(shard index, JSON lines) -> writes the whole shard into the staging
+  folder; yields its path."""
+
+  def __init__(self, prefix, name, num_shards, run_id):
     super().__init__()
     self._prefix = prefix
     self._name = name
     self._num_shards = num_shards
+    self._staging = outputs.staging_folder(prefix, run_id)
 
   def process(self, element):
     index, lines = element
-    path = outputs.shard_path(self._prefix, self._name, index,
-                              self._num_shards)
+    final = outputs.shard_path(self._prefix, self._name, index,
+                               self._num_shards)
+    path = storage.join(self._staging, storage.basename(final))
     # Written to a temporary file and moved (or uploaded) whole, so a
     # retried bundle or a killed worker never leaves half a shard.
     with storage.open_write(path) as f:
@@ -291,19 +383,18 @@ class _WriteShardFn(beam.DoFn):
     yield path
 
 
-class WriteRecords(beam.PTransform):
-  """Records -> `PREFIX-NAME-SSSSS-of-NNNNN.jsonl` files; yields their paths.
+class WriteShards(beam.PTransform):
+  """Records -> every shard of one output, in the run's staging folder.
 
-  Beam's `WriteToText` finalises through filesystem renames (batch requests
-  on GCS); this sink writes each shard with one atomic upload instead, and
-  its deterministic shard names make re-runs overwrite, never duplicate.
+  Returns the PCollection of the staged paths (`--num_shards` of them).
   """
 
-  def __init__(self, prefix, name, num_shards):
+  def __init__(self, prefix, name, num_shards, run_id):
     super().__init__()
     self._prefix = prefix
     self._name = name
     self._num_shards = num_shards
+    self._run_id = run_id
 
   def expand(self, records):
     num_shards = self._num_shards
@@ -315,5 +406,68 @@ class WriteRecords(beam.PTransform):
     return ((keyed, every_shard)
             | 'AddEmptyShards' >> beam.Flatten()
             | 'GroupByShard' >> beam.GroupByKey()
-            | 'WriteShards' >> beam.ParDo(
-                _WriteShardFn(self._prefix, self._name, num_shards)))
+            | 'WriteShards' >> beam.ParDo(_WriteShardFn(
+                self._prefix, self._name, num_shards, self._run_id)))
+
+
+class _PublishFn(beam.DoFn):
+  """[every staged path] -> moves them to their final names; yields those."""
+
+  def __init__(self, prefix, run_id, names, num_shards):
+    super().__init__()
+    self._prefix = prefix
+    self._run_id = run_id
+    self._names = tuple(names)
+    self._num_shards = num_shards
+
+  def process(self, staged_paths):
+    held = _LEASES_HELD.get(outputs.lease_path(self._prefix))
+    if held is not None:
+      held.check()  # Taken over by another scorer: publish nothing.
+    yield from outputs.publish(self._prefix, self._run_id, staged_paths,
+                               self._names, self._num_shards)
+
+
+class PublishOutputs(beam.PTransform):
+  """Staged shard paths (a PCollection per output) -> the published paths.
+
+  The paths are collected into one list, so publishing runs once, after
+  every shard of every output is staged; `outputs.publish` then moves them
+  into place and removes stale shards of this prefix and the staging folder.
+  """
+
+  def __init__(self, prefix, run_id, names, num_shards):
+    super().__init__()
+    self._prefix = prefix
+    self._run_id = run_id
+    self._names = tuple(names)
+    self._num_shards = num_shards
+
+  def expand(self, staged):
+    return (staged
+            | 'MergeStaged' >> beam.Flatten()
+            | 'CollectStaged' >> beam.combiners.ToList()
+            | 'Publish' >> beam.ParDo(_PublishFn(
+                self._prefix, self._run_id, self._names, self._num_shards)))
+
+
+class WriteRecords(beam.PTransform):
+  """Records -> `PREFIX-NAME-SSSSS-of-NNNNN.jsonl` files of one output.
+
+  Stages every shard, then publishes them (`WriteShards`, `PublishOutputs`).
+  The scoring pipeline stages both outputs and publishes them together;
+  this is the same for one output. Returns the published paths.
+  """
+
+  def __init__(self, prefix, name, num_shards, run_id=None):
+    super().__init__()
+    self._prefix = prefix
+    self._name = name
+    self._num_shards = num_shards
+    self._run_id = run_id or outputs.new_run_id()
+
+  def expand(self, records):
+    staged = records | 'Stage' >> WriteShards(
+        self._prefix, self._name, self._num_shards, self._run_id)
+    return (staged,) | 'Publish' >> PublishOutputs(
+        self._prefix, self._run_id, (self._name,), self._num_shards)

@@ -138,3 +138,55 @@ def write_catalogue(folder, good_count=6):
       put(name, content)
     bad[path] = (kind, words)
   return good, bad
+
+
+def write_hostile_folder(folder, unreadable=False):
+  """A folder of good digits and every kind of entry that is no image file.
+
+  A named pipe, a dangling link, a link to itself, a link back up to the
+  folder, a file name that is not UTF-8 and, if `unreadable`, a mode-000
+  sub-folder; a symlinked folder of digits outside it is followed.
+
+  Args:
+    folder: a local folder to create.
+    unreadable: also write the mode-000 sub-folder `private/` (the caller
+      makes it readable again before removing it).
+
+  Returns:
+    {uri as the records give it: expected error kind, or None for an image
+    to score}.
+  """
+  pixels = [encode(digit, 'PNG') for digit, _ in digits(3)]
+  outside = folder + '-linked-target'
+  for path in (folder, os.path.join(folder, 'sub'), outside):
+    os.makedirs(path)
+
+  def put(path, content):
+    with open(path, 'wb') as f:
+      f.write(content)
+    return path
+
+  expected = {
+      put(os.path.join(folder, 'digit-0.png'), pixels[0]): None,
+      put(os.path.join(folder, 'sub', 'digit-1.png'), pixels[1]): None,
+  }
+  put(os.path.join(outside, 'digit-2.png'), pixels[2])
+  os.symlink(outside, os.path.join(folder, 'linked'))
+  expected[os.path.join(folder, 'linked', 'digit-2.png')] = None
+  os.mkfifo(os.path.join(folder, 'pipe.png'))
+  expected[os.path.join(folder, 'pipe.png')] = 'special_file'
+  os.symlink('missing-target.png', os.path.join(folder, 'gone.png'))
+  expected[os.path.join(folder, 'gone.png')] = 'dangling_link'
+  os.symlink('loop.png', os.path.join(folder, 'loop.png'))
+  expected[os.path.join(folder, 'loop.png')] = 'link_loop'
+  os.symlink('..', os.path.join(folder, 'sub', 'up'))
+  expected[os.path.join(folder, 'sub', 'up')] = 'link_loop'
+  put(os.path.join(os.fsencode(folder), b'caf\xe9.png'), pixels[0])
+  expected[os.path.join(folder, 'caf\\xe9.png')] = 'invalid_name'
+  if unreadable:
+    private = os.path.join(folder, 'private')
+    os.makedirs(private)
+    put(os.path.join(private, 'secret.png'), pixels[0])
+    os.chmod(private, 0)
+    expected[private] = 'unreadable_folder'
+  return expected

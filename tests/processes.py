@@ -69,3 +69,48 @@ def saved_epoch(checkpoint_dir):
 def tf_config(cluster, task_type, index):
   return json.dumps({'cluster': cluster,
                      'task': {'type': task_type, 'index': index}})
+
+
+# Linux capability numbers (linux/capability.h) and prctl's PR_CAPBSET_DROP.
+_CAP_DAC_OVERRIDE = 1
+_CAP_DAC_READ_SEARCH = 2
+_PR_CAPBSET_DROP = 24
+
+
+def drop_file_permission_override():
+  """A `preexec_fn` after which root obeys file modes as any user does.
+
+  Tests run as root here, and root reads a mode-000 folder anyway
+  (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH). Dropping both from the bounding
+  set before `exec` leaves the child without them, so a mode-000 folder is
+  really unreadable to it, while it still owns (and reads) everything else.
+  """
+  import ctypes  # pylint: disable=g-import-not-at-top
+  libc = ctypes.CDLL(None, use_errno=True)
+  for capability in (_CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH):
+    if libc.prctl(_PR_CAPBSET_DROP, capability, 0, 0, 0) != 0:
+      raise OSError(ctypes.get_errno(), 'prctl(PR_CAPBSET_DROP) failed')
+
+
+def mode_checking_preexec():
+  """The preexec_fn for a child that file modes bind: dropping the override
+  as root, nothing otherwise (mode 000 is then enough)."""
+  return drop_file_permission_override if os.geteuid() == 0 else None
+
+
+def can_make_unreadable_folders(tmp_path):
+  """Whether a mode-000 folder is unreadable to a child started with
+  `mode_checking_preexec()` (dropping capabilities may be forbidden)."""
+  folder = os.path.join(tmp_path, 'probe-unreadable')
+  os.makedirs(folder)
+  os.chmod(folder, 0)
+  try:
+    probe = subprocess.run(
+        [sys.executable, '-c', f'import os; os.listdir({folder!r})'],
+        preexec_fn=mode_checking_preexec(), capture_output=True)
+  except (OSError, subprocess.SubprocessError):
+    return False
+  finally:
+    os.chmod(folder, 0o755)
+    os.rmdir(folder)
+  return probe.returncode != 0 and b'PermissionError' in probe.stderr

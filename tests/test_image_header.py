@@ -1,6 +1,8 @@
 """Header sniffing: formats, sizes and frame counts without decoding."""
 
 import io
+import re
+import struct
 
 import numpy as np
 from PIL import Image
@@ -137,3 +139,141 @@ def test_sniff_format_needs_only_the_first_bytes():
   png = _encode(np.zeros((4, 4), np.uint8), 'PNG')
   assert image_header.sniff_format(png[:16]) == 'PNG'
   assert image_header.sniff_format(b'gs://bucket/a.png\n') is None
+
+
+# --------------------------------------------------------------------------
+# Variants of the four formats that TensorFlow's decoder cannot read (or
+# reads wrongly): refused from the header, and the decoder checked to agree.
+
+
+def _bmp(bits, compression, pixels, palette=b'', header_size=40, masks=b''):
+  """A hand-made BMP (2 rows, 4 pixels wide) of any bit depth/compression."""
+  if header_size == 12:  # OS/2 BITMAPCOREHEADER.
+    dib = struct.pack('<IHHHH', 12, 4, 2, 1, bits)
+  else:
+    dib = struct.pack('<IiiHHIIiiII', header_size, 4, 2, 1, bits, compression,
+                      len(pixels), 2835, 2835, len(palette) // 4, 0) + masks
+    dib += bytes(header_size - len(dib))
+  offset = 14 + len(dib) + len(palette)
+  return (b'BM' + struct.pack('<IHHI', offset + len(pixels), 0, 0, offset) +
+          dib + palette + pixels)
+
+
+_GREY_PALETTE = b''.join(bytes([i, i, i, 0]) for i in range(256))
+_SIXTEEN_GREYS = b''.join(bytes([i * 16] * 3 + [0]) for i in range(16))
+
+
+def _pillow_bmp(mode):
+  buffer = io.BytesIO()
+  Image.fromarray(conftest.random_pixels(5, 7)).convert(mode).save(buffer,
+                                                                   'BMP')
+  return buffer.getvalue()
+
+
+def _decodes_like_pillow(data):
+  """Whether TensorFlow decodes `data` to the pixels Pillow shows."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  try:
+    decoded = tf.io.decode_image(data, channels=3,
+                                 expand_animations=False).numpy()
+  except tf.errors.InvalidArgumentError:
+    return False
+  shown = np.asarray(Image.open(io.BytesIO(data)).convert('RGB'))
+  return decoded.shape == shown.shape and np.array_equal(decoded, shown)
+
+
+_RGBA_MASKS = struct.pack('<IIII', 0xFF, 0xFF00, 0xFF0000, 0xFF000000)
+_BGRA_MASKS = struct.pack('<IIII', 0xFF0000, 0xFF00, 0xFF, 0xFF000000)
+
+
+@pytest.mark.parametrize('name,data,words', [
+    ('1-bit (Pillow)', lambda: _pillow_bmp('1'), '1-bit BMP'),
+    ('palette (Pillow)', lambda: _pillow_bmp('P'),
+     '8-bit colour-mapped (palette) BMP'),
+    ('4-bit', lambda: _bmp(4, 0, b'\x01\x23\x00\x00' * 2, _SIXTEEN_GREYS),
+     '4-bit BMP'),
+    ('RLE8', lambda: _bmp(8, 1, b'\x04\x10\x00\x00' * 2 + b'\x00\x01',
+                          _GREY_PALETTE), '8-bit RLE8-compressed BMP'),
+    ('RLE4', lambda: _bmp(4, 2, b'\x04\x12\x00\x00' * 2 + b'\x00\x01',
+                          _SIXTEEN_GREYS), '4-bit RLE4-compressed BMP'),
+    ('16-bit', lambda: _bmp(16, 0, b'\x1f\x00' * 8), '16-bit BMP'),
+    ('OS/2', lambda: _bmp(24, 0, b'\x10\x20\x30' * 8, header_size=12),
+     'OS/2 BMP (12-byte header)'),
+    ('RGBA masks', lambda: _bmp(32, 3, b'\x10\x20\x30\xff' * 8,
+                                header_size=108, masks=_RGBA_MASKS),
+     'colour masks 0x000000ff'),
+])
+def test_bmp_variants_the_decoder_cannot_read_are_unsupported(name, data,
+                                                              words):
+  data = data()
+  assert not _decodes_like_pillow(data), f'TensorFlow now reads {name}'
+  with pytest.raises(image_header.HeaderError) as raised:
+    image_header.check_image(data, 10**6)
+  assert raised.value.kind == image_header.UNSUPPORTED_FORMAT
+  assert words in str(raised.value)
+  assert 'Convert it to PNG' in str(raised.value)
+  assert 'truncated' not in str(raised.value)
+
+
+@pytest.mark.parametrize('name,data', [
+    ('grey (Pillow)', lambda: _pillow_bmp('L')),
+    ('24-bit (Pillow)', lambda: _pillow_bmp('RGB')),
+    ('32-bit (Pillow)', lambda: _pillow_bmp('RGBA')),
+    ('32-bit BGRA masks', lambda: _bmp(32, 3, b'\x10\x20\x30\xff' * 8,
+                                       header_size=108, masks=_BGRA_MASKS)),
+    ('8-bit, 16 greys', lambda: _bmp(
+        8, 0, bytes([1, 2, 3, 15]) * 2,
+        b''.join(bytes([i, i, i, 0]) for i in range(16)))),
+])
+def test_bmp_variants_the_decoder_reads_pass(name, data):
+  data = data()
+  assert _decodes_like_pillow(data), name
+  assert image_header.check_image(data, 10**6).format == image_header.BMP
+
+
+def _jpeg_with_frame(marker, precision=8):
+  """A Pillow baseline JPEG whose frame header says another process."""
+  data = bytearray(_encode(conftest.random_pixels(8, 8), 'JPEG'))
+  frame = data.index(b'\xff\xc0')
+  data[frame + 1] = marker
+  data[frame + 4] = precision
+  return bytes(data)
+
+
+@pytest.mark.parametrize('marker,precision,words', [
+    (0xC3, 8, 'lossless JPEG (SOF3)'),
+    (0xC5, 8, 'hierarchical JPEG (SOF5)'),
+    (0xCB, 8, 'lossless arithmetic-coded JPEG'),
+    (0xC0, 12, '12-bit JPEG'),
+    (0xC1, 12, '12-bit JPEG'),
+])
+def test_jpeg_variants_the_decoder_cannot_read_are_unsupported(
+    marker, precision, words):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  data = _jpeg_with_frame(marker, precision)
+  # libjpeg refuses these from the frame header too.
+  with pytest.raises(tf.errors.InvalidArgumentError):
+    tf.io.decode_image(data)
+  with pytest.raises(image_header.HeaderError,
+                     match=re.escape(words)) as raised:
+    image_header.check_image(data, 10**6)
+  assert raised.value.kind == image_header.UNSUPPORTED_FORMAT
+
+
+@pytest.mark.parametrize('marker', [0xC0, 0xC1, 0xC2, 0xC9, 0xCA])
+def test_baseline_extended_progressive_and_arithmetic_jpegs_pass(marker):
+  # Arithmetic-coded (SOF9, SOF10) JPEGs made with `jpegtran -arithmetic`
+  # decode in TensorFlow 2.21; here only their headers are checked.
+  info = image_header.check_image(_jpeg_with_frame(marker), 10**6)
+  assert info == ('JPEG', 8, 8, 1)
+
+
+@pytest.mark.parametrize('mode,options', [
+    ('1', {}), ('L', {}), ('P', {}), ('P', {'bits': 2}), ('LA', {}),
+    ('RGBA', {}), ('P', {'transparency': 0})])
+def test_png_variants_decode_and_pass(mode, options):
+  buffer = io.BytesIO()
+  Image.fromarray(conftest.random_pixels(9, 11)).convert(mode).save(
+      buffer, 'PNG', **options)
+  assert _decodes_like_pillow(buffer.getvalue())
+  assert image_header.check_image(buffer.getvalue(), 10**6).format == 'PNG'

@@ -1,11 +1,18 @@
 """What --input names, URI lists, and reading one file through FileSystems."""
 
+import json
 import os
+import socket
+import subprocess
+import sys
+import threading
 
 import pytest
 
 from batch_predict import inputs
+from tests import conftest
 from tests import image_files
+from tests import processes
 
 
 def _write(path, content=b'x'):
@@ -98,3 +105,203 @@ def test_read_and_resolve_on_a_bucket(gcs_server, beam_gcs_anonymous):
       inputs.SINGLE_FILE, 'gs://test-bucket/images/a.png')
   with pytest.raises(inputs.InputError, match='no files match'):
     inputs.resolve_input('gs://test-bucket/images/*.jpg')
+
+
+# --------------------------------------------------------------------------
+# Listing local folders: every entry once, nothing hangs.
+
+
+def _listed(items):
+  """list_local's items -> {uri: kind of a listing error, or None}."""
+  found = {}
+  for item in items:
+    uri, kind = ((item.uri, item.kind) if isinstance(item, inputs.ReadError)
+                 else (item, None))
+    assert uri not in found, f'{uri} listed twice'
+    found[uri] = kind
+  return found
+
+
+def _kind_of(uri, listed_kind):
+  """The kind of an entry's record: its listing error, or its read's."""
+  if listed_kind is not None:
+    return listed_kind
+  try:
+    inputs.read_image_file(uri, max_bytes=10**6)
+  except inputs.ReadError as e:
+    return e.kind
+  return None
+
+
+def _within(seconds, function, *args):
+  """Calls `function` in a thread; fails if it has not returned in time."""
+  outcome = []
+
+  def call():
+    try:
+      outcome.append((function(*args), None))
+    except Exception as e:  # pylint: disable=broad-except
+      outcome.append((None, e))
+
+  thread = threading.Thread(target=call, daemon=True)
+  thread.start()
+  thread.join(seconds)
+  assert outcome, f'{function.__name__} still running after {seconds} s'
+  result, error = outcome[0]
+  if error is not None:
+    raise error
+  return result
+
+
+def test_a_folder_lists_every_entry_once_and_reading_names_each_problem(
+    tmp_path):
+  folder = str(tmp_path / 'images')
+  expected = image_files.write_hostile_folder(folder)
+  listed = _listed(inputs.list_local(os.path.join(folder, '**')))
+  assert set(listed) == set(expected)
+  kinds = _within(60, lambda: {uri: _kind_of(uri, kind)
+                               for uri, kind in listed.items()})
+  assert kinds == expected
+
+
+def test_an_unreadable_sub_folder_is_one_entry(tmp_path):
+  if not processes.can_make_unreadable_folders(str(tmp_path)):
+    pytest.skip('cannot make a folder unreadable here (running as root, '
+                'and dropping CAP_DAC_OVERRIDE is not permitted)')
+  folder = str(tmp_path / 'images')
+  expected = image_files.write_hostile_folder(folder, unreadable=True)
+  code = ('import json, sys; from batch_predict import inputs; '
+          'print(json.dumps([[i.uri, i.kind] if isinstance(i, '
+          'inputs.ReadError) else [i, None] for i in '
+          'inputs.list_local(sys.argv[1])]))')
+  try:
+    child = subprocess.run(
+        [sys.executable, '-c', code, os.path.join(folder, '**')],
+        capture_output=True, text=True, timeout=120, check=True,
+        preexec_fn=processes.mode_checking_preexec(),
+        env=dict(os.environ, PYTHONPATH=conftest.REPO))
+  finally:
+    os.chmod(os.path.join(folder, 'private'), 0o755)
+  listed = _listed(inputs.ReadError(kind, '', uri) if kind else uri
+                   for uri, kind in json.loads(child.stdout))
+  assert set(listed) == set(expected)
+  assert listed[os.path.join(folder, 'private')] == inputs.UNREADABLE_FOLDER
+  assert 'secret.png' not in child.stdout
+
+
+def test_a_glob_lists_only_the_entries_it_can_match(tmp_path):
+  for name in ('a.png', 'b.jpg', 'sub/c.png', 'sub/deeper/d.png',
+               'other/e.png'):
+    _write(str(tmp_path / name))
+  os.symlink('nowhere', tmp_path / 'readme')  # Dangling, but not *.png.
+  os.symlink('nowhere.png', tmp_path / 'gone.png')
+  os.symlink('..', tmp_path / 'other' / 'up')  # A loop * cannot reach.
+
+  def listed(pattern):
+    found = _listed(inputs.list_local(str(tmp_path / pattern)))
+    return sorted(os.path.relpath(uri, tmp_path) for uri in found)
+
+  assert listed('*.png') == ['a.png', 'gone.png']
+  assert listed('sub/*.png') == ['sub/c.png']
+  assert listed('s*/**.png') == ['sub/c.png', 'sub/deeper/d.png']
+  # `**` may reach into any folder: the loop is reported, once.
+  assert listed('**/*.png') == ['other/e.png', 'other/up', 'sub/c.png',
+                                'sub/deeper/d.png']
+  assert _listed(inputs.list_local(str(tmp_path / 'o*/*'))) == {
+      str(tmp_path / 'other/e.png'): None}
+
+
+@pytest.mark.parametrize('make,kind,words', [
+    (lambda p: os.mkfifo(p), inputs.SPECIAL_FILE, 'named pipe'),
+    (lambda p: os.symlink('/dev/null', p), inputs.SPECIAL_FILE,
+     'character device'),
+    (lambda p: os.symlink(p + '.missing', p), inputs.DANGLING_LINK,
+     'does not exist'),
+    (lambda p: os.symlink(p, p), inputs.LINK_LOOP, 'circle'),
+])
+def test_reading_refuses_what_is_not_a_regular_file(tmp_path, make, kind,
+                                                    words):
+  path = str(tmp_path / 'entry.png')
+  make(path)
+  with pytest.raises(inputs.ReadError, match=words) as raised:
+    _within(60, inputs.read_image_file, path, 100)
+  assert raised.value.kind == kind
+
+
+def test_reading_a_socket_and_bad_paths(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)  # A short path: sockets' names are limited.
+  with socket.socket(socket.AF_UNIX) as server:
+    server.bind('socket.png')
+    cases = {
+        str(tmp_path / 'socket.png'): inputs.SPECIAL_FILE,
+        _write(str(tmp_path / 'file.png')) + '/inside.png': (
+            inputs.NOT_A_FOLDER),
+        str(tmp_path / ('x' * 300 + '.png')): inputs.NAME_TOO_LONG,
+        str(tmp_path / 'nul\x00.png'): inputs.INVALID_NAME,
+        's3://bucket/a.png': inputs.INVALID_URI,
+        str(tmp_path / 'missing' / 'a.png'): inputs.NOT_FOUND,
+    }
+    for uri, kind in cases.items():
+      with pytest.raises(inputs.ReadError) as raised:
+        inputs.read_image_file(uri, 100)
+      assert raised.value.kind == kind, uri
+
+
+# --------------------------------------------------------------------------
+# One --input file: an image or a list, by its name or --input_format.
+
+
+def test_one_file_is_an_image_or_a_list_by_its_extension(tmp_path):
+  corrupt = _write(str(tmp_path / 'photo.JPG'), b'gs://bucket/a.png\n')
+  listing = _write(str(tmp_path / 'batch.txt'),
+                   image_files.encode(image_files.digits(1)[0][0], 'PNG'))
+  bare = _write(str(tmp_path / 'nightly'), b'a.png\n')
+  assert inputs.resolve_input(corrupt) == (inputs.SINGLE_FILE, corrupt)
+  assert inputs.resolve_input(listing) == (inputs.URI_LIST, listing)
+  assert inputs.resolve_input(bare) == (inputs.URI_LIST, bare)
+  assert inputs.resolve_input(listing, inputs.IMAGE) == (inputs.SINGLE_FILE,
+                                                        listing)
+  assert inputs.resolve_input(corrupt, inputs.LIST) == (inputs.URI_LIST,
+                                                       corrupt)
+  for extension in ('csv', 'jsonl'):
+    manifest = _write(str(tmp_path / f'manifest.{extension}'), b'uri\n')
+    with pytest.raises(inputs.InputError, match='--input_format=list'):
+      inputs.resolve_input(manifest)
+    assert inputs.resolve_input(manifest, inputs.LIST).kind == inputs.URI_LIST
+
+
+def test_input_format_must_fit_the_input(tmp_path):
+  image = _write(str(tmp_path / 'images' / 'a.png'))
+  with pytest.raises(inputs.InputError, match='use one of auto, image, list'):
+    inputs.resolve_input(image, 'csv')
+  with pytest.raises(inputs.InputError, match='is a folder'):
+    inputs.resolve_input(str(tmp_path / 'images'), inputs.LIST)
+  with pytest.raises(inputs.InputError, match='is a glob'):
+    inputs.resolve_input(str(tmp_path / 'images' / '*.png'), inputs.IMAGE)
+
+
+def test_an_input_that_is_no_file_or_folder_fails_before_any_work(tmp_path):
+  os.mkfifo(tmp_path / 'list.txt')
+  with pytest.raises(inputs.InputError, match='named pipe'):
+    _within(60, inputs.resolve_input, str(tmp_path / 'list.txt'))
+  folder = tmp_path / 'only-bad-entries'
+  folder.mkdir()
+  os.mkfifo(folder / 'pipe.png')
+  # A folder whose only entry is bad still names something: it gets its
+  # error record.
+  assert inputs.resolve_input(str(folder)).kind == inputs.GLOB
+
+
+def test_uri_list_lines_keep_unicode_and_report_bytes_that_are_not_utf8():
+  folder = '/data/lists'
+  assert inputs.parse_uri_line(' \ta.png \r\n', folder) == '/data/lists/a.png'
+  assert inputs.parse_uri_line('\u2028a\u00a0.png\u0085\n', folder) == (
+      '/data/lists/\u2028a\u00a0.png\u0085')
+  assert inputs.parse_uri_line('b\u3000.png'.encode(), folder) == (
+      '/data/lists/b\u3000.png')
+  assert inputs.parse_uri_line(b'# caf\xe9\n', folder) is None
+  with pytest.raises(inputs.ReadError) as raised:
+    inputs.parse_uri_line(b'caf\xe9.png\n', folder)
+  assert raised.value.kind == inputs.INVALID_NAME
+  assert raised.value.uri == '/data/lists/caf\\xe9.png'
+  assert 'not valid UTF-8' in str(raised.value)

@@ -1,4 +1,4 @@
-"""Output records, shard names and clean-up of earlier runs."""
+"""Output records, shard names, publishing and clean-up of earlier runs."""
 
 import json
 import os
@@ -6,8 +6,10 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from batch_predict import outputs
+from trainer import storage
 
 
 def test_prediction_record_lists_the_top_classes_in_order():
@@ -51,15 +53,156 @@ def test_shard_path():
       '/o/run-errors-00003-of-00010.jsonl')
 
 
-def test_delete_outputs_removes_shards_and_temporary_files_only(tmp_path):
+def _strict_json(line):
+  def refuse(constant):
+    raise ValueError(f'not JSON: {constant}')
+  return json.loads(line, parse_constant=refuse)
+
+
+def test_json_lines_are_strict_json_and_keep_unicode():
+  record = {'uri': 'gs://b/caf\u00e9\u2028.png', 'score': float('nan'),
+            'top_k': [{'label': 'x', 'score': float('inf')}]}
+  line = outputs.to_json_line(record)
+  assert '\u2028' in line and '\n' not in line
+  assert _strict_json(line) == {'uri': 'gs://b/caf\u00e9\u2028.png',
+                                'score': None,
+                                'top_k': [{'label': 'x', 'score': None}]}
+
+
+def _put(path, text='{}\n'):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, 'w') as f:
+    f.write(text)
+  return path
+
+
+def _tree(folder):
+  """{relative path: text} of every file under `folder`, hidden ones too."""
+  found = {}
+  for root, _, files in os.walk(folder):
+    for name in files:
+      path = os.path.join(root, name)
+      with open(path) as f:
+        found[os.path.relpath(path, folder)] = f.read()
+  return found
+
+
+_RUN_ID = 'a' * 32
+_KILLED_RUN_ID = 'b' * 32
+
+
+def _stage(prefix, run_id, names, num_shards, text='new\n'):
+  staging = outputs.staging_folder(prefix, run_id)
+  return [_put(os.path.join(staging, os.path.basename(
+      outputs.shard_path(prefix, name, index, num_shards))), text)
+          for name in names for index in range(num_shards)]
+
+
+def test_publish_replaces_only_this_prefixs_shards(tmp_path):
   prefix = str(tmp_path / 'run')
-  doomed = [f'{prefix}-predictions-00000-of-00002.jsonl',
-            f'{prefix}-errors-00001-of-00002.jsonl',
-            f'{prefix}-predictions-00001-of-00002.jsonl.tmp-1f2e']
-  kept = [f'{prefix}-notes.txt', str(tmp_path / 'other-predictions-0.jsonl')]
-  for path in doomed + kept:
-    with open(path, 'w') as f:
-      f.write('{}\n')
-  assert sorted(outputs.delete_outputs(prefix)) == sorted(doomed)
-  assert sorted(os.listdir(tmp_path)) == sorted(
-      os.path.basename(p) for p in kept)
+  # Not this project's shards of prefix `run`: all must stay as they are.
+  kept = {name: _put(str(tmp_path / name), f'{name}\n') for name in (
+      'run-predictions-notes.txt', 'run-errors-holiday.png',
+      'run-predictions-00000-of-00002.jsonl.bak', 'run-notes.txt',
+      'other-predictions-00000-of-00002.jsonl',
+      'run-v2-predictions-00000-of-00002.jsonl',
+      'run-predictions-sub/run-predictions-00000-of-00002.jsonl',
+      '.run-staging-notes/keep.txt', 'sub/run-errors-00000-of-00002.jsonl')}
+  # An earlier run with --num_shards=3, one killed while writing, and the
+  # temporary file an older version left beside its outputs.
+  stale = [_put(outputs.shard_path(prefix, name, index, 3), 'old\n')
+           for name in outputs.OUTPUT_NAMES for index in range(3)]
+  stale.append(_put(f'{stale[0]}.tmp-{"c" * 32}'))
+  _stage(prefix, _KILLED_RUN_ID, outputs.OUTPUT_NAMES, 2, 'killed\n')
+  _put(os.path.join(outputs.staging_folder(prefix, _KILLED_RUN_ID),
+                    f'run-errors-00001-of-00002.jsonl.tmp-{"d" * 32}'))
+  killed = _tree(outputs.staging_folder(prefix, _KILLED_RUN_ID))
+  staged = _stage(prefix, _RUN_ID, outputs.OUTPUT_NAMES, 2)
+  published = outputs.publish(prefix, _RUN_ID, staged, outputs.OUTPUT_NAMES, 2)
+  assert published == sorted(outputs.shard_path(prefix, name, index, 2)
+                             for name in outputs.OUTPUT_NAMES
+                             for index in range(2))
+  expected = {os.path.relpath(path, tmp_path): f'{name}\n'
+              for name, path in kept.items()}
+  expected.update({os.path.basename(path): 'new\n' for path in published})
+  # Publishing removes its own staging folder only: another run may be
+  # writing into its own (the scorer removes killed runs' under its lease).
+  assert _tree(outputs.staging_folder(prefix, _KILLED_RUN_ID)) == killed
+  outputs.remove_staging_folders(prefix)
+  assert _tree(str(tmp_path)) == expected
+  assert sorted(os.listdir(tmp_path / '.run-staging-notes')) == ['keep.txt']
+  assert outputs.find_shards(prefix) == published
+
+
+def test_publish_of_one_output_leaves_the_other(tmp_path):
+  prefix = str(tmp_path / 'run')
+  other = _put(outputs.shard_path(prefix, outputs.PREDICTIONS, 0, 3), 'p\n')
+  staged = _stage(prefix, _RUN_ID, [outputs.ERRORS], 1)
+  outputs.publish(prefix, _RUN_ID, staged, [outputs.ERRORS], 1)
+  assert sorted(os.listdir(tmp_path)) == sorted([
+      os.path.basename(other), 'run-errors-00000-of-00001.jsonl'])
+
+
+def test_publish_refuses_when_a_shard_was_not_written(tmp_path):
+  prefix = str(tmp_path / 'run')
+  earlier = _put(outputs.shard_path(prefix, outputs.ERRORS, 0, 1), 'old\n')
+  staged = _stage(prefix, _RUN_ID, outputs.OUTPUT_NAMES, 2)
+  before = _tree(str(tmp_path))
+  with pytest.raises(RuntimeError, match='1 of 4 output shards were not '
+                     'written.*unchanged'):
+    outputs.publish(prefix, _RUN_ID, staged[1:], outputs.OUTPUT_NAMES, 2)
+  assert _tree(str(tmp_path)) == before
+  assert os.path.exists(earlier)
+
+
+def test_a_retried_publish_finishes_what_the_first_attempt_began(tmp_path):
+  prefix = str(tmp_path / 'run')
+  staged = _stage(prefix, _RUN_ID, outputs.OUTPUT_NAMES, 2)
+  # The first attempt moved one shard, then died.
+  os.replace(staged[0], str(tmp_path / os.path.basename(staged[0])))
+  published = outputs.publish(prefix, _RUN_ID, staged, outputs.OUTPUT_NAMES, 2)
+  assert sorted(os.listdir(tmp_path)) == [os.path.basename(p)
+                                          for p in published]
+
+
+def test_publish_on_a_bucket_deletes_nothing_a_glob_would_cross(gcs_server):
+  prefix = 'gs://test-bucket/scores/run'
+  kept = ['gs://test-bucket/scores/run-predictions-notes.txt',
+          'gs://test-bucket/scores/run-errors-holiday.png',
+          'gs://test-bucket/scores/run-predictions-x/y.jsonl',
+          'gs://test-bucket/scores/sub/run-errors-00000-of-00001.jsonl',
+          'gs://test-bucket/scores-other/run-errors-00000-of-00001.jsonl']
+  for uri in kept:
+    storage.write_text(uri, uri)
+  stale = outputs.shard_path(prefix, outputs.PREDICTIONS, 4, 5)
+  storage.write_text(stale, 'old\n')
+  killed = outputs.staging_folder(prefix, _KILLED_RUN_ID)
+  storage.write_text(f'{killed}/run-errors-00000-of-00001.jsonl', 'killed\n')
+  staging = outputs.staging_folder(prefix, _RUN_ID)
+  staged = []
+  for name in outputs.OUTPUT_NAMES:
+    path = f'{staging}/run-{name}-00000-of-00001.jsonl'
+    storage.write_text(path, f'{name}\n')
+    staged.append(path)
+  outputs.publish(prefix, _RUN_ID, staged, outputs.OUTPUT_NAMES, 1)
+  outputs.remove_staging_folders(prefix)
+  assert storage.list_files('gs://test-bucket') == sorted(kept + [
+      'gs://test-bucket/scores/run-errors-00000-of-00001.jsonl',
+      'gs://test-bucket/scores/run-predictions-00000-of-00001.jsonl'])
+  for uri in kept:
+    assert storage.read_text(uri) == uri
+  assert storage.read_text(outputs.shard_path(
+      prefix, outputs.ERRORS, 0, 1)) == 'errors\n'
+
+
+def test_read_records_splits_on_newlines_only(tmp_path):
+  prefix = str(tmp_path / 'run')
+  uris = ['/images/a\u2028b.png', '/images/c\u0085d.png',
+          '/images/e\u2029\x1c\x1d\x1e\x0b\x0c\rf.png']
+  lines = [outputs.to_json_line(outputs.error_record(u, 'not_found', 'gone'))
+           for u in uris]
+  _put(outputs.shard_path(prefix, outputs.ERRORS, 0, 1), '\n'.join(lines) +
+       '\n')
+  _put(str(tmp_path / 'run-errors-notes.txt'), 'not json\n')
+  assert [r['uri'] for r in outputs.read_records(prefix, outputs.ERRORS)] == (
+      uris)

@@ -1,6 +1,7 @@
 """The scoring command end to end: local and gs:// runs, checks before any
 work, kill -9 and re-run, the README's command, and no train/serve skew."""
 
+import json
 import os
 import re
 import shlex
@@ -15,15 +16,19 @@ from apache_beam.options import pipeline_options
 from apache_beam.testing import test_pipeline
 from apache_beam.testing import util
 import pytest
+import tensorflow as tf
 
 from batch_predict import inputs
+from batch_predict import model_handler
 from batch_predict import options as options_lib
 from batch_predict import outputs
 from batch_predict import pipeline
 from tests import conftest
 from tests import image_files
+from tests import processes
 from trainer import data
 from trainer import export
+from trainer import lease as lease_lib
 from trainer import samples
 from trainer import storage
 
@@ -221,7 +226,8 @@ def test_command_line_errors_are_one_line_and_help_lists_the_flags(tmp_path):
   help_text = conftest.run_module('batch_predict.pipeline', '--help').stdout
   for flag in ('--model_dir', '--input', '--output', '--top_k',
                '--min_batch_size', '--max_batch_size', '--max_image_pixels',
-               '--max_file_bytes', '--num_shards'):
+               '--max_file_bytes', '--num_shards', '--input_format',
+               '--break_lease'):
     assert flag in help_text
 
 
@@ -246,33 +252,47 @@ def test_rerun_after_kill_9_leaves_complete_outputs_without_duplicates(
   inputs_all = sorted(images + [str(tmp_path / 'images' / 'empty.png')])
   out = tmp_path / 'scores'
   out.mkdir()
+  # An earlier run's outputs (another --num_shards) and a user's file.
+  earlier = {name: b'{"uri": "earlier"}\n' for name in _shard_names('run', 7)}
+  earlier['run-predictions-notes.txt'] = b'notes\n'
+  for name, content in earlier.items():
+    (out / name).write_bytes(content)
   # Many shards make writing the outputs take long enough to be caught
   # half-way by the kill.
   command = [sys.executable, '-m', 'batch_predict.pipeline',
              f'--model_dir={trained_export}', f'--input={tmp_path / "images"}',
              f'--output={out / "run"}', '--num_shards=300']
   env = dict(os.environ, PYTHONPATH=conftest.REPO, TF_CPP_MIN_LOG_LEVEL='2')
+
+  def staged():
+    return [path for folder in out.glob('.run-staging-*')
+            for path in folder.iterdir()]
+
   killed = subprocess.Popen(command, cwd=conftest.REPO, env=env,
                             stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
   try:
-    assert _wait_for(lambda: any(out.iterdir()), timeout=300), (
+    assert _wait_for(lambda: staged(), timeout=300), (
         'the first run never started writing')
     killed.send_signal(signal.SIGKILL)
   finally:
     killed.kill()
     killed.wait()
   assert killed.returncode == -signal.SIGKILL
-  left = sorted(os.listdir(out))
-  assert 0 < len(left) < 600, 'the kill should land while writing'
+  assert 0 < len(staged()) < 600, 'the kill should land while writing'
+  # Killed before publishing: the earlier outputs are exactly as they were.
+  assert {name: content for name, content in _snapshot(str(out)).items()
+          if not name.startswith('.')} == earlier
 
   rerun = subprocess.run(command, cwd=conftest.REPO, env=env,
                          capture_output=True, text=True, timeout=600)
   assert rerun.returncode == 0, rerun.stderr[-3000:]
   names = sorted(os.listdir(out))
-  assert names == sorted(
-      outputs.shard_path('run', name, i, 300)
-      for name in outputs.OUTPUT_NAMES for i in range(300))  # No leftovers.
+  # No leftovers: neither the killed run's staging folder, nor the earlier
+  # run's shards, nor the lease; the user's file stays.
+  assert names == sorted(_shard_names('run', 300) |
+                         {'run-predictions-notes.txt'})
+  assert (out / 'run-predictions-notes.txt').read_bytes() == b'notes\n'
   predictions = outputs.read_records(str(out / 'run'), outputs.PREDICTIONS)
   errors = outputs.read_records(str(out / 'run'), outputs.ERRORS)
   assert sorted(_uris(predictions) + _uris(errors)) == inputs_all
@@ -360,3 +380,356 @@ def test_scored_files_give_the_trainers_own_test_accuracy(tmp_path):
         r['uri']) for r in scored) / len(scored)
     assert abs(accuracy - trainer_accuracy) <= 0.005, (extension, accuracy,
                                                        trainer_accuracy)
+
+
+# --------------------------------------------------------------------------
+# A run deletes only its own outputs, and only once its new ones are whole.
+
+
+def _snapshot(folder):
+  """{relative path: bytes} of every file under a local folder."""
+  found = {}
+  for root, _, files in os.walk(folder):
+    for name in files:
+      path = os.path.join(root, name)
+      with open(path, 'rb') as f:
+        found[os.path.relpath(path, folder)] = f.read()
+  return found
+
+
+def _shard_names(basename, num_shards):
+  return {os.path.basename(outputs.shard_path(basename, name, index,
+                                              num_shards))
+          for name in outputs.OUTPUT_NAMES for index in range(num_shards)}
+
+
+def _user_files(folder):
+  """A note and an image named like outputs, and an earlier run's shards."""
+  digit = image_files.encode(image_files.digits(1)[0][0], 'PNG')
+  user = {'scores-predictions-notes.txt': b'my notes\n',
+          'scores-errors-holiday.png': digit}
+  earlier = {os.path.basename(outputs.shard_path('scores', name, index, 3)):
+             b'{"uri": "old"}\n'
+             for name in outputs.OUTPUT_NAMES for index in range(3)}
+  for name, content in {**user, **earlier}.items():
+    storage.write_bytes(storage.join(folder, name), content)
+  return user
+
+
+def test_user_files_beside_the_outputs_survive_and_are_scored(
+    trained_export, tmp_path):
+  folder = str(tmp_path / 'scores')
+  user = _user_files(folder)
+  prefix = os.path.join(folder, 'scores')
+  pipeline.run([f'--model_dir={trained_export}', f'--input={folder}/*.png',
+                f'--output={prefix}', '--num_shards=2'],
+               test_pipeline=test_pipeline.TestPipeline())
+  after = _snapshot(folder)
+  assert set(after) == set(user) | _shard_names('scores', 2)
+  assert {name: after[name] for name in user} == user
+  assert _uris(outputs.read_records(prefix, outputs.PREDICTIONS)) == [
+      os.path.join(folder, 'scores-errors-holiday.png')]
+  assert not outputs.read_records(prefix, outputs.ERRORS)
+
+
+def test_user_files_beside_the_outputs_survive_on_a_bucket(
+    gcs_server, beam_gcs_anonymous, trained_export):
+  folder = 'gs://test-bucket/out'
+  user = _user_files(folder)
+  # A `*` on GCS crosses '/': a glob-based clean-up would reach these.
+  for uri in ('gs://test-bucket/out/scores-predictions-x/keep.jsonl',
+              'gs://test-bucket/out-other/scores-errors-00000-of-00002.jsonl'):
+    storage.write_text(uri, 'keep\n')
+    user[uri[len(folder) + 1:]] = b'keep\n'
+  result = pipeline.run([f'--model_dir={trained_export}',
+                         f'--input={folder}/*.png',
+                         f'--output={folder}/scores', '--num_shards=2'])
+  assert result.state == 'DONE'
+  after = {uri[len(folder) + 1:]: storage.read_bytes(uri)
+           for uri in storage.list_files('gs://test-bucket')}
+  assert set(after) == set(user) | _shard_names('scores', 2)
+  assert {name: after[name] for name in user} == user
+  assert _uris(outputs.read_records(f'{folder}/scores',
+                                    outputs.PREDICTIONS)) == [
+                                        f'{folder}/scores-errors-holiday.png']
+
+
+def _break_saved_model(export_dir):
+  shutil.rmtree(os.path.join(export_dir, export.SAVED_MODEL_DIR))
+
+
+def _break_labels(export_dir):
+  path = os.path.join(export_dir, export.METADATA_FILE)
+  metadata = conftest.read_json(path)
+  metadata['labels'] = ['cat', 'dog', 'bird']
+  storage.write_json(path, metadata)
+
+
+@pytest.mark.parametrize('damage,words', [
+    (_break_saved_model, 'no SavedModel that loads'),
+    (_break_labels, 'returns 10 probabilities but metadata.json lists 3 '
+     'labels'),
+])
+def test_broken_artifact_fails_in_one_line_and_leaves_earlier_outputs(
+    trained_export, tmp_path, earlier_output, damage, words):
+  copy = str(tmp_path / 'export')
+  shutil.copytree(trained_export, copy)
+  damage(copy)
+  images = _write_digits(str(tmp_path / 'images'), 1)
+  before = _snapshot(str(tmp_path / 'scores'))
+  with pytest.raises(export.ArtifactError, match=words) as raised:
+    pipeline.run([f'--model_dir={copy}', f'--input={images[0]}',
+                  f'--output={tmp_path / "scores" / "run"}'],
+                 test_pipeline=test_pipeline.TestPipeline())
+  assert '\n' not in str(raised.value)
+  assert _snapshot(str(tmp_path / 'scores')) == before
+
+
+def test_a_run_that_fails_leaves_the_earlier_outputs_and_no_staging(
+    trained_export, tmp_path, earlier_output, monkeypatch):
+  images = _write_digits(str(tmp_path / 'images'), 3)
+  before = _snapshot(str(tmp_path / 'scores'))
+
+  def fail(*unused_args, **unused_kwargs):
+    raise RuntimeError('the worker ran out of memory')
+
+  monkeypatch.setattr(model_handler.ImageClassifierHandler, 'run_inference',
+                      fail)
+  with pytest.raises(Exception, match='ran out of memory'):
+    pipeline.run([f'--model_dir={trained_export}',
+                  f'--input={tmp_path / "images"}',
+                  f'--output={tmp_path / "scores" / "run"}'],
+                 test_pipeline=test_pipeline.TestPipeline())
+  assert _snapshot(str(tmp_path / 'scores')) == before
+  assert sorted(os.listdir(tmp_path / 'scores')) == [earlier_output.name]
+  assert len(images) == 3
+
+
+def test_rerun_removes_a_killed_runs_staging_and_other_shard_counts_only(
+    trained_export, tmp_path):
+  _write_digits(str(tmp_path / 'images'), 2)
+  folder = tmp_path / 'scores'
+  killed = folder / f'.run-staging-{"b" * 32}'
+  killed.mkdir(parents=True)
+  (killed / 'run-predictions-00001-of-00002.jsonl').write_text('{}\n')
+  (killed / f'run-errors-00000-of-00002.jsonl.tmp-{"c" * 32}').write_text('')
+  (folder / 'run-errors-00004-of-00005.jsonl').write_text('{}\n')
+  kept = {'run-predictions-notes.txt': b'notes\n',
+          '.run-staging-mine/keep.txt': b'mine\n',
+          'run-errors-00000-of-00002.jsonl.bak': b'backup\n'}
+  for name, content in kept.items():
+    (folder / name).parent.mkdir(exist_ok=True)
+    (folder / name).write_bytes(content)
+  pipeline.run([f'--model_dir={trained_export}',
+                f'--input={tmp_path / "images"}', f'--output={folder / "run"}',
+                '--num_shards=2'], test_pipeline=test_pipeline.TestPipeline())
+  after = _snapshot(str(folder))
+  assert set(after) == set(kept) | _shard_names('run', 2)
+  assert {name: after[name] for name in kept} == kept
+  assert sorted(os.listdir(folder)) == sorted(
+      ['.run-staging-mine', 'run-predictions-notes.txt',
+       'run-errors-00000-of-00002.jsonl.bak'] + list(_shard_names('run', 2)))
+
+
+# --------------------------------------------------------------------------
+# One scorer per output prefix.
+
+
+def test_a_second_scorer_on_the_same_output_is_refused_before_any_work(
+    trained_export, tmp_path, earlier_output):
+  images = _write_digits(str(tmp_path / 'images'), 1)
+  prefix = str(tmp_path / 'scores' / 'run')
+  before = _snapshot(str(tmp_path / 'scores'))
+  with lease_lib.Lease(outputs.lease_path(prefix), 'scoring'):
+    for flags in ([], ['--break_lease']):  # A live local holder stays.
+      with pytest.raises(lease_lib.LeaseError,
+                         match=rf'in use: pid {os.getpid()} .*scoring'
+                         ) as raised:
+        pipeline.run([f'--model_dir={trained_export}', f'--input={images[0]}',
+                      f'--output={prefix}', *flags],
+                     test_pipeline=test_pipeline.TestPipeline())
+      assert '\n' not in str(raised.value)
+    assert set(_snapshot(str(tmp_path / 'scores'))) == set(before) | {
+        '.run.lease'}
+  pipeline.run([f'--model_dir={trained_export}', f'--input={images[0]}',
+                f'--output={prefix}', '--num_shards=1'],
+               test_pipeline=test_pipeline.TestPipeline())
+  assert sorted(os.listdir(tmp_path / 'scores')) == sorted(
+      _shard_names('run', 1))  # The lease file went with its run.
+
+
+def test_break_lease_takes_over_a_lease_on_a_bucket(
+    gcs_server, beam_gcs_anonymous, trained_export, tmp_path):
+  images = _write_digits(str(tmp_path / 'images'), 1)
+  prefix = 'gs://test-bucket/scores/run'
+  held = {'host': 'another-machine', 'pid': 4242, 'purpose': 'scoring',
+          'token': 'x', 'heartbeat': time.time(), 'acquired_at': 'earlier'}
+  storage.write_text(outputs.lease_path(prefix), json.dumps(held))
+  argv = [f'--model_dir={trained_export}', f'--input={images[0]}',
+          f'--output={prefix}', '--num_shards=1']
+  with pytest.raises(lease_lib.LeaseError, match='another-machine.*'
+                     '--break_lease'):
+    pipeline.run(argv)
+  assert storage.list_files('gs://test-bucket') == [
+      outputs.lease_path(prefix)]
+  pipeline.run(argv + ['--break_lease'])
+  assert storage.list_files('gs://test-bucket') == sorted(
+      f'gs://test-bucket/scores/{name}' for name in _shard_names('run', 1))
+
+
+# --------------------------------------------------------------------------
+# Every entry accounted for, none hangs the job.
+
+
+def _records_by_uri(prefix):
+  found = {}
+  for name in outputs.OUTPUT_NAMES:
+    for record in outputs.read_records(prefix, name):
+      assert record['uri'] not in found, f'{record["uri"]} written twice'
+      found[record['uri']] = record.get('kind')
+  return found
+
+
+def test_a_hostile_folder_finishes_with_every_entry_once(trained_export,
+                                                         tmp_path):
+  # The scorer runs as a command whose file modes bind (as root, without
+  # the capability that reads mode-000 folders), bounded by a timeout.
+  unreadable = processes.can_make_unreadable_folders(str(tmp_path))
+  folder = str(tmp_path / 'images')
+  expected = image_files.write_hostile_folder(folder, unreadable=unreadable)
+  prefix = str(tmp_path / 'scores' / 'run')
+  try:
+    process = subprocess.run(
+        [sys.executable, '-m', 'batch_predict.pipeline',
+         f'--model_dir={trained_export}', f'--input={folder}',
+         f'--output={prefix}', '--num_shards=2'],
+        cwd=conftest.REPO, capture_output=True, text=True, timeout=300,
+        preexec_fn=processes.mode_checking_preexec() if unreadable else None,
+        env=dict(os.environ, PYTHONPATH=conftest.REPO,
+                 TF_CPP_MIN_LOG_LEVEL='2'))
+  finally:
+    if unreadable:
+      os.chmod(os.path.join(folder, 'private'), 0o755)
+  assert process.returncode == 0, process.stderr[-3000:]
+  assert _records_by_uri(prefix) == expected
+  assert unreadable or os.geteuid() != 0, (
+      'ran as root without a way to make a folder unreadable')
+
+
+def test_a_uri_list_with_every_bad_kind_of_line(trained_export, tmp_path):
+  good = _write_digits(str(tmp_path / 'images'), 2)
+  odd_name = str(tmp_path / 'images' / 'digit\u2028new\u0085line.png')
+  shutil.copy(good[0], odd_name)
+  os.mkfifo(tmp_path / 'pipe.png')
+  os.symlink('loop.png', tmp_path / 'loop.png')
+  (tmp_path / 'file.png').write_bytes(b'x')
+  os.mkdir(tmp_path / 'folder')
+  long_name = 'x' * 300 + '.png'
+  lines = {
+      good[0].encode(): None, good[1].encode(): None,
+      odd_name.encode(): None,
+      b'pipe.png': inputs.SPECIAL_FILE, b'loop.png': inputs.LINK_LOOP,
+      b'file.png/inside.png': inputs.NOT_A_FOLDER,
+      long_name.encode(): inputs.NAME_TOO_LONG,
+      b's3://bucket/a.png': inputs.INVALID_URI,
+      b'missing.png': inputs.NOT_FOUND, b'caf\xe9.png': inputs.INVALID_NAME,
+      b'folder': inputs.NOT_A_FILE,
+  }
+  listing = tmp_path / 'list.txt'
+  listing.write_bytes(b'\n'.join(lines) + b'\n')
+  prefix = str(tmp_path / 'scores' / 'run')
+  result = pipeline.run([f'--model_dir={trained_export}', f'--input={listing}',
+                         f'--output={prefix}', '--num_shards=2'],
+                        test_pipeline=test_pipeline.TestPipeline())
+  totals = pipeline.summarize(result)
+  assert totals['images_scored'] == 3
+  for kind in filter(None, lines.values()):
+    assert totals[f'errors_{kind}'] == 1, kind
+
+  def uri(line):
+    text = line.decode('utf-8', 'backslashreplace')
+    return text if '://' in text else os.path.join(str(tmp_path), text)
+
+  assert _records_by_uri(prefix) == {uri(line): kind
+                                     for line, kind in lines.items()}
+
+
+def test_one_corrupt_image_is_one_error_record(trained_export, tmp_path):
+  photo = tmp_path / 'photo.jpg'
+  photo.write_bytes(image_files.random_bytes())
+  prefix = str(tmp_path / 'scores' / 'one')
+  pipeline.run([f'--model_dir={trained_export}', f'--input={photo}',
+                f'--output={prefix}', '--num_shards=1'],
+               test_pipeline=test_pipeline.TestPipeline())
+  assert _records_by_uri(prefix) == {str(photo): 'not_an_image'}
+
+
+def test_input_format_overrides_the_extension(trained_export, tmp_path):
+  image = _write_digits(str(tmp_path / 'images'), 1)[0]
+  named_like_a_list = tmp_path / 'digit.txt'
+  shutil.copy(image, named_like_a_list)
+  named_like_an_image = tmp_path / 'list.png'
+  named_like_an_image.write_text(f'{image}\n')
+  for path, input_format, scored in ((named_like_a_list, 'image',
+                                      str(named_like_a_list)),
+                                     (named_like_an_image, 'list', image)):
+    prefix = str(tmp_path / 'scores' / input_format)
+    pipeline.run([f'--model_dir={trained_export}', f'--input={path}',
+                  f'--input_format={input_format}', f'--output={prefix}',
+                  '--num_shards=1'],
+                 test_pipeline=test_pipeline.TestPipeline())
+    assert _records_by_uri(prefix) == {scored: None}
+
+
+# --------------------------------------------------------------------------
+# The scorer never publishes NaN.
+
+
+class _HalfNanModel(tf.Module):
+  """Returns NaN probabilities for images of an odd number of bytes."""
+
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.string,
+                                              name='image_bytes')])
+  def serve(self, image_bytes):
+    odd = tf.equal(tf.strings.length(image_bytes) % 2, 1)[:, None]
+    probabilities = tf.where(odd, tf.fill([1, 10], float('nan')),
+                             tf.fill([1, 10], 0.1))
+    return {'probabilities': probabilities, 'logits': probabilities}
+
+
+def _write_half_nan_artifact(export_dir, trained_export):
+  os.makedirs(export_dir)
+  for name in (export.METADATA_FILE, export.COMPLETE_MARKER):
+    shutil.copy(os.path.join(trained_export, name), export_dir)
+  model = _HalfNanModel()
+  tf.saved_model.save(model, os.path.join(export_dir, export.SAVED_MODEL_DIR),
+                      signatures={export.SERVING_SIGNATURE: model.serve})
+
+
+def _strict_json(line):
+  def refuse(constant):
+    raise ValueError(f'not JSON: {constant}')
+  return json.loads(line, parse_constant=refuse)
+
+
+def test_a_model_that_outputs_nan_gives_error_records(trained_export,
+                                                      tmp_path):
+  model_dir = str(tmp_path / 'export')
+  _write_half_nan_artifact(model_dir, trained_export)
+  paths = _write_digits(str(tmp_path / 'images'), 2)
+  for path, parity in zip(paths, (0, 1)):  # One even, one odd file size.
+    if os.path.getsize(path) % 2 != parity:
+      with open(path, 'ab') as f:
+        f.write(b'\x00')
+  prefix = str(tmp_path / 'scores' / 'run')
+  pipeline.run([f'--model_dir={model_dir}', f'--input={tmp_path / "images"}',
+                f'--output={prefix}', '--num_shards=2'],
+               test_pipeline=test_pipeline.TestPipeline())
+  records = []
+  for path in outputs.find_shards(prefix):
+    with open(path) as f:
+      records += [_strict_json(line) for line in f.read().split('\n') if line]
+  assert {r['uri']: r.get('kind') for r in records} == {
+      paths[0]: None, paths[1]: model_handler.NON_FINITE_OUTPUT}
+  scores = [r['score'] for r in records if 'score' in r]
+  assert scores == [0.1]

@@ -8,6 +8,7 @@ import os
 
 import apache_beam as beam
 from apache_beam.metrics import metric
+from apache_beam.ml.inference import base
 from apache_beam.options import pipeline_options
 from apache_beam.testing import test_pipeline
 from apache_beam.testing import util
@@ -19,6 +20,7 @@ from batch_predict import model_handler
 from batch_predict import outputs
 from batch_predict import transforms
 from tests import image_files
+from trainer import lease as lease_lib
 
 
 @pytest.fixture(scope='module')
@@ -232,3 +234,122 @@ def test_write_records_writes_every_shard_whole_and_rewrites_on_rerun(
   assert sorted(os.listdir(tmp_path / 'out')) == files
   assert sorted(outputs.read_records(prefix, outputs.ERRORS),
                 key=str) == sorted(records, key=str)
+
+
+# --------------------------------------------------------------------------
+# Hostile inputs, broken models and the publishing step.
+
+
+class _FixedOutputHandler(base.ModelHandler):
+  """A fake model: each image's probabilities are `rows[its bytes]`."""
+
+  def __init__(self, rows):
+    super().__init__()
+    self._rows = rows
+
+  def load_model(self):
+    return None
+
+  def run_inference(self, batch, model, inference_args=None):
+    return [base.PredictionResult(image, np.asarray(self._rows[image],
+                                                    np.float32))
+            for image in batch]
+
+
+def _strict_json(line):
+  def refuse(constant):
+    raise ValueError(f'not JSON: {constant}')
+  return json.loads(line, parse_constant=refuse)
+
+
+def test_non_finite_model_outputs_become_error_records(tmp_path):
+  png = image_files.encode(image_files.digits(1)[0][0], 'PNG')
+  rows = {png: [0.25, 0.75, 0.0], png + b'\x00': [float('nan')] * 3,
+          png + b'\x00\x00': [float('inf'), 0.0, 0.0]}
+  paths = {}
+  for index, content in enumerate(rows):
+    paths[index] = tmp_path / f'{index}.png'
+    paths[index].write_bytes(content)
+  prefix = str(tmp_path / 'out' / 'run')
+  with test_pipeline.TestPipeline() as pipeline:
+    predictions, errors = (
+        pipeline
+        | beam.Create([str(p) for p in paths.values()])
+        | transforms.ClassifyImages(_FixedOutputHandler(rows), ['a', 'b', 'c'],
+                                    top_k=2, max_file_bytes=10**6,
+                                    max_image_pixels=10**6))
+    util.assert_that(errors | beam.Map(lambda r: (r['uri'], r['kind'])),
+                     util.equal_to([
+                         (str(paths[1]), model_handler.NON_FINITE_OUTPUT),
+                         (str(paths[2]), model_handler.NON_FINITE_OUTPUT)]),
+                     label='CheckErrors')
+    _ = predictions | 'WritePredictions' >> transforms.WriteRecords(
+        prefix, outputs.PREDICTIONS, 1)
+    _ = errors | 'WriteErrors' >> transforms.WriteRecords(
+        prefix, outputs.ERRORS, 1)
+  lines = []
+  for path in outputs.find_shards(prefix):
+    lines += (tmp_path / 'out' / path).read_text().splitlines()
+  records = [_strict_json(line) for line in lines]
+  assert len(records) == 3
+  assert [r['score'] for r in records if 'score' in r] == [0.75]
+  assert all('retrain' in r['error'].lower() for r in records if 'error' in r)
+
+
+def test_list_images_gives_every_entry_of_a_hostile_folder_once(tmp_path):
+  folder = str(tmp_path / 'images')
+  expected = image_files.write_hostile_folder(folder)
+  # These the listing reports; the other entries are URIs, which reading
+  # sorts out (test_pipeline.py runs the whole folder).
+  listing_errors = {os.path.join(folder, 'caf\\xe9.png'): inputs.INVALID_NAME,
+                    os.path.join(folder, 'sub', 'up'): inputs.LINK_LOOP}
+  assert set(listing_errors) < set(expected)
+  with test_pipeline.TestPipeline() as pipeline:
+    listed = pipeline | transforms.ListImages(inputs.resolve_input(folder))
+    util.assert_that(listed | beam.Map(
+        lambda item: (item['uri'], item['kind']) if isinstance(item, dict)
+        else (item, None)), util.equal_to(
+            [(uri, listing_errors.get(uri)) for uri in expected]))
+
+
+def test_list_images_of_a_list_with_a_line_that_is_not_utf8(tmp_path):
+  listing = tmp_path / 'list.txt'
+  listing.write_bytes(b'a\xe2\x80\xa8.png\ncaf\xe9.png\r\n# caf\xe9\n')
+  with test_pipeline.TestPipeline() as pipeline:
+    listed = pipeline | transforms.ListImages(inputs.resolve_input(
+        str(listing)))
+    util.assert_that(listed, util.equal_to([
+        str(tmp_path / 'a\u2028.png'),
+        outputs.error_record(str(tmp_path / 'caf\\xe9.png'),
+                             inputs.INVALID_NAME, _invalid_name_message())]))
+
+
+def _invalid_name_message():
+  with pytest.raises(inputs.ReadError) as raised:
+    inputs.parse_uri_line(b'\xff', '/')
+  return str(raised.value)
+
+
+def test_publishing_refuses_once_the_lease_was_taken_over(tmp_path):
+  prefix = str(tmp_path / 'run')
+  earlier = tmp_path / 'run-errors-00000-of-00001.jsonl'
+  earlier.write_text('{"uri": "kept"}\n')
+  run_id = outputs.new_run_id()
+  staged = os.path.join(outputs.staging_folder(prefix, run_id),
+                        earlier.name)
+  os.makedirs(os.path.dirname(staged))
+  with open(staged, 'w') as f:
+    f.write('{"uri": "new"}\n')
+  publish = transforms._PublishFn(prefix, run_id, [outputs.ERRORS], 1)  # pylint: disable=protected-access
+  held = lease_lib.Lease(outputs.lease_path(prefix), 'scoring').acquire()
+  try:
+    held.lost = True  # What a gs:// heartbeat sets when another took over.
+    with transforms.holding_lease(held):
+      with pytest.raises(lease_lib.LeaseError, match='not publishing'):
+        list(publish.process([staged]))
+  finally:
+    held.release()
+  assert earlier.read_text() == '{"uri": "kept"}\n'
+  assert os.path.exists(staged)
+  assert list(publish.process([staged])) == [str(earlier)]  # No lease held.
+  assert earlier.read_text() == '{"uri": "new"}\n'

@@ -26,6 +26,7 @@ import math
 import os
 import shutil
 import tempfile
+from typing import NamedTuple
 import uuid
 
 GCS_PREFIX = 'gs://'
@@ -517,3 +518,85 @@ def publish_tree(local_dir, destination, marker):
     os.rename(destination, retired)
   os.rename(staged, destination)
   shutil.rmtree(retired, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------
+# One folder's own entries, and moving one file (the scorer's publishing).
+
+
+class FolderEntry(NamedTuple):
+  """An entry directly inside a folder: its name, and whether it is a folder
+  (on GCS: a prefix that more objects share)."""
+  name: str
+  is_folder: bool
+
+
+def scan_folder(directory):
+  """The entries directly inside `directory`, not recursive, sorted by name.
+
+  Unlike `glob` (whose `*` crosses '/' on GCS) and `list_files`, this never
+  looks below the folder, so a caller matching names cannot reach files of
+  another folder. A local symlink is reported as what it is, not followed.
+
+  Args:
+    directory: a local folder or a gs:// prefix (the bucket root too).
+
+  Returns:
+    A list of `FolderEntry`; empty if the folder does not exist.
+
+  Raises:
+    google.api_core.exceptions.NotFound: if the bucket does not exist.
+  """
+  directory = normalize(directory)
+  if not is_gcs(directory):
+    try:
+      with os.scandir(directory) as entries:
+        return sorted(FolderEntry(e.name, e.is_dir(follow_symlinks=False))
+                      for e in entries)
+    except (FileNotFoundError, NotADirectoryError):
+      return []
+  bucket, key = _split(directory)
+  prefix = key + '/' if key else ''
+  # The delimiter makes the server list one level: objects directly under
+  # the prefix, and the sub-prefixes (folders) once each.
+  listing = _client().list_blobs(bucket, prefix=prefix, delimiter='/')
+  found = [FolderEntry(blob.name[len(prefix):], False) for blob in listing]
+  found += [FolderEntry(sub[len(prefix):].rstrip('/'), True)
+            for sub in listing.prefixes]
+  return sorted(entry for entry in found if entry.name)
+
+
+def move(source, destination):
+  """Moves one file to `destination` (in the same filesystem), replacing it.
+
+  Locally a rename (atomic within one filesystem). GCS has no rename: the
+  object is copied with single-object rewrite requests (which also copy
+  objects too large for one request), then the source is deleted.
+
+  Raises:
+    FileNotFoundError: if `source` does not exist.
+  """
+  source, destination = normalize(source), normalize(destination)
+  if is_gcs(source) != is_gcs(destination):
+    raise ValueError(f'Cannot move {source} to another filesystem '
+                     f'({destination}).')
+  if not is_gcs(source):
+    os.replace(source, destination)
+    return
+  from google.api_core import exceptions  # pylint: disable=g-import-not-at-top
+  source_blob, destination_blob = _blob(source), _blob(destination)
+  try:
+    token, _, _ = destination_blob.rewrite(source_blob)
+    while token is not None:
+      token, _, _ = destination_blob.rewrite(source_blob, token=token)
+  except exceptions.NotFound as e:
+    raise _not_found(source) from e
+  source_blob.delete()
+
+
+def remove_folder_if_empty(directory):
+  """Removes an empty local folder (GCS has no folders: nothing to do)."""
+  directory = normalize(directory)
+  if not is_gcs(directory):
+    with contextlib.suppress(OSError):  # Missing, or not empty.
+      os.rmdir(directory)
