@@ -74,6 +74,9 @@ def test_unknown_key_suggests_a_close_one():
     ({'strategy': 'tpu'}, 'strategy'),
     ({'cache': 'disk'}, 'cache'),
     ({'job_dir': ''}, 'job_dir'),
+    ({'learning_rate': float('inf')}, 'learning_rate'),
+    ({'learning_rate': float('nan')}, 'learning_rate'),
+    ({'test_fraction': float('nan')}, 'test_fraction'),
 ])
 def test_bad_values_are_named(overrides, key):
   with pytest.raises(config_lib.ConfigError, match=f'^{key}: '):
@@ -130,15 +133,19 @@ def test_saved_config_reloads_to_the_same_config(tmp_path):
 
 def test_saved_config_does_not_carry_output_folders_or_start_fresh(tmp_path):
   config = build(export_dir='/aip/model', checkpoint_dir='/aip/ckpt',
-                 start_fresh=True)
+                 start_fresh=True, break_lease=True)
   path = str(tmp_path / 'config.yaml')
   config_lib.save(config, path)
   text = open(path).read()
   assert "# export_dir: '/aip/model'" in text  # Recorded, as a comment.
   reused = config_lib.build(config_lib.load_file(path), {'job_dir': '/new'})
   assert (reused.export_dir, reused.checkpoint_dir) == ('', '')
-  assert not reused.start_fresh
+  assert not reused.start_fresh and not reused.break_lease
+  assert '# break_lease: True' in text
   assert reused.model == config.model
+  # Breaking a lease does not change what is trained: a rerun may resume.
+  assert config_lib.training_differences(
+      reused, dict(config.to_dict(), break_lease=False)) == []
 
 
 def test_training_differences_ignore_placement_and_how_it_runs():

@@ -1,15 +1,18 @@
 """Dataset sources and pipelines: shapes, dtypes, labels, counts, errors."""
 
+import contextlib
 import gzip
 import os
 import shutil
 import struct
+import threading
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from tests import conftest
+from tests import photos
 from trainer import data
 from trainer import tfrecords
 
@@ -276,14 +279,20 @@ def test_image_folder_errors(tmp_path, layout, problem):
     data.load_image_folder(str(root), (28, 28, 1), 0.1, 0.1)
 
 
-def test_undecodable_files_in_an_image_folder_are_skipped(tmp_path):
+def test_undecodable_files_in_an_image_folder_are_left_out_and_counted(
+    tmp_path):
   root = str(tmp_path / 'images')
   conftest.write_image_folder(root, ['a', 'b'], per_class=10)
   with open(os.path.join(root, 'a', 'broken.png'), 'wb') as f:
     f.write(b'not a png')
   source = data.load_image_folder(root, (28, 28, 1), 0.0, 0.0)
   images, _ = _batches(source, 'train', (28, 28, 1))
-  assert len(images) == source.info.sizes['train'] - 1 == 20
+  # The counts are those trained on (the broken file used to be counted).
+  assert len(images) == source.info.sizes['train'] == 20
+  assert source.info.report['skipped'] == {'undecodable': 1}
+  [entry] = source.info.report['skipped_files']
+  assert entry['path'] == 'a/broken.png'
+  assert 'Unknown image file format' in entry['reason']
 
 
 # --------------------------------------------------------------------------
@@ -348,13 +357,226 @@ def test_tfrecord_without_labels_file_fails_clearly(tmp_path):
     data.load_tfrecord(str(tmp_path), (28, 28, 1), 0.1, 0.1)
 
 
-def test_tfrecord_label_out_of_range_fails_at_read_time(tmp_path):
+def test_tfrecord_label_out_of_range_fails_before_training(tmp_path):
+  # It used to fail at read time, in the middle of training.
   for split in data.SPLITS:
     with tf.io.TFRecordWriter(str(tmp_path / f'{split}-0')) as writer:
       writer.write(tfrecords.make_example(
           conftest.encode_image(conftest.random_pixels(28, 28, 1), 'PNG'), 5,
           'five', 'f').SerializeToString())
   (tmp_path / 'labels.txt').write_text('a\nb\n')
+  with pytest.raises(data.DataError,
+                     match=r'train-0, record 0: image/class/label 5 out of '
+                     r'range for the 2 classes'):
+    data.load_tfrecord(str(tmp_path), (28, 28, 1), 0.1, 0.1)
+
+
+# --------------------------------------------------------------------------
+# Hostile image folders and shards: nothing hangs, nothing vanishes unsaid.
+
+
+@contextlib.contextmanager
+def _fifo_watchdog(path, seconds=120):
+  """Fails the test (instead of hanging it) if anything opens the FIFO.
+
+  A reader blocked on the FIFO is released after `seconds` by opening it for
+  writing; `opened` then says it happened.
+  """
+  done = threading.Event()
+  state = {'opened': False}
+
+  def watch():
+    if done.wait(seconds):
+      return
+    try:
+      fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError:  # No reader: nothing was blocked on it.
+      return
+    state['opened'] = True
+    os.close(fd)
+
+  thread = threading.Thread(target=watch, daemon=True)
+  thread.start()
+  try:
+    yield state
+  finally:
+    done.set()
+    thread.join()
+
+
+def _hostile_folder(tmp_path):
+  """ant/ (plain), bee -> elsewhere (a symlinked class), cat/ with a FIFO,
+  a corrupt PNG, a dangling link, a link loop, notes and a bad name."""
+  root = tmp_path / 'images'
+  conftest.write_image_folder(str(root), ['ant', 'cat'], per_class=10)
+  conftest.write_image_folder(str(tmp_path / 'elsewhere'), ['bee'],
+                              per_class=10)
+  os.symlink(tmp_path / 'elsewhere' / 'bee', root / 'bee')
+  os.mkfifo(root / 'cat' / 'pipe.png')
+  (root / 'cat' / 'corrupt.png').write_bytes(b'\x89PNG\r\n\x1a\n' + bytes(40))
+  os.symlink(tmp_path / 'gone.png', root / 'cat' / 'dangling.png')
+  os.symlink('..', root / 'cat' / 'loop')
+  (root / 'cat' / 'notes.txt').write_text('not an image')
+  with open(os.path.join(os.fsencode(root / 'cat'), b'bad-\xff.png'),
+            'wb') as f:
+    f.write(conftest.encode_image(conftest.random_pixels(28, 28, 1), 'PNG'))
+  return str(root)
+
+
+def test_a_hostile_image_folder_trains_on_what_it_reports(tmp_path):
+  root = _hostile_folder(tmp_path)
+  with _fifo_watchdog(os.path.join(root, 'cat', 'pipe.png')) as watchdog:
+    source = data.load_image_folder(root, (28, 28, 1), 0.2, 0.2)
+    counted = {split: len(_batches(source, split, (28, 28, 1))[1])
+               for split in data.SPLITS if source.info.sizes[split]}
+  assert not watchdog['opened'], 'the FIFO was opened'
+  assert source.info.class_names == ('ant', 'bee', 'cat')
+  assert sum(source.info.sizes.values()) == 30
+  assert counted == {k: v for k, v in source.info.sizes.items() if v}
+  report = source.info.report
+  assert report['skipped'] == {
+      'dangling_link': 1, 'invalid_name': 1, 'link_loop': 1,
+      'other_extension': 1, 'special_file': 1, 'undecodable': 1}
+  paths = {entry['kind']: entry['path'] for entry in report['skipped_files']}
+  assert paths['special_file'] == 'cat/pipe.png'
+  assert paths['undecodable'] == 'cat/corrupt.png'
+  assert paths['link_loop'] == 'cat/loop'
+  assert paths['invalid_name'] == 'cat/bad-\\xff.png'
+  assert report['followed_links'] == {
+      'bee': os.path.realpath(tmp_path / 'elsewhere' / 'bee')}
+
+
+@pytest.mark.parametrize('make, problem', [
+    (lambda root: os.mkdir(root / 'dog'), r'class folder\(s\) dog hold no '
+     'images'),
+    (lambda root: (root / 'dog').mkdir() or (root / 'dog' / 'x.txt')
+     .write_text('?'), r'class folder\(s\) dog hold no images'),
+    (lambda root: os.symlink(root / 'nowhere', root / 'dog'), "'dog' is a "
+     'symlink to .*nowhere, which does not exist'),
+    (lambda root: (root / 'dog').mkdir() or (root / 'dog' / 'x.png')
+     .write_bytes(b'garbage'), 'dog hold no image that decodes'),
+])
+def test_a_class_that_would_vanish_stops_the_run_before_training(
+    tmp_path, make, problem):
+  root = tmp_path / 'images'
+  conftest.write_image_folder(str(root), ['ant', 'cat'], per_class=4)
+  make(root)
+  with pytest.raises(data.DataError, match=problem):
+    data.load_image_folder(str(root), (28, 28, 1), 0.0, 0.0)
+
+
+def _config(**overrides):
+  from trainer import config as config_lib  # pylint: disable=g-import-not-at-top
+  return config_lib.build(overrides=dict({'job_dir': '/tmp/unused'},
+                                         **overrides))
+
+
+def test_an_empty_split_asked_for_is_refused_with_the_way_out(tmp_path):
+  root = tmp_path / 'images'
+  conftest.write_image_folder(str(root), ['a', 'b'], per_class=3)
+  config = _config(dataset='image_folder', data_dir=str(root),
+                   validation_fraction=0.1, test_fraction=0.1)
+  sizes = data.load_image_folder(str(root), (64, 64, 3), 0.1, 0.1).info.sizes
+  empty = [split for split in ('validation', 'test') if not sizes[split]]
+  assert empty, f'expected an empty held-out split, got {sizes}'
+  with pytest.raises(data.DataError) as raised:
+    data.load_source(config)
+  for split in empty:
+    assert f'the {split}' in str(raised.value)
+    assert f'--{split}_fraction=0' in str(raised.value)
+  # Turned off, the same splits are fine: fewer held-out figures, said so.
+  off = {f'{split}_fraction': 0.0 for split in empty}
+  source = data.load_source(_config(**dict(
+      dict(dataset='image_folder', data_dir=str(root),
+           validation_fraction=0.1, test_fraction=0.1), **off)))
+  assert source.info.sizes['train'] >= 1
+
+
+def test_a_test_fraction_of_zero_leaves_an_empty_test_split():
+  source = data.load_source(_config(test_fraction=0.0))
+  assert source.info.sizes == {'train': 4500, 'validation': 500, 'test': 0}
+
+
+def _write_records(path, payloads):
+  with tf.io.TFRecordWriter(str(path)) as writer:
+    for payload in payloads:
+      writer.write(payload)
+
+
+def _record(label, seed=0, encoded=None):
+  if encoded is None:
+    encoded = conftest.encode_image(conftest.random_pixels(28, 28, 1,
+                                                           seed=seed), 'PNG')
+  return tfrecords.make_example(encoded, label, 'ab'[label],
+                                str(seed)).SerializeToString()
+
+
+def test_tfrecord_records_that_do_not_decode_are_counted_and_reported(
+    tmp_path):
+  for split, count in (('train', 12), ('validation', 4), ('test', 4)):
+    payloads = [_record(i % 2, seed=i) for i in range(count)]
+    if split == 'train':
+      payloads[3] = _record(1, encoded=b'\xff\xd8 not a jpeg')
+      payloads[7] = b'not a tf.train.Example at all'
+    _write_records(tmp_path / f'{split}-00000-of-00001', payloads)
+  (tmp_path / 'labels.txt').write_text('a\nb\n')
   source = data.load_tfrecord(str(tmp_path), (28, 28, 1), 0.1, 0.1)
-  with pytest.raises(tf.errors.InvalidArgumentError, match='out of range'):
-    _batches(source, 'train', (28, 28, 1))
+  assert source.info.sizes == {'train': 10, 'validation': 4, 'test': 4}
+  assert len(_batches(source, 'train', (28, 28, 1))[1]) == 10
+  assert source.info.report['skipped'] == {'undecodable': 2}
+  assert sorted(entry['path'].rsplit('#', 1)[1] for entry in
+                source.info.report['skipped_files']) == ['3', '7']
+  # By position too (a glob), and per worker shard.
+  glob = data.load_tfrecord(str(tmp_path / '*-of-*'), (28, 28, 1), 0.0, 0.0)
+  assert glob.info.sizes['train'] == 18
+  assert len(_batches(glob, 'train', (28, 28, 1))[1]) == 18
+
+
+def test_a_truncated_tfrecord_shard_is_named_before_training(tmp_path):
+  _write_records(tmp_path / 'all.tfrecord', [_record(i % 2, i)
+                                             for i in range(6)])
+  body = (tmp_path / 'all.tfrecord').read_bytes()
+  (tmp_path / 'all.tfrecord').write_bytes(body[:-30])
+  (tmp_path / 'labels.txt').write_text('a\nb\n')
+  with pytest.raises(data.DataError, match='all.tfrecord are truncated'):
+    data.load_tfrecord(str(tmp_path / '*.tfrecord'), (28, 28, 1), 0.0, 0.0)
+
+
+def test_a_fifo_among_tfrecord_shards_is_never_opened(tmp_path):
+  _write_records(tmp_path / 'part-0', [_record(i % 2, i) for i in range(6)])
+  os.mkfifo(tmp_path / 'part-1')
+  (tmp_path / 'labels.txt').write_text('a\nb\n')
+  with _fifo_watchdog(str(tmp_path / 'part-1')) as watchdog:
+    source = data.load_tfrecord(str(tmp_path), (28, 28, 1), 0.0, 0.0)
+  assert not watchdog['opened']
+  assert source.info.sizes['train'] == 6
+  assert source.info.report['skipped'] == {'special_file': 1}
+
+
+def test_labels_file_lines_end_at_newline_only(tmp_path):
+  (tmp_path / 'labels.txt').write_text(
+      'left\u2028right\r\nnext\u0085line \n\n  \nlast', encoding='utf-8')
+  assert data._read_labels_file(str(tmp_path / 'labels.txt')) == (  # pylint: disable=protected-access
+      'left\u2028right', 'next\u0085line', 'last')
+
+
+def test_exif_rotated_photos_train_as_their_upright_copies(tmp_path):
+  root = tmp_path / 'images'
+  for name in ('upright', 'rotated'):
+    (root / name).mkdir(parents=True)
+  pixels = photos.asymmetric_pixels(40, 40)
+  for orientation in photos.ORIENTATIONS:
+    (root / 'upright' / f'{orientation}.jpg').write_bytes(
+        photos.upright_jpeg(pixels))
+    (root / 'rotated' / f'{orientation}.jpg').write_bytes(
+        photos.rotated_jpeg(pixels, orientation))
+  source = data.load_image_folder(str(root), (40, 40, 3), 0.0, 0.0)
+  images, _ = _batches(source, 'train', (40, 40, 3))
+  paths = [path for path, _ in data.split_image_folder(str(root), 0.0,
+                                                       0.0)[1]['train']]
+  by_name = dict(zip((os.path.relpath(p, root) for p in paths), images))
+  for orientation in photos.ORIENTATIONS:
+    upright = by_name[f'upright/{orientation}.jpg']
+    rotated = by_name[f'rotated/{orientation}.jpg']
+    assert np.abs(rotated - upright).mean() < 0.01, orientation
+    assert np.abs(rotated - upright).max() < 0.1, orientation

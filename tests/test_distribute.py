@@ -53,13 +53,15 @@ def test_image_folder_workers_never_open_each_others_files(tmp_path):
   source = data.load_image_folder(root, (28, 28, 1), 0.0, 0.0)
   shards = _assert_shards_partition(source, 'train', 2)
   # Remove one file from worker 1's share after listing: worker 0's pipeline
-  # never opens it, worker 1's skips it (undecodable files are skipped).
+  # never opens it; worker 1's fails on it (files were checked before
+  # training: one that vanishes since is an error, never a silent skip).
   shard_paths = data.split_image_folder(root, 0.0, 0.0)[1]['train'][1::2]
   os.remove(shard_paths[0][0])
   assert len(_labels_and_keys(source.examples('train', (2, 0)))) == len(
       shards[0])
-  assert len(_labels_and_keys(source.examples('train', (2, 1)))) == len(
-      shards[1]) - 1
+  with pytest.raises(tf.errors.NotFoundError,
+                     match=os.path.basename(shard_paths[0][0])):
+    _labels_and_keys(source.examples('train', (2, 1)))
 
 
 def test_tfrecord_shards_by_file_with_enough_files_else_by_record(tmp_path):

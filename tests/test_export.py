@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 from tests import conftest
+from tests import photos
 from trainer import data
 from trainer import export
 from trainer import models
@@ -129,3 +130,47 @@ def test_export_to_gcs_and_load_back(gcs_server, trained_export):
     digit = _test_digits(1)[0][0]
     out = serve(image_bytes=tf.constant([samples.encode(digit, 'png')]))
     assert out['probabilities'].shape == (1, 10)
+
+
+def test_an_exif_rotated_jpeg_scores_as_its_upright_copy(trained_export):
+  pixels, _ = _test_digits(8)
+  serve, _ = export.load_serving(trained_export)
+  # 32x32: JPEG's 8x8 blocks then fall on the same pixels however the
+  # digit is turned, so turning it costs no extra compression error.
+  digits = [np.pad(np.repeat(p, 3, axis=-1), ((2, 2), (2, 2), (0, 0)))
+            for p in pixels]
+  upright = serve(image_bytes=tf.constant(
+      [photos.upright_jpeg(d) for d in digits]))['probabilities'].numpy()
+  for orientation in photos.ORIENTATIONS:
+    rotated = serve(image_bytes=tf.constant(
+        [photos.rotated_jpeg(d, orientation, b'MM' if orientation % 2 else
+                             b'II') for d in digits]))['probabilities'].numpy()
+    np.testing.assert_array_equal(rotated.argmax(1), upright.argmax(1),
+                                  err_msg=f'orientation {orientation}')
+    np.testing.assert_allclose(rotated, upright, atol=0.05,
+                               err_msg=f'orientation {orientation}')
+  # Without its tag, the turned digit is read as stored: another picture.
+  turned = [np.rot90(d, -1).copy() for d in digits]
+  untagged = serve(image_bytes=tf.constant(
+      [photos.upright_jpeg(d) for d in turned]))['probabilities'].numpy()
+  assert (untagged.argmax(1) != upright.argmax(1)).any()
+
+
+def test_an_rgba_png_is_served_as_composited_onto_white(tmp_path):
+  model = models.build_model('softmax', (16, 16, 3), 2)
+  metadata = export.build_metadata(class_names=['a', 'b'],
+                                   image_shape=(16, 16, 3),
+                                   dataset='image_folder', model_name='m')
+  export.export_model(model, str(tmp_path / 'export'), metadata)
+  serve, _ = export.load_serving(str(tmp_path / 'export'))
+  pixels_fn, _ = export.load_serving(str(tmp_path / 'export'),
+                                     export.PIXELS_SIGNATURE)
+  colour = conftest.random_pixels(16, 16, 3, seed=5)
+  alpha = np.tile(np.linspace(0, 255, 16).astype(np.uint8), (16, 1))
+  served = serve(image_bytes=tf.constant(
+      [photos.png(np.dstack([colour, alpha]))]))['probabilities'].numpy()
+  a = alpha[..., None] / 255.0
+  composited = (colour / 255.0 * a + (1 - a)).astype(np.float32)
+  expected = pixels_fn(images=tf.constant(composited[None]))[
+      'probabilities'].numpy()
+  np.testing.assert_allclose(served, expected, atol=1e-6)

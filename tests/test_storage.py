@@ -4,6 +4,7 @@ import os
 
 import pytest
 
+from tests import disks
 from trainer import storage
 
 
@@ -99,6 +100,25 @@ def test_publish_tree_replaces_the_old_folder_and_writes_the_marker_last(
   if not on_gcs:
     # No staging folders are left beside the destination.
     assert [n for n in os.listdir(tmp_path) if n.startswith('.export')] == []
+
+
+def test_publish_tree_on_a_full_disk_leaves_the_old_folder_and_no_staging(
+    tmp_path):
+  with disks.small_disk(str(tmp_path / 'disk'), 1) as disk:
+    destination = os.path.join(disk, 'export')
+    storage.publish_tree(_folder(tmp_path / 'old', {'model': b'v1'}),
+                         destination, '_COMPLETE')
+    big = _folder(tmp_path / 'new', {'model': os.urandom(2 * 2**20)})
+    with pytest.raises(OSError) as raised:
+      storage.publish_tree(big, destination, '_COMPLETE')
+    assert 'No space left on device' in storage.describe_os_error(
+        raised.value)
+    assert sorted(os.listdir(disk)) == ['export']
+    assert storage.read_text(os.path.join(destination, 'model')) == 'v1'
+    assert os.path.exists(os.path.join(destination, '_COMPLETE'))
+    with pytest.raises(storage.WriteError, match=f'Not enough space in '
+                       f'{destination} for the export'):
+      storage.check_free_space(destination, 2 * 2**20, 'the export')
 
 
 def test_sync_tree_mirrors_additions_changes_and_deletions(tmp_path,

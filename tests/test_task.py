@@ -1,11 +1,17 @@
 """End to end: `python -m trainer.task` as users run it, and its failures."""
 
+import json
 import os
+import re
+import subprocess
+import sys
 
 import pytest
 import yaml
 
 from tests import conftest
+from tests import disks
+from tests import processes
 from trainer import export
 
 
@@ -101,3 +107,240 @@ def test_vertex_environment_sets_the_output_folders(tmp_path):
   assert os.path.exists(tmp_path / 'vertex' / 'metrics.json')
   assert os.path.isdir(tmp_path / 'vertex' / 'ckpt')
   assert os.listdir(tmp_path / 'vertex' / 'tb')
+
+
+# --------------------------------------------------------------------------
+# Issue 12: nothing published broken, nothing crashing after the work,
+# nothing trained on but what is reported, one run per job dir.
+
+
+def _strict_json(path):
+  """Parses a JSON file, refusing NaN and Infinity (as most readers do)."""
+
+  def refuse(constant):
+    raise ValueError(f'{path}: {constant} is not JSON')
+
+  with open(path) as f:
+    return json.load(f, parse_constant=refuse)
+
+
+def _json_files(folder):
+  return [os.path.join(root, name) for root, _, names in os.walk(folder)
+          for name in names if name.endswith('.json')]
+
+
+def _error_lines(stderr):
+  return [line for line in stderr.splitlines() if line.startswith('E1')]
+
+
+def test_a_diverging_run_stops_with_one_line_and_publishes_nothing(tmp_path):
+  job_dir = tmp_path / 'job'
+  process = conftest.run_module(
+      'trainer.task', f'--job_dir={job_dir}', '--learning_rate=1e6',
+      '--model=deep_mnist', '--epochs=2', '--steps_per_epoch=10',
+      '--train_examples=500', check=False)
+  assert process.returncode == 2, process.stderr[-3000:]
+  [line] = _error_lines(process.stderr)
+  assert re.search(r'Training diverged: the training loss became nan at '
+                   r'epoch 1, batch \d+ \(learning rate 1e\+06\)', line)
+  assert '--learning_rate' in line and 'Traceback' not in process.stderr
+  assert not (job_dir / 'export').exists()
+  assert not (job_dir / 'metrics.json').exists()
+  assert not (job_dir / 'checkpoints' / 'backup' / 'epoch-0001.weights.h5'
+              ).exists(), 'the diverged epoch must not be backed up'
+  for path in _json_files(job_dir):
+    _strict_json(path)
+
+
+def test_non_finite_values_stop_training_before_anything_is_saved():
+  from trainer import models  # pylint: disable=g-import-not-at-top
+  from trainer import train  # pylint: disable=g-import-not-at-top
+  check = train._StopOnNonFinite(0.5)  # pylint: disable=protected-access
+  check.on_train_batch_end(0, {'loss': 2.0})
+  with pytest.raises(train.TrainingDiverged, match='epoch 1, batch 4'):
+    check.on_train_batch_end(3, {'loss': float('inf')})
+  with pytest.raises(train.TrainingDiverged, match='val_loss nan at the end '
+                     'of epoch 3'):
+    check.on_epoch_end(2, {'loss': 1.0, 'val_loss': float('nan')})
+  model = models.build_model('softmax', (28, 28, 1), 10)
+  train.check_finite_weights(model, 0.5)
+  model.weights[0].assign(model.weights[0] * float('nan'))
+  with pytest.raises(train.TrainingDiverged, match='weight tensor'):
+    train.check_finite_weights(model, 0.5)
+
+
+def test_a_test_fraction_of_zero_evaluates_on_validation_and_says_so(
+    tmp_path):
+  job_dir = tmp_path / 'job'
+  args = [f'--job_dir={job_dir}', '--test_fraction=0', '--model=softmax',
+          '--epochs=1', '--steps_per_epoch=5', '--train_examples=500']
+  process = conftest.run_module('trainer.task', *args)
+  assert 'the held-out figures are the validation split' in process.stderr
+  metrics = _strict_json(job_dir / 'metrics.json')
+  assert metrics['evaluated_on'] == 'validation'
+  assert metrics['test_accuracy'] is None and metrics['test_loss'] is None
+  assert 0 <= metrics['val_accuracy'] <= 1
+  assert metrics['examples'] == {'train': 500, 'validation': 500, 'test': 0}
+  assert export.is_complete(str(job_dir / 'export'))
+  metadata = export.read_metadata(str(job_dir / 'export'))
+  assert metadata['metrics']['evaluated_on'] == 'validation'
+  for path in _json_files(job_dir):
+    _strict_json(path)
+  again = conftest.run_module('trainer.task', *args)
+  assert 'already holds a finished run' in again.stderr
+
+
+def test_a_tiny_image_folder_fails_before_training_or_trains_as_told(
+    tmp_path):
+  root = tmp_path / 'images'
+  conftest.write_image_folder(str(root), ['a', 'b'], per_class=3)
+  args = [f'--job_dir={tmp_path / "job"}', '--dataset=image_folder',
+          f'--data_dir={root}', '--model=softmax', '--epochs=1',
+          '--image_size=16']
+  refused = conftest.run_module('trainer.task', *args, check=False)
+  assert refused.returncode == 2
+  [line] = _error_lines(refused.stderr)
+  assert 'split is empty' in line and '_fraction=0' in line
+  assert 'Epoch 1/' not in refused.stderr
+  conftest.run_module('trainer.task', *args, '--validation_fraction=0',
+                      '--test_fraction=0')
+  metrics = _strict_json(tmp_path / 'job' / 'metrics.json')
+  assert metrics['examples'] == {'train': 6, 'validation': 0, 'test': 0}
+  assert metrics['evaluated_on'] is None
+
+
+def test_a_hostile_image_folder_trains_on_what_metrics_json_reports(
+    tmp_path):
+  root = tmp_path / 'images'
+  conftest.write_image_folder(str(root), ['ant', 'cat'], per_class=10)
+  conftest.write_image_folder(str(tmp_path / 'elsewhere'), ['bee'],
+                              per_class=10)
+  os.symlink(tmp_path / 'elsewhere' / 'bee', root / 'bee')
+  os.mkfifo(root / 'cat' / 'pipe.png')
+  (root / 'cat' / 'corrupt.png').write_bytes(b'\x89PNG\r\n\x1a\n' + bytes(40))
+  args = [f'--job_dir={tmp_path / "job"}', '--dataset=image_folder',
+          f'--data_dir={root}', '--model=softmax', '--epochs=1',
+          '--image_size=16', '--validation_fraction=0.2',
+          '--test_fraction=0.2']
+  # A FIFO that was opened would block the run until this timeout.
+  process = conftest.run_module('trainer.task', *args, timeout=300)
+  assert 'Followed the symlinked folder bee' in process.stderr
+  assert 'cat/pipe.png (a named pipe (FIFO))' in process.stderr
+  assert 'cat/corrupt.png (Invalid PNG' in process.stderr
+  metrics = _strict_json(tmp_path / 'job' / 'metrics.json')
+  assert sum(metrics['examples'].values()) == 30
+  assert metrics['data']['skipped'] == {'special_file': 1, 'undecodable': 1}
+  assert list(metrics['data']['followed_links']) == ['bee']
+  assert export.read_metadata(str(tmp_path / 'job' / 'export'))[
+      'labels'] == ['ant', 'bee', 'cat']
+  # An empty class folder is refused, before training, naming it.
+  (root / 'dog').mkdir()
+  process = conftest.run_module(
+      'trainer.task', *args, f'--job_dir={tmp_path / "job2"}', check=False,
+      timeout=300)
+  assert process.returncode == 2
+  [line] = _error_lines(process.stderr)
+  assert 'class folder(s) dog hold no images' in line
+  assert 'Epoch 1/' not in process.stderr
+
+
+@pytest.mark.slow
+def test_a_second_trainer_on_a_live_job_dir_is_refused_before_any_work(
+    tmp_path):
+  job_dir = tmp_path / 'job'
+  args = [f'--job_dir={job_dir}', '--model=softmax', '--epochs=3',
+          '--steps_per_epoch=150', '--train_examples=2000']
+  log = str(tmp_path / 'first.log')
+  first = processes.start_module('trainer.task', *args, log_path=log)
+  try:
+    processes.wait_until(lambda: 'Epoch 1/' in processes.read_log(log)
+                         or processes.saved_epoch(str(job_dir / 'checkpoints'))
+                         >= 1, [first], 'the first epoch', logs=[log])
+    for extra in ([], ['--break_lease']):  # A live local holder stays.
+      second = conftest.run_module('trainer.task', *args, *extra,
+                                   check=False, timeout=120)
+      assert second.returncode == 2
+      [line] = _error_lines(second.stderr)
+      assert f'is in use: pid {first.pid} on host' in line
+      assert '_LEASE' in line and '--break_lease' in line
+      assert 'Strategy:' not in second.stderr, 'it started TensorFlow work'
+    assert first.poll() is None, 'the first run must go on'
+    first.kill()  # kill -9: the kernel drops the lock with the process.
+    first.wait()
+  finally:
+    if first.poll() is None:
+      first.kill()
+  killed_at = processes.saved_epoch(str(job_dir / 'checkpoints'))
+  conftest.run_module('trainer.task', *args)
+  metrics = _strict_json(job_dir / 'metrics.json')
+  assert metrics['resumed_from_epoch'] == killed_at
+  assert not (job_dir / '_LEASE').exists()
+
+
+def _run_trainer(*args, env=None, preexec_fn=None, timeout=600):
+  full_env = dict(os.environ, PYTHONPATH=conftest.REPO,
+                  TF_CPP_MIN_LOG_LEVEL='2')
+  full_env.update(env or {})
+  return subprocess.run([sys.executable, '-m', 'trainer.task', *args],
+                        cwd=conftest.REPO, env=full_env, capture_output=True,
+                        text=True, timeout=timeout, preexec_fn=preexec_fn)
+
+
+_DEEP = ['--model=deep_mnist', '--epochs=1', '--steps_per_epoch=3',
+         '--train_examples=500']  # About 40 MB a checkpoint.
+
+
+def test_a_disk_too_small_for_a_checkpoint_stops_before_training(tmp_path):
+  with disks.small_disk(str(tmp_path / 'disk'), 30) as disk:
+    job_dir = os.path.join(disk, 'job')
+    process = _run_trainer(f'--job_dir={job_dir}', *_DEEP)
+    assert process.returncode == 2, process.stderr[-3000:]
+    [line] = _error_lines(process.stderr)
+    assert re.search(rf'Not enough space in {job_dir}/checkpoints/backup for '
+                     r'a checkpoint: it needs about [\d.,]+ MB, [\d.,]+ MB '
+                     'free', line)
+    assert 'Epoch 1/' not in process.stderr
+    assert not [name for _, _, names in os.walk(disk) for name in names
+                if name.endswith('.h5')]
+
+
+def test_disk_full_during_the_export_ends_in_one_line_and_cleans_up(
+    tmp_path):
+  tmp = tmp_path / 'tmp'
+  tmp.mkdir()
+  job_dir = tmp_path / 'job'
+  with disks.small_disk(str(tmp_path / 'disk'), 20) as disk:
+    export_dir = os.path.join(disk, 'export')
+    process = _run_trainer(f'--job_dir={job_dir}', *_DEEP,
+                           f'--export_dir={export_dir}',
+                           env={'TMPDIR': str(tmp)})
+    assert process.returncode == 2, process.stderr[-3000:]
+    [line] = _error_lines(process.stderr)
+    assert f'Not enough space in {export_dir} for the export' in line
+    assert 'Epoch 1/' in process.stderr  # It trained, then stopped cleanly.
+    assert os.listdir(disk) == []  # No export, no half-published copy.
+  assert os.listdir(tmp) == []  # The staging folder is gone.
+  assert not (job_dir / 'metrics.json').exists()
+  # The checkpoint is kept: with room, the same command finishes the run.
+  process = _run_trainer(f'--job_dir={job_dir}', *_DEEP,
+                         f'--export_dir={tmp_path / "export"}')
+  assert process.returncode == 0, process.stderr[-3000:]
+  assert export.is_complete(str(tmp_path / 'export'))
+
+
+def test_a_write_that_fails_inside_h5py_ends_in_one_line_not_a_crash(
+    tmp_path):
+  # The free-space check cannot see a file size limit: the save itself
+  # fails (EFBIG) inside h5py, which used to end in a segmentation fault.
+  job_dir = tmp_path / 'job'
+  process = _run_trainer(f'--job_dir={job_dir}', *_DEEP,
+                         preexec_fn=disks.file_size_limit(8 * 2**20))
+  assert process.returncode == 2, (process.returncode,
+                                   process.stderr[-3000:])
+  [line] = _error_lines(process.stderr)
+  assert re.search(rf'Cannot write the resume backup {job_dir}/checkpoints/'
+                   r'backup/epoch-0001.weights.h5: File too large\.', line)
+  assert 'Traceback' not in process.stderr
+  assert not os.path.exists(job_dir / 'checkpoints' / 'backup' /
+                            'epoch-0001.weights.h5')
+  assert not (job_dir / '_LEASE').exists()

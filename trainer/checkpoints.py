@@ -28,9 +28,18 @@ TensorFlow writes to local folders. When the checkpoint or log folder lives
 on gs://, the chief works on a local copy and pushes it after every epoch,
 the record last; TensorFlow's own GCS client cannot reach an emulator, and a
 local copy keeps the training loop independent of the network.
+
+A full disk must end a run with one line naming the folder, not a crash:
+h5py, under Keras' save_weights, leaves a file whose write failed open, and
+the HDF5 library then segfaults when the interpreter exits. So before each
+save the free space is checked against the bytes the save needs (estimated
+from the weights and the optimizer state), and a save that fails anyway is
+a storage.WriteError whose `hard_exit` tells task.py to exit without the
+interpreter's final clean-up (after the run's own clean-up has run).
 """
 
 import datetime
+import errno
 import os
 import re
 import shutil
@@ -51,6 +60,60 @@ _WEIGHTS_PATTERN = re.compile(r'^epoch-\d+\.weights\.h5$')
 
 class CheckpointError(RuntimeError):
   """A checkpoint cannot be resumed by this configuration."""
+
+
+# Room for history.json, the resume record and TensorBoard's events.
+SPACE_MARGIN_BYTES = 4 * 2**20
+
+
+def _bytes(variables):
+  return sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize
+             for v in variables)
+
+
+def state_bytes(model, with_optimizer=True):
+  """Bytes of the model's variables (and its optimizer's): a save's size."""
+  total = _bytes(model.weights)
+  optimizer = getattr(model, 'optimizer', None)
+  if with_optimizer and optimizer is not None:
+    if optimizer.built:
+      total += _bytes(optimizer.variables)
+    else:  # Adam (train.compile_model): two slots per trainable variable.
+      total += 2 * _bytes(model.trainable_weights)
+  return total
+
+
+def save_weights(model, path, what):
+  """model.save_weights, with a failed save turned into a WriteError.
+
+  The partial file is removed. errno ENOSPC/EDQUOT/EFBIG: the disk (or a
+  quota, or a file size limit) is full.
+  """
+  try:
+    model.save_weights(path, overwrite=True)
+  except OSError as e:
+    reason = storage.describe_os_error(e)
+    full = e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+    del e  # Drop the traceback (and h5py's open file) before cleaning up.
+    try:
+      os.remove(path)
+    except OSError:
+      pass
+    raise storage.WriteError(
+        f'Cannot write {what} {path}: {reason}.'
+        + (' Free some space or point --job_dir (or --checkpoint_dir) at a '
+           'larger disk, then rerun the same command to resume.' if full
+           else ''), hard_exit=True) from None
+
+
+def write_json(path, value, what):
+  """storage.write_json, with a failure turned into a WriteError."""
+  try:
+    storage.write_json(path, value)
+  except OSError as e:
+    raise storage.WriteError(
+        f'Cannot write {what} {path}: {storage.describe_os_error(e)}.'
+    ) from None
 
 
 def _way_out(folder):
@@ -256,6 +319,11 @@ class BackupAndRestore(keras.callbacks.Callback):
     self.restored_epoch = 0
 
   def on_train_begin(self, logs=None):
+    # A run that cannot save its first checkpoint stops before training.
+    os.makedirs(self._backup_dir, exist_ok=True)
+    storage.check_free_space(self._backup_dir,
+                     2 * state_bytes(self.model) + SPACE_MARGIN_BYTES,
+                     'a checkpoint')
     state = read_state(self._restore_dir)
     if state is None:
       return
@@ -312,9 +380,13 @@ class BackupAndRestore(keras.callbacks.Callback):
 
   def on_epoch_end(self, epoch, logs=None):
     os.makedirs(self._backup_dir, exist_ok=True)
+    # This save and the periodic weights (train.py) come next: room for both.
+    storage.check_free_space(self._backup_dir,
+                     2 * state_bytes(self.model) + SPACE_MARGIN_BYTES,
+                     f'the checkpoint of epoch {epoch + 1}')
     name = f'epoch-{epoch + 1:04d}.weights.h5'
     path = os.path.join(self._backup_dir, name)
-    self.model.save_weights(path, overwrite=True)
+    save_weights(self.model, path, 'the resume backup')
     previous = None
     if self._state:
       previous = {key: self._state.get(key)
@@ -327,7 +399,8 @@ class BackupAndRestore(keras.callbacks.Callback):
             timespec='seconds'),
     }
     # The commit point: storage writes it to a temporary file, then renames.
-    storage.write_json(os.path.join(self._backup_dir, STATE_FILE), self._state)
+    write_json(os.path.join(self._backup_dir, STATE_FILE), self._state,
+               'the resume record')
     keep = {name, previous['weights'] if previous else None}
     for other in os.listdir(self._backup_dir):
       if _WEIGHTS_PATTERN.match(other) and other not in keep:

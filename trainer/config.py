@@ -9,6 +9,7 @@ this object; only `task.py` reads flags and environment variables.
 
 import dataclasses
 import difflib
+import math
 import os
 import typing
 
@@ -67,10 +68,12 @@ class Config:
       0, '1 (grey) or 3 (colour); 0 = the dataset\'s own (1 for the MNIST '
       'family, 3 otherwise).')
   validation_fraction: float = _field(
-      0.1, 'Share of the training data held out for validation.')
+      0.1, 'Share of the training data held out for validation (0: train '
+      'without validation).')
   test_fraction: float = _field(
       0.1, 'Share held out for the test set, for datasets without their own '
-      '(mnist_sample, image_folder, a tfrecord glob).')
+      '(mnist_sample, image_folder, a tfrecord glob); 0: no test split, the '
+      'run evaluates on the validation split and metrics.json says so.')
   train_examples: int = _field(
       0, 'Use only the first N training examples (0 = all); for learning '
       'curves and quick runs.')
@@ -118,6 +121,11 @@ class Config:
       'and train from scratch. Not for jobs that may be restarted: Vertex AI '
       'reruns a preempted job with the same flags, and each rerun would '
       'start over.')
+  break_lease: bool = _field(
+      False, 'Take over JOB_DIR/_LEASE from the run that holds it. Only for '
+      'a lease left by a run that is gone (a gs:// job dir whose machine '
+      'died: its lease expires after 3 minutes anyway); a live local run '
+      'cannot be broken. Like start_fresh, never saved in config.yaml.')
   checkpoint_dir: str = _field(
       '', 'Resume state; default JOB_DIR/checkpoints (AIP_CHECKPOINT_DIR '
       'when set).')
@@ -156,10 +164,11 @@ class Config:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
-# Keys that say where a run writes (config.yaml leaves out all but job_dir:
-# reused with --config, it must not send a new run to this run's folders).
+# Keys that say where a run writes, and how it takes its folders over
+# (config.yaml leaves out all but job_dir: reused with --config, it must not
+# send a new run to this run's folders, delete them or break their lease).
 _PLACEMENT_KEYS = ('job_dir', 'checkpoint_dir', 'tensorboard_dir', 'export_dir',
-                   'start_fresh')
+                   'start_fresh', 'break_lease')
 # Keys that change how a run trains but not what: a run may resume with other
 # values.
 _NOT_TRAINING_KEYS = _PLACEMENT_KEYS + ('cache', 'strategy', 'jit_compile',
@@ -183,6 +192,10 @@ def _validate(config):
     ok = (isinstance(value, expected) and
           not (expected is int and isinstance(value, bool)))
     _check(ok, name, f'expected {expected.__name__}, got {value!r}.')
+    # NaN and infinity pass every comparison below the wrong way, and JSON
+    # (the checkpoint record holds the config) cannot hold them.
+    _check(expected is not float or math.isfinite(value), name,
+           f'must be a finite number, got {value!r}.')
   _check(config.dataset in DATASETS, 'dataset',
          f'unknown dataset {config.dataset!r}; choose one of {DATASETS}.')
   _check(config.model in MODELS, 'model',
@@ -345,9 +358,9 @@ def build(file_values=None, overrides=None, source='config file'):
 def save(config, path):
   """Writes the resolved configuration as YAML (loadable with --config).
 
-  The output folders other than job_dir, and start_fresh, are written as
-  comments only: a file reused for another run must not point it at this
-  run's folders, nor delete them.
+  The output folders other than job_dir, start_fresh and break_lease are
+  written as comments only: a file reused for another run must not point it
+  at this run's folders, delete them, nor take their lease.
   """
   values = config.to_dict()
   left_out = {k: values.pop(k) for k in _PLACEMENT_KEYS if k != 'job_dir'}

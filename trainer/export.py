@@ -29,6 +29,7 @@ from absl import logging
 import keras
 import tensorflow as tf
 
+from trainer import checkpoints
 from trainer import models
 from trainer import preprocessing
 from trainer import storage
@@ -69,12 +70,7 @@ class _ServingModule(tf.Module):
 
   def _serve_bytes(self, image_bytes):
     height, width, channels = self._image_shape
-    images = tf.map_fn(
-        lambda encoded: preprocessing.decode_image(encoded, height, width,
-                                                   channels),
-        image_bytes,
-        fn_output_signature=tf.TensorSpec([height, width, channels],
-                                          tf.float32))
+    images = preprocessing.decode_images(image_bytes, height, width, channels)
     return self._serve_pixels(images)
 
 
@@ -134,17 +130,53 @@ def export_model(model, export_dir, metadata):
   """Writes the whole artifact so a reader never sees half of it.
 
   The files are written to a local temporary folder, then published to
-  `export_dir` (local or gs://) with `_COMPLETE` written last.
+  `export_dir` (local or gs://) with `_COMPLETE` written last. Free space is
+  checked first, in the staging folder and beside `export_dir`; on any
+  failure the staging folder and the half-published copy are removed and the
+  previous export is left as it was.
 
   Args:
     model: the trained Keras model (outputs probabilities).
     export_dir: destination, local or gs://.
     metadata: from `build_metadata`.
+
+  Raises:
+    storage.WriteError: naming the folder, if the artifact cannot be written.
   """
+  export_dir = storage.normalize(export_dir)
+  # model.keras holds the weights and the optimizer state, saved_model/ the
+  # weights again.
+  needed = (checkpoints.state_bytes(model) +
+            checkpoints.state_bytes(model, with_optimizer=False) +
+            checkpoints.SPACE_MARGIN_BYTES)
   with tempfile.TemporaryDirectory(prefix='export-') as staging:
-    write_artifact_files(model, staging, metadata)
-    storage.publish_tree(staging, export_dir, COMPLETE_MARKER)
+    storage.check_free_space(staging, needed, 'staging the export')
+    storage.check_free_space(export_dir, needed, 'the export')
+    try:
+      write_artifact_files(model, staging, metadata)
+    except (OSError, tf.errors.OpError) as e:
+      reason = _reason(e)
+      del e  # Drop the traceback (and h5py's open file) before cleaning up.
+      raise storage.WriteError(
+          f'Cannot write the export: staging it in {staging} failed: '
+          f'{reason}. Free some space there (TMPDIR) and rerun.',
+          hard_exit=True) from None
+    try:
+      storage.publish_tree(staging, export_dir, COMPLETE_MARKER)
+    except OSError as e:
+      left = ('readers see no complete export until a rerun publishes it'
+              if storage.is_gcs(export_dir) else
+              'the previous export, if any, is unchanged')
+      raise storage.WriteError(
+          f'Cannot write the export to {export_dir}: {_reason(e)}. Free '
+          f'some space there and rerun; {left}.') from None
   logging.info('Exported the model to %s', export_dir)
+
+
+def _reason(error):
+  if isinstance(error, OSError):
+    return storage.describe_os_error(error)
+  return ' '.join(error.message.split())[:200]
 
 
 # --------------------------------------------------------------------------

@@ -4,9 +4,13 @@ r"""Converts an image folder (one sub-folder per class) to TFRecord shards.
   python -m trainer.task --dataset=tfrecord --data_dir=shards/ --job_dir=/tmp/r
 """
 
+import sys
+
 from absl import app
 from absl import flags
+from absl import logging
 
+from trainer import data
 from trainer import tfrecords
 
 _IMAGE_DIR = flags.DEFINE_string(
@@ -22,9 +26,13 @@ _TEST_FRACTION = flags.DEFINE_float(
 
 def main(argv):
   del argv
-  tfrecords.convert_image_folder(
-      _IMAGE_DIR.value, _OUTPUT_DIR.value, _NUM_SHARDS.value,
-      _VALIDATION_FRACTION.value, _TEST_FRACTION.value)
+  try:
+    tfrecords.convert_image_folder(
+        _IMAGE_DIR.value, _OUTPUT_DIR.value, _NUM_SHARDS.value,
+        _VALIDATION_FRACTION.value, _TEST_FRACTION.value)
+  except data.DataError as e:  # A folder to fix: one line, no traceback.
+    logging.error('%s', e)
+    sys.exit(2)
 
 
 if __name__ == '__main__':

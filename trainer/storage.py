@@ -38,6 +38,23 @@ class StorageError(OSError):
   """A storage operation failed in a way the user can act on."""
 
 
+class WriteError(StorageError):
+  """An output could not be written: disk full, quota, permissions.
+
+  Attributes:
+    hard_exit: the failure happened inside h5py, whose open file may crash
+      the interpreter's final clean-up (a segmentation fault); the binary
+      should end with os._exit once its own clean-up has run.
+  """
+
+  def __init__(self, message, hard_exit=False):
+    super().__init__(message)
+    self.hard_exit = hard_exit
+
+  def __str__(self):
+    return self.args[0]
+
+
 def normalize(path):
   """Returns `path` in canonical form: `/gcs/b/k` becomes `gs://b/k`.
 
@@ -194,6 +211,42 @@ def glob(pattern):
       break
   return sorted(uri for uri, _ in _list_blobs(prefix)
                 if fnmatch.fnmatchcase(uri, pattern))
+
+
+def free_bytes(path):
+  """Bytes free for writing at a local path; None for gs://.
+
+  The nearest existing folder of `path` is asked (the path itself may not
+  exist yet). On GCS there is no disk to fill.
+  """
+  path = normalize(path)
+  if is_gcs(path):
+    return None
+  while not os.path.exists(path) and os.path.dirname(path) != path:
+    path = os.path.dirname(path)
+  return shutil.disk_usage(path).free
+
+
+def _megabytes(count):
+  return f'{count / 2**20:,.1f} MB'
+
+
+def check_free_space(folder, needed, what):
+  """Raises WriteError if local `folder` has less than `needed` bytes free."""
+  free = free_bytes(folder)
+  if free is not None and free < needed:
+    raise WriteError(
+        f'Not enough space in {folder} for {what}: it needs about '
+        f'{_megabytes(needed)}, {_megabytes(free)} free. Free some space or '
+        'write to a larger disk (--job_dir, --checkpoint_dir, --export_dir; '
+        'TMPDIR for staging), then rerun the same command to resume.')
+
+
+def describe_os_error(error):
+  """A short reason for an OSError (h5py's messages run to several lines)."""
+  if getattr(error, 'errno', None):
+    return os.strerror(error.errno)
+  return ' '.join(str(error).split())[:200]
 
 
 def size(path):
@@ -482,6 +535,19 @@ def _same_content(uri, data):
   return base64.b64decode(blob.md5_hash) == hashlib.md5(data).digest()
 
 
+def _copy_tree(source, target):
+  """shutil.copytree, stopping at the first error with its OSError (errno).
+
+  copytree goes on after a failed file and raises one shutil.Error listing
+  them all as strings, which hides the errno (a full disk).
+  """
+  for root, _, names in os.walk(source):
+    folder = os.path.join(target, os.path.relpath(root, source))
+    os.makedirs(folder, exist_ok=True)
+    for name in names:
+      shutil.copy2(os.path.join(root, name), os.path.join(folder, name))
+
+
 def publish_tree(local_dir, destination, marker):
   """Publishes a finished local folder so readers never see half of it.
 
@@ -511,12 +577,20 @@ def publish_tree(local_dir, destination, marker):
   token = uuid.uuid4().hex[:8]
   staged = os.path.join(parent, f'.{os.path.basename(destination)}.tmp-{token}')
   retired = os.path.join(parent, f'.{os.path.basename(destination)}.old-{token}')
-  shutil.copytree(local_dir, staged)
-  with open(os.path.join(staged, marker), 'wb') as f:
-    f.write(marker_body)
-  if os.path.exists(destination):
-    os.rename(destination, retired)
-  os.rename(staged, destination)
+  # On failure (a full disk, ...) nothing of this call stays behind and the
+  # previous folder is where it was.
+  try:
+    _copy_tree(local_dir, staged)
+    with open(os.path.join(staged, marker), 'wb') as f:
+      f.write(marker_body)
+    if os.path.exists(destination):
+      os.rename(destination, retired)
+    os.rename(staged, destination)
+  except BaseException:
+    if os.path.exists(retired) and not os.path.exists(destination):
+      os.rename(retired, destination)
+    shutil.rmtree(staged, ignore_errors=True)
+    raise
   shutil.rmtree(retired, ignore_errors=True)
 
 

@@ -8,6 +8,11 @@ AIP_MODEL_DIR, AIP_CHECKPOINT_DIR and AIP_TENSORBOARD_LOG_DIR are honoured.
 TF_CONFIG (or Vertex AI's CLUSTER_SPEC) makes this process one task of a
 multi-worker job. SIGTERM stops training at a safe point with exit status
 143; rerunning the same command resumes from the last finished epoch.
+
+One run per job dir: the chief holds JOB_DIR/_LEASE (trainer/lease.py) from
+before any TensorFlow work until the end, so a second trainer on the same job
+dir is refused at once. Errors a user can act on (bad data, a diverged run, a
+full disk, a job dir in use) end with one line and exit status 2.
 """
 
 import time
@@ -27,7 +32,9 @@ from absl import logging
 
 from trainer import cluster as cluster_lib
 from trainer import config as config_lib
+from trainer import lease as lease_lib
 from trainer import preemption
+from trainer import storage
 
 _CONFIG = flags.DEFINE_string(
     'config', None, 'A YAML or JSON file of flag values (see config/); flags '
@@ -86,6 +93,65 @@ def build_config(flag_values, environ):
                           source=flag_values['config'].value or 'config file')
 
 
+LEASE_FILE = '_LEASE'
+# Exit status of errors a user can act on (bad data, full disk, ...).
+_USER_ERROR_STATUS = 2
+
+
+class _StopWithError(Exception):
+  """An error to report in one line; raised by `run`, handled by `main`.
+
+  Attributes:
+    hard_exit: exit without Python's final clean-up (after a failed h5py
+      write, HDF5 crashes in it: storage.WriteError).
+  """
+
+  def __init__(self, error):
+    super().__init__(str(error))
+    self.hard_exit = getattr(error, 'hard_exit', False)
+
+
+def take_lease(config, task):
+  """The chief's lease on the job dir (None on other workers).
+
+  Other workers of a multi-worker job share the chief's job dir and write
+  nothing there, so only the chief takes it.
+
+  Raises:
+    lease.LeaseError: naming the live run that holds it.
+  """
+  if not task.is_chief:
+    return None
+  path = storage.join(storage.normalize(config.job_dir), LEASE_FILE)
+  return lease_lib.Lease(path, 'training').acquire(config.break_lease)
+
+
+def _release(lease, job_dir_existed):
+  """Gives the lease up; removes the job dir if the lease made it, empty.
+
+  A run that stops before any work (a bad base model, a refused strategy)
+  then leaves nothing behind, as before leases.
+  """
+  lease.release()
+  folder = os.path.dirname(lease.path)
+  if not job_dir_existed and not storage.is_gcs(folder):
+    try:
+      os.rmdir(folder)  # Only if empty.
+    except OSError:
+      pass
+
+
+def _exit_with_error(error):
+  """Logs the error in one line and exits with status 2."""
+  logging.error('%s', error)
+  if getattr(error, 'hard_exit', False):
+    logging.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(_USER_ERROR_STATUS)  # pylint: disable=protected-access
+  sys.exit(_USER_ERROR_STATUS)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
@@ -95,6 +161,29 @@ def main(argv):
         os.environ.get('TF_CONFIG'), os.environ.get('CLUSTER_SPEC'))
   except (config_lib.ConfigError, cluster_lib.ClusterError) as e:
     raise app.UsageError(str(e)) from e
+  # Before any TensorFlow work: a job dir in use is refused at once.
+  job_dir = storage.normalize(config.job_dir)
+  job_dir_existed = storage.is_gcs(job_dir) or os.path.exists(job_dir)
+  try:
+    lease = take_lease(config, task)
+  except (lease_lib.LeaseError, OSError) as e:
+    _exit_with_error(e)
+  try:
+    try:
+      run(config, cluster, task, lease)
+    finally:
+      if lease is not None:
+        _release(lease, job_dir_existed)
+  except _StopWithError as e:
+    _exit_with_error(e)
+
+
+def run(config, cluster, task, lease=None):
+  """Everything after the lease: strategy, training, export.
+
+  Raises:
+    _StopWithError: for errors a user can act on.
+  """
   # From here on SIGTERM (preemption) and Ctrl-C stop at a safe point.
   stop_signal = preemption.StopSignal()
   stop_signal.install()
@@ -119,11 +208,14 @@ def main(argv):
       f'  {k}: {v!r}' for k, v in config.to_dict().items()))
   try:
     train.run(config, strategy, task, stop_signal=stop_signal,
-              started_at=_STARTED_AT)
+              started_at=_STARTED_AT, lease=lease)
   except (config_lib.ConfigError, data.DataError, export.ArtifactError,
-          checkpoints.CheckpointError) as e:
-    logging.error('%s', e)
-    sys.exit(2)
+          checkpoints.CheckpointError, train.TrainingDiverged,
+          lease_lib.LeaseError, storage.StorageError) as e:
+    raise _StopWithError(e) from None
+  except OSError as e:  # Writing a small output (config.yaml, a chart, ...).
+    raise _StopWithError(f'Cannot write {e.filename or "an output"}: '
+                         f'{storage.describe_os_error(e)}.') from None
   except preemption.Preempted as e:
     logging.warning('%s The backup of the last finished epoch is in %s: '
                     'rerun the same command to resume from it.', e,

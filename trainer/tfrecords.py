@@ -62,6 +62,13 @@ def convert_image_folder(image_dir, output_dir, num_shards=4,
   image_dir = storage.normalize(image_dir)
   class_names, by_split = data.split_image_folder(
       image_dir, validation_fraction, test_fraction)
+  # labels.txt holds one name per line: a name with a line break in it
+  # would read back as two classes.
+  broken = [name for name in class_names if '\n' in name or '\r' in name]
+  if broken:
+    raise data.DataError(
+        f'image_dir {image_dir}: class folder name(s) {broken!r} hold a line '
+        'break, which labels.txt cannot; rename them.')
   total = sum(len(items) for items in by_split.values())
   counts = {'skipped': 0}
   with tempfile.TemporaryDirectory(prefix='tfrecords-') as staging:

@@ -22,6 +22,7 @@ every worker runs this same code; only the chief writes into the job dir.
 """
 
 import dataclasses
+import math
 import os
 import time
 
@@ -30,6 +31,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from trainer import checks
 from trainer import checkpoints
 from trainer import cluster
 from trainer import config as config_lib
@@ -45,6 +47,9 @@ from trainer import storage
 from trainer import transfer
 
 METRICS_FILE = 'metrics.json'
+# The held-out figures an export's metadata.json repeats.
+_METADATA_METRICS = ('test_accuracy', 'test_loss', 'evaluated_on',
+                     'val_accuracy', 'val_loss')
 CONFIG_FILE = 'config.yaml'
 HISTORY_FILE = 'history.json'
 KEEP_CHECKPOINTS = 3
@@ -53,6 +58,17 @@ KEEP_CHECKPOINTS = 3
 FINE_TUNE_DIR = 'fine_tune'
 
 CheckpointError = checkpoints.CheckpointError
+
+
+class TrainingDiverged(ValueError):
+  """The loss or the weights became NaN or infinite; nothing is published."""
+
+
+def _diverged(what, learning_rate):
+  return TrainingDiverged(
+      f'Training diverged: {what} (learning rate {learning_rate:g}). Nothing '
+      f'was exported. Rerun with a lower --learning_rate (e.g. '
+      f'{learning_rate / 10:g}) and --start_fresh (or a new --job_dir).')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,7 +166,7 @@ class _EpochLog(keras.callbacks.Callback):
     entry.update({k: float(v) for k, v in (logs or {}).items()
                   if np.isscalar(v) and k != 'learning_rate'})
     self.history.append(entry)
-    storage.write_json(self._save_path, self.history)
+    checkpoints.write_json(self._save_path, self.history, 'the history')
     shown = ' - '.join(f'{k} {v:.4f}' for k, v in entry.items()
                        if k not in ('epoch', 'attempt', 'seconds',
                                     'images_per_second'))
@@ -160,8 +176,13 @@ class _EpochLog(keras.callbacks.Callback):
                  seconds, speed, shown)
 
 
-class _PruneCheckpoints(keras.callbacks.Callback):
-  """Keeps only the newest periodic weight checkpoints."""
+class _PeriodicWeights(keras.callbacks.Callback):
+  """Saves epoch-NNN.weights.h5 after every epoch; keeps the newest `keep`.
+
+  keras.callbacks.ModelCheckpoint does the same save, but a failed write
+  (a full disk) must become one clear error (checkpoints.save_weights); the
+  free space for it was checked with the backup's.
+  """
 
   def __init__(self, directory, keep):
     super().__init__()
@@ -169,10 +190,50 @@ class _PruneCheckpoints(keras.callbacks.Callback):
     self._keep = keep
 
   def on_epoch_end(self, epoch, logs=None):
+    path = os.path.join(self._directory, f'epoch-{epoch + 1:03d}.weights.h5')
+    checkpoints.save_weights(self.model, path, 'the periodic checkpoint')
     found = sorted(name for name in os.listdir(self._directory)
                    if name.startswith('epoch-') and name.endswith('.weights.h5'))
     for name in found[:-self._keep]:
       os.remove(os.path.join(self._directory, name))
+
+
+class _StopOnNonFinite(keras.callbacks.Callback):
+  """Stops training once the loss (or any logged metric) is NaN or infinite.
+
+  keras.callbacks.TerminateOnNaN(raise_error=True) raises a RuntimeError
+  that says nothing a user can act on; this one raises TrainingDiverged
+  naming the epoch, the batch and the way out. It is async-safe: Keras then
+  runs its batch-end hook in a thread, so checking every batch does not
+  make the training loop wait, and the error surfaces at the next batch or
+  at the end of the epoch, before the epoch-end callbacks that save the
+  weights (so put it first).
+  """
+
+  async_safe = True
+
+  def __init__(self, learning_rate):
+    super().__init__()
+    self._learning_rate = learning_rate
+    self._epoch = 0
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self._epoch = epoch
+
+  def on_train_batch_end(self, batch, logs=None):
+    loss = (logs or {}).get('loss')
+    if loss is not None and not math.isfinite(float(loss)):
+      raise _diverged(f'the training loss became {float(loss)} at epoch '
+                      f'{self._epoch + 1}, batch {batch + 1}',
+                      self._learning_rate)
+
+  def on_epoch_end(self, epoch, logs=None):
+    bad = {key: float(value) for key, value in (logs or {}).items()
+           if np.isscalar(value) and not math.isfinite(float(value))}
+    if bad:
+      shown = ', '.join(f'{key} {value}' for key, value in sorted(bad.items()))
+      raise _diverged(f'{shown} at the end of epoch {epoch + 1}',
+                      self._learning_rate)
 
 
 class _StopAtSafePoint(keras.callbacks.Callback):
@@ -200,8 +261,11 @@ class _StopAtSafePoint(keras.callbacks.Callback):
     self._stop.check()
 
 
-def _callbacks(config, dirs, images_per_epoch, stop_signal, started_at):
-  """The callback list, in the order that matters: log, back up, push, stop.
+def _callbacks(config, dirs, images_per_epoch, stop_signal, started_at,
+               learning_rate=None):
+  """The callback list, in the order that matters: check, log, save, stop.
+
+  A non-finite loss stops the run before anything of its epoch is saved.
 
   The history is written before the backup's record (a kill between the two
   leaves an epoch in the history that the backup does not hold, which the
@@ -210,15 +274,13 @@ def _callbacks(config, dirs, images_per_epoch, stop_signal, started_at):
   temporary folders.
   """
   callbacks = [
+      _StopOnNonFinite(learning_rate or config.learning_rate),
       _EpochLog(os.path.join(dirs.restore_dir, HISTORY_FILE),
                 os.path.join(dirs.checkpoint_dir, HISTORY_FILE),
                 config.epochs, images_per_epoch, started_at),
       checkpoints.BackupAndRestore(dirs.restore_dir, dirs.checkpoint_dir,
                                    config),
-      keras.callbacks.ModelCheckpoint(
-          os.path.join(dirs.checkpoint_dir, 'epoch-{epoch:03d}.weights.h5'),
-          save_weights_only=True),
-      _PruneCheckpoints(dirs.checkpoint_dir, KEEP_CHECKPOINTS),
+      _PeriodicWeights(dirs.checkpoint_dir, KEEP_CHECKPOINTS),
       keras.callbacks.TensorBoard(dirs.log_dir, profile_batch=0),
       checkpoints.PushAfterEpoch(dirs),
   ]
@@ -323,13 +385,17 @@ def _input(strategy, source, config, split, training, seed=None):
   return distribute.distribute_dataset(strategy, make, config.batch_size)
 
 
-def fit(model, config, source, strategy, dirs, stop_signal, started_at=None):
+def fit(model, config, source, strategy, dirs, stop_signal, started_at=None,
+        learning_rate=None):
   """Runs model.fit with resume-safe callbacks.
 
   Returns:
     (per-epoch history including restored epochs, the epoch training resumed
     from (0: from scratch), seconds from `started_at` to the first training
     step or None).
+
+  Raises:
+    TrainingDiverged: when the loss becomes NaN or infinite.
   """
   info = source.info
   # A resumed run must not replay the first epochs' shuffle order (and
@@ -340,14 +406,22 @@ def fit(model, config, source, strategy, dirs, stop_signal, started_at=None):
   validation_data = _input(strategy, source, config, 'validation', False) if (
       info.sizes.get('validation') != 0) else None
   callbacks = _callbacks(config, dirs, _images_per_epoch(config, info),
-                         stop_signal, started_at)
-  epoch_log, backup = callbacks[0], callbacks[1]
-  with distribute.unknown_length_input():
-    model.fit(
-        train_data, validation_data=validation_data, epochs=config.epochs,
-        steps_per_epoch=config.steps_per_epoch or None, callbacks=callbacks,
-        shuffle=False,  # The tf.data pipeline shuffles.
-        verbose=0)
+                         stop_signal, started_at, learning_rate)
+  epoch_log, backup = callbacks[1], callbacks[2]
+  try:
+    with distribute.unknown_length_input():
+      model.fit(
+          train_data, validation_data=validation_data, epochs=config.epochs,
+          steps_per_epoch=config.steps_per_epoch or None, callbacks=callbacks,
+          shuffle=False,  # The tf.data pipeline shuffles.
+          verbose=0)
+  except (tf.errors.NotFoundError, tf.errors.PermissionDeniedError) as e:
+    # Every file was read before training (data.py): it changed since.
+    raise data.DataError(
+        f'A file of the dataset became unreadable during training: '
+        f'{checks.short_message(e)}. Restore it (or remove it and rerun '
+        'with --start_fresh); the backup of the last finished epoch is '
+        'kept.') from None
   return (epoch_log.history, backup.restored_epoch,
           epoch_log.first_step_seconds)
 
@@ -370,7 +444,7 @@ def _summarise_throughput(history):
 
 
 def run(config, strategy, task=cluster.TaskInfo(), *, stop_signal=None,
-        started_at=None):
+        started_at=None, lease=None):
   """Trains, evaluates and exports as `config` says.
 
   Args:
@@ -381,6 +455,8 @@ def run(config, strategy, task=cluster.TaskInfo(), *, stop_signal=None,
       installed; training stops at a safe point once it records a signal.
     started_at: time.time() when the process started, to report how long
       it took to reach the first training step.
+    lease: the chief's lease.Lease on the job dir (task.py), checked before
+      anything is published; None elsewhere.
 
   Returns:
     The metrics dict written to metrics.json.
@@ -388,6 +464,9 @@ def run(config, strategy, task=cluster.TaskInfo(), *, stop_signal=None,
   Raises:
     preemption.Preempted: when stopped by a signal; rerun to resume.
     checkpoints.CheckpointError: if the checkpoint cannot be resumed.
+    TrainingDiverged: if the loss or the weights became non-finite.
+    storage.WriteError: if a checkpoint or the export cannot be written.
+    lease.LeaseError: if another run took the job dir over.
   """
   stop_signal = stop_signal or preemption.StopSignal()
   base = None
@@ -409,6 +488,7 @@ def run(config, strategy, task=cluster.TaskInfo(), *, stop_signal=None,
   logging.info('Dataset %s: %d classes, split sizes %s, input shape %s.',
                source.info.name, source.info.num_classes, source.info.sizes,
                config.image_shape)
+  _check_hypertune_metric(config, source.info)
   if task.is_chief:
     config_lib.save(config, layout.config_path)
   if state == 'resumable':
@@ -420,7 +500,8 @@ def run(config, strategy, task=cluster.TaskInfo(), *, stop_signal=None,
                               restore=not config.start_fresh)
   try:
     return _train_evaluate_export(config, layout, source, model, strategy,
-                                  task, dirs, stop_signal, started_at, base)
+                                  task, dirs, stop_signal, started_at, base,
+                                  lease)
   except preemption.Preempted:
     try:
       dirs.push()  # Idempotent; the local backup is always consistent.
@@ -431,8 +512,17 @@ def run(config, strategy, task=cluster.TaskInfo(), *, stop_signal=None,
     dirs.close()
 
 
+def _check_hypertune_metric(config, info):
+  if config.hypertune_metric.startswith('val_') and not info.sizes.get(
+      'validation'):
+    raise config_lib.ConfigError(
+        f'hypertune_metric: {config.hypertune_metric} needs a validation '
+        f'split, and the {info.name} dataset in {config.data_dir} has none.')
+
+
 def _train_evaluate_export(config, layout, source, model, strategy, task,
-                           dirs, stop_signal, started_at, base=None):
+                           dirs, stop_signal, started_at, base=None,
+                           lease=None):
   start = time.perf_counter()
   history, first_epoch, first_step_seconds = fit(
       model, config, source, strategy, dirs, stop_signal, started_at)
@@ -441,7 +531,9 @@ def _train_evaluate_export(config, layout, source, model, strategy, task,
         history, _fine_tune(model, config, source, strategy, dirs,
                             stop_signal), config.epochs)
   train_seconds = time.perf_counter() - start
-  metrics = _evaluate(model, config, source, strategy, stop_signal)
+  check_finite_weights(model, config.learning_rate)
+  last = history[-1] if history else {}
+  metrics = _evaluate(model, config, source, strategy, stop_signal, last)
   metrics.update({
       'epochs': config.epochs,
       'resumed_from_epoch': first_epoch,
@@ -449,6 +541,7 @@ def _train_evaluate_export(config, layout, source, model, strategy, task,
       'dataset': config.dataset,
       'model': model.name,
       'examples': source.info.sizes,
+      'data': source.info.report,
       'replicas': strategy.num_replicas_in_sync,
       'mixed_precision': model.dtype_policy.name,
       'workers': task.num_tasks,
@@ -456,14 +549,23 @@ def _train_evaluate_export(config, layout, source, model, strategy, task,
       'train_images_per_second': _summarise_throughput(history),
       'history': history,
   })
-  last = history[-1] if history else {}
   for key in ('val_accuracy', 'val_loss', 'accuracy', 'loss'):
     if key in last:
       metrics[key] = last[key]
   stop_signal.check()
-  _export(model, config, source, layout, dirs, task, metrics, base)
+  _export(model, config, source, layout, dirs, task, metrics, base, lease)
   distribute.wait_for_all_workers(strategy)
   return metrics
+
+
+def check_finite_weights(model, learning_rate):
+  """Raises TrainingDiverged if any weight of `model` is NaN or infinite."""
+  bad = [variable.path for variable in model.weights
+         if not np.all(np.isfinite(np.asarray(variable.numpy())))]
+  if bad:
+    raise _diverged(f'{len(bad)} weight tensor(s) hold NaN or infinite '
+                    f'values after training ({", ".join(bad[:3])})',
+                    learning_rate)
 
 
 def _fine_tune(model, config, source, strategy, dirs, stop_signal):
@@ -486,43 +588,74 @@ def _fine_tune(model, config, source, strategy, dirs, stop_signal):
   phase = dataclasses.replace(
       config, epochs=config.fine_tune_epochs or config.epochs)
   history, _, _ = fit(model, phase, source, strategy,
-                      dirs.phase(FINE_TUNE_DIR), stop_signal)
+                      dirs.phase(FINE_TUNE_DIR), stop_signal,
+                      learning_rate=config.fine_tune_rate)
   return history
 
 
-def _evaluate(model, config, source, strategy, stop_signal):
-  """Test accuracy and loss, over all workers' shards of the test split."""
+def _evaluate(model, config, source, strategy, stop_signal, last_epoch):
+  """Test accuracy and loss, over all workers' shards of the test split.
+
+  Without a test split (--test_fraction=0, or shards without test records)
+  the held-out figures are the validation split's, from the last epoch
+  (computed with the final weights); `evaluated_on` says which split, and
+  the test figures are null. Without either, there are no held-out figures.
+  """
+  sizes = source.info.sizes
+  if sizes.get('test') == 0:
+    evaluated_on = 'validation' if sizes.get('validation') else None
+    if evaluated_on:
+      logging.warning(
+          'No test split (--test_fraction=%g): the held-out figures are the '
+          'validation split\'s: accuracy %.4f, loss %.4f (metrics.json: '
+          'evaluated_on "validation", test_accuracy null).',
+          config.test_fraction, last_epoch.get('val_accuracy', math.nan),
+          last_epoch.get('val_loss', math.nan))
+    else:
+      logging.warning('No test or validation split: nothing measures how '
+                      'the model does on images it did not train on '
+                      '(metrics.json: evaluated_on null).')
+    return {'test_accuracy': None, 'test_loss': None,
+            'evaluated_on': evaluated_on}
   with distribute.unknown_length_input():
     test = model.evaluate(
         _input(strategy, source, config, 'test', False), return_dict=True,
         verbose=0, callbacks=[_StopAtSafePoint(stop_signal)])
+  if not all(math.isfinite(float(test[key])) for key in ('accuracy', 'loss')):
+    raise _diverged(f'the test loss is {float(test["loss"])}',
+                    config.learning_rate)
   logging.info('Test accuracy %.4f, test loss %.4f.', test['accuracy'],
                test['loss'])
   return {'test_accuracy': float(test['accuracy']),
-          'test_loss': float(test['loss'])}
+          'test_loss': float(test['loss']), 'evaluated_on': 'test'}
 
 
-def _export(model, config, source, layout, dirs, task, metrics, base=None):
+def _export(model, config, source, layout, dirs, task, metrics, base=None,
+            lease=None):
   """The chief publishes the export, logs, chart and metrics.json, in order.
 
   metrics.json comes last: with a complete export it marks a finished run.
+  The lease is checked first: a run whose job dir was taken over must not
+  publish over the other run's outputs.
   """
   metadata = export.build_metadata(
       class_names=source.info.class_names, image_shape=config.image_shape,
       dataset=config.dataset, model_name=model.name,
-      metrics={k: metrics[k] for k in ('test_accuracy', 'test_loss')},
+      metrics={k: metrics[k] for k in _METADATA_METRICS if k in metrics},
       extra=(transfer.describe(base, model, config.dataset,
                                config.fine_tune_layers) if base else None))
   # A float32 artifact whatever the training precision: portable, and it
   # scores the same on any hardware.
   model = precision.as_float32(model)
   if task.is_chief:
+    if lease is not None:
+      lease.check()
     export.export_model(model, layout.export_dir, metadata)
     dirs.push()
     curves.write_chart(metrics['history'],
                        storage.join(layout.job_dir, curves.CHART_FILE),
                        f'{model.name} on {config.dataset}')
-    storage.write_json(layout.metrics_path, metrics)
+    checkpoints.write_json(layout.metrics_path, metrics, 'the metrics')
     logging.info('Wrote %s.', layout.metrics_path)
   else:
     # The same saving code as the chief's, in case saving needs every
