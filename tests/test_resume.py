@@ -12,10 +12,10 @@ from tests import conftest
 from tests import processes
 from trainer import checkpoints
 from trainer import config as config_lib
-from trainer import data
 from trainer import export
 from trainer import storage
 from trainer import train
+from trainer.data import sources
 
 EPOCHS = 3
 
@@ -132,14 +132,14 @@ def test_a_resumed_run_does_not_replay_the_first_epochs_shuffle(
       'train_examples': 64, 'batch_size': 32})
   strategy = tf.distribute.get_strategy()
   seeds = []
-  make_dataset = data.make_dataset
+  make_dataset = sources.make_dataset
 
   def spy(source, split, *args, **kwargs):
     if kwargs.get('training'):
       seeds.append(kwargs['seed'])
     return make_dataset(source, split, *args, **kwargs)
 
-  monkeypatch.setattr(data, 'make_dataset', spy)
+  monkeypatch.setattr(sources, 'make_dataset', spy)
   train.run(config, strategy)
   # A crash during epoch 2: the record still names the backup of epoch 1.
   layout = train.Layout.from_config(config)

@@ -13,10 +13,10 @@ from trainer import checkpoints
 from trainer import config as config_lib
 from trainer import export
 from trainer import models
-from trainer import preprocessing
 from trainer import storage
 from trainer import train
 from trainer import transfer
+from trainer.data import preprocessing
 
 
 def _set_distinct_weights(model, seed):

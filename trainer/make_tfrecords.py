@@ -10,8 +10,8 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from trainer import data
-from trainer import tfrecords
+from trainer import make_tfrecords_lib
+from trainer.data import sources
 
 _IMAGE_DIR = flags.DEFINE_string(
     'image_dir', None, 'Image folder: one sub-folder per class.')
@@ -27,10 +27,10 @@ _TEST_FRACTION = flags.DEFINE_float(
 def main(argv):
   del argv
   try:
-    tfrecords.convert_image_folder(
+    make_tfrecords_lib.convert_image_folder(
         _IMAGE_DIR.value, _OUTPUT_DIR.value, _NUM_SHARDS.value,
         _VALIDATION_FRACTION.value, _TEST_FRACTION.value)
-  except data.DataError as e:  # A folder to fix: one line, no traceback.
+  except sources.DataError as e:  # A folder to fix: one line, no traceback.
     logging.error('%s', e)
     sys.exit(2)
 

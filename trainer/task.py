@@ -195,10 +195,10 @@ def run(config, cluster, task, lease=None):
   except ValueError as e:
     raise app.UsageError(str(e)) from e
   from trainer import checkpoints  # pylint: disable=g-import-not-at-top
-  from trainer import data  # pylint: disable=g-import-not-at-top
   from trainer import export  # pylint: disable=g-import-not-at-top
   from trainer import hptuning  # pylint: disable=g-import-not-at-top
   from trainer import train  # pylint: disable=g-import-not-at-top
+  from trainer.data import sources  # pylint: disable=g-import-not-at-top
   if config.hypertune_metric:
     try:
       hptuning.check_available()
@@ -209,7 +209,7 @@ def run(config, cluster, task, lease=None):
   try:
     train.run(config, strategy, task, stop_signal=stop_signal,
               started_at=_STARTED_AT, lease=lease)
-  except (config_lib.ConfigError, data.DataError, export.ArtifactError,
+  except (config_lib.ConfigError, sources.DataError, export.ArtifactError,
           checkpoints.CheckpointError, train.TrainingDiverged,
           lease_lib.LeaseError, storage.StorageError) as e:
     raise _StopWithError(e) from None

@@ -31,12 +31,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from trainer import checks
 from trainer import checkpoints
 from trainer import cluster
 from trainer import config as config_lib
 from trainer import curves
-from trainer import data
 from trainer import distribute
 from trainer import export
 from trainer import hptuning
@@ -45,6 +43,8 @@ from trainer import precision
 from trainer import preemption
 from trainer import storage
 from trainer import transfer
+from trainer.data import checks
+from trainer.data import sources
 
 METRICS_FILE = 'metrics.json'
 # The held-out figures an export's metadata.json repeats.
@@ -372,7 +372,7 @@ def _input(strategy, source, config, split, training, seed=None):
   """One split's input pipeline, distributed as `strategy` needs it."""
 
   def make(batch_size, shard):
-    dataset = data.make_dataset(
+    dataset = sources.make_dataset(
         source, split, batch_size, config.image_shape, training=training,
         seed=config.seed if seed is None else seed,
         shuffle_buffer=config.shuffle_buffer,
@@ -417,7 +417,7 @@ def fit(model, config, source, strategy, dirs, stop_signal, started_at=None,
           verbose=0)
   except (tf.errors.NotFoundError, tf.errors.PermissionDeniedError) as e:
     # Every file was read before training (data.py): it changed since.
-    raise data.DataError(
+    raise sources.DataError(
         f'A file of the dataset became unreadable during training: '
         f'{checks.short_message(e)}. Restore it (or remove it and rerun '
         'with --start_fresh); the backup of the last finished epoch is '
@@ -484,7 +484,7 @@ def run(config, strategy, task=cluster.TaskInfo(), *, stop_signal=None,
                  'train again.', layout.job_dir)
     distribute.wait_for_all_workers(strategy)
     return storage.read_json(layout.metrics_path)
-  source = data.load_source(config)
+  source = sources.load_source(config)
   logging.info('Dataset %s: %d classes, split sizes %s, input shape %s.',
                source.info.name, source.info.num_classes, source.info.sizes,
                config.image_shape)

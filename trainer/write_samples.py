@@ -9,8 +9,8 @@ from absl import app
 from absl import flags
 
 from trainer import config as config_lib
-from trainer import data
-from trainer import samples
+from trainer.data import samples
+from trainer.data import sources
 
 _OUTPUT_DIR = flags.DEFINE_string('output_dir', None, 'Folder to write to.')
 _DATASET = flags.DEFINE_enum(
@@ -18,7 +18,7 @@ _DATASET = flags.DEFINE_enum(
     'Dataset to take images from.')
 _DATA_DIR = flags.DEFINE_string(
     'data_dir', '', 'IDX folder for mnist and fashion_mnist.')
-_SPLIT = flags.DEFINE_enum('split', 'test', list(data.SPLITS), 'Split.')
+_SPLIT = flags.DEFINE_enum('split', 'test', list(sources.SPLITS), 'Split.')
 _COUNT = flags.DEFINE_integer('count', 0, 'How many images (0 = all).')
 _FORMAT = flags.DEFINE_enum('format', 'png', list(samples.FORMATS),
                             'File format.')
@@ -29,7 +29,7 @@ def main(argv):
   config = config_lib.build(overrides={
       'dataset': _DATASET.value, 'data_dir': _DATA_DIR.value,
       'job_dir': _OUTPUT_DIR.value})
-  source = data.load_source(config)
+  source = sources.load_source(config)
   paths = samples.write_samples(source, _SPLIT.value, _OUTPUT_DIR.value,
                                 _COUNT.value, _FORMAT.value)
   print(f'Wrote {len(paths)} {_FORMAT.value} files to {_OUTPUT_DIR.value}.')

@@ -34,11 +34,11 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
-from trainer import checks
-from trainer import idx
 from trainer import listing
-from trainer import preprocessing
 from trainer import storage
+from trainer.data import checks
+from trainer.data import idx
+from trainer.data import preprocessing
 
 # The split of the bundled and IDX datasets must not move when --seed does,
 # so that test accuracies of different runs are comparable.

