@@ -136,16 +136,27 @@ def _load_trained(path, image_size, channels):
   input_shape = _image_input_shape(model, path)
   cut, pooling = _find_extractor_output(model, path)
   extractor = keras.Model(model.inputs, cut, name=EXTRACTOR_LAYER)
+  _check_convolutional(extractor, model.name, path)
+  _check_shape_fits(input_shape, image_size, channels, path)
+  return Base(source=path, architecture=model.name, extractor=extractor,
+              input_shape=input_shape, pooling=pooling, labels=labels)
+
+
+def _check_convolutional(extractor, architecture, path):
   if not any(isinstance(layer, _CONVOLUTION_LAYERS)
              for layer in _leaf_layers(extractor)):
     raise _error(
         'base_model',
-        f'{path} (a {model.name!r} model) has no convolutional feature '
+        f'{path} (a {architecture!r} model) has no convolutional feature '
         'extractor to reuse: transfer learning keeps the convolution and '
         'pooling layers before the first Flatten, global pooling or Dense '
         'layer, and this model has no convolution there. Use a base trained '
         'with a convolutional model (--model=cnn_bn or deep_mnist) or a '
         f'Keras Applications backbone ({", ".join(registry.BACKBONES)}).')
+
+
+def _check_shape_fits(input_shape, image_size, channels, path):
+  """Refuses an --image_size or --channels that contradicts the base."""
   height, width, base_channels = input_shape
   if image_size and image_size != height:
     raise _error('image_size', f'the base model {path} takes {height}x{width} '
@@ -155,8 +166,6 @@ def _load_trained(path, image_size, channels):
     raise _error('channels', f'the base model {path} takes {base_channels}-'
                  'channel images; leave channels unset (the input pipeline '
                  'converts grey and colour images to what the base takes).')
-  return Base(source=path, architecture=model.name, extractor=extractor,
-              input_shape=input_shape, pooling=pooling, labels=labels)
 
 
 def _base_model_hint(path):

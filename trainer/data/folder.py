@@ -139,17 +139,22 @@ def _drop_undecodable_files(data_dir, by_split, image_shape, report):
   logging.info('Decoded each of the %d images once in %.1f s to check them '
                '(%d do not decode).', len(paths), time.perf_counter() - start,
                len(failed))
-  for key in failed:
-    path = paths[key]
+  bad = [paths[key] for key in failed]
+  _report_undecodable(data_dir, bad, image_shape, report)
+  left_out = set(bad)
+  return {split: [item for item in by_split[split] if item[0] not in left_out]
+          for split in sources.SPLITS}
+
+
+def _report_undecodable(data_dir, paths, image_shape, report):
+  """Reports files that do not decode; asks why for the first few only."""
+  for path in paths:
     why = checks.reason(lambda p=path: preprocessing.decode_image(
-        tf.io.read_file(p), height, width, channels)) if (
+        tf.io.read_file(p), *image_shape)) if (
             report.counts.get(listing.UNDECODABLE, 0) < listing.MAX_LISTED
         ) else None
     report.skip(listing.UNDECODABLE, path[len(data_dir) + 1:],
                 why or 'not a decodable image')
-  bad = {paths[key] for key in failed}
-  return {split: [item for item in by_split[split] if item[0] not in bad]
-          for split in sources.SPLITS}
 
 
 def load_image_folder(data_dir, image_shape, validation_fraction,

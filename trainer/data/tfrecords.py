@@ -189,12 +189,7 @@ def _check_records(files, counts, image_shape, num_classes, report,
                             tf.int64)
 
   passed, failed = checks.decode_all(make_pairs, decode_batch, keys)
-  for key, label in passed.items():
-    if not 0 <= label < num_classes:
-      raise sources.DataError(
-          f'{files[key // _KEY_SHIFT]}, record {key % _KEY_SHIFT}: '
-          f'image/class/label {label} out of range for the {num_classes} '
-          f'classes in {labels_path}.')
+  _check_labels(files, passed, num_classes, labels_path)
   for key in failed:
     report.skip(listing.UNDECODABLE,
                 f'{files[key // _KEY_SHIFT]}#{key % _KEY_SHIFT}',
@@ -202,6 +197,16 @@ def _check_records(files, counts, image_shape, num_classes, report,
                 'image/encoded and image/class/label, or its image does not '
                 'decode')
   return failed
+
+
+def _check_labels(files, labels_by_key, num_classes, labels_path):
+  """Stops the run at the first label out of range, naming its record."""
+  for key, label in labels_by_key.items():
+    if not 0 <= label < num_classes:
+      raise sources.DataError(
+          f'{files[key // _KEY_SHIFT]}, record {key % _KEY_SHIFT}: '
+          f'image/class/label {label} out of range for the {num_classes} '
+          f'classes in {labels_path}.')
 
 
 def _position_bounds(split, validation_fraction, test_fraction):
