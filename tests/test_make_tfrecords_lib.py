@@ -17,9 +17,8 @@ def test_tfrecord_round_trip_from_an_image_folder(tmp_path):
   with open(os.path.join(root, 'x', 'bad.jpg'), 'wb') as f:
     f.write(b'\xff\xd8 not really')
   shards = str(tmp_path / 'shards')
-  counts = make_tfrecords_lib.convert_image_folder(root, shards, num_shards=3,
-                                          validation_fraction=0.2,
-                                          test_fraction=0.2)
+  counts = make_tfrecords_lib.convert_image_folder(
+      root, shards, num_shards=3, validation_fraction=0.2, test_fraction=0.2)
   assert counts['skipped'] == 1
   assert counts['train'] + counts['validation'] + counts['test'] == len(
       written)

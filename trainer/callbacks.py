@@ -168,8 +168,8 @@ class StopOnNonFinite(keras.callbacks.Callback):
     loss = (logs or {}).get('loss')
     if loss is not None and not math.isfinite(float(loss)):
       raise diverged(f'the training loss became {float(loss)} at epoch '
-                      f'{self._epoch + 1}, batch {batch + 1}',
-                      self._learning_rate)
+                     f'{self._epoch + 1}, batch {batch + 1}',
+                     self._learning_rate)
 
   def on_epoch_end(self, epoch, logs=None):
     bad = {key: float(value) for key, value in (logs or {}).items()
@@ -177,7 +177,7 @@ class StopOnNonFinite(keras.callbacks.Callback):
     if bad:
       shown = ', '.join(f'{key} {value}' for key, value in sorted(bad.items()))
       raise diverged(f'{shown} at the end of epoch {epoch + 1}',
-                      self._learning_rate)
+                     self._learning_rate)
 
 
 class StopAtSafePoint(keras.callbacks.Callback):

@@ -164,8 +164,8 @@ def test_exif_rotated_photos_train_as_their_upright_copies(tmp_path):
         photos.rotated_jpeg(pixels, orientation))
   source = folder.load_image_folder(str(root), (40, 40, 3), 0.0, 0.0)
   images, _ = datasets.batches(source, 'train', (40, 40, 3))
-  paths = [path for path, _ in folder.split_image_folder(str(root), 0.0,
-                                                       0.0)[1]['train']]
+  paths = [path for path, _ in folder.split_image_folder(
+      str(root), 0.0, 0.0)[1]['train']]
   by_name = dict(zip((os.path.relpath(p, root) for p in paths), images))
   for orientation in photos.ORIENTATIONS:
     upright = by_name[f'upright/{orientation}.jpg']

@@ -22,7 +22,7 @@ def test_fashion_mnist_full_counts_and_labels():
   assert source.info.class_names[0] == 'T-shirt/top'
   assert source.info.class_names[9] == 'Ankle boot'
   x, y = next(iter(pipeline.make_dataset(source, 'test', 10000, (28, 28, 1),
-                                     training=False)))
+                                         training=False)))
   assert x.shape == (10000, 28, 28, 1)
   assert np.bincount(y.numpy()).tolist() == [1000] * 10
 

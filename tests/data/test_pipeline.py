@@ -17,7 +17,7 @@ def test_array_source_resizes_and_colours_for_other_input_shapes():
 def test_training_pipeline_shuffles_each_epoch():
   source = sources.load_mnist_sample(0.1, 0.1, train_examples=256)
   dataset = pipeline.make_dataset(source, 'train', 256, (28, 28, 1),
-                              training=True, seed=3)
+                                  training=True, seed=3)
   first, second = [y for _, y in dataset.take(1)], [y for _, y in
                                                     dataset.take(1)]
   assert sorted(first[0].numpy()) == sorted(second[0].numpy())

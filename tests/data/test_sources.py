@@ -23,8 +23,8 @@ def test_mnist_sample_splits_are_deterministic_disjoint_and_shuffled():
   again = datasets.batches(sources.load_mnist_sample(0.1, 0.1), 'test',
                            (28, 28, 1))[1]
   np.testing.assert_array_equal(labels, again)
-  train = {tuple(x.ravel()[::7]) for x in datasets.batches(source, 'train',
-                                                    (28, 28, 1))[0]}
+  train = {tuple(x.ravel()[::7])
+           for x in datasets.batches(source, 'train', (28, 28, 1))[0]}
   assert not any(tuple(x.ravel()[::7]) in train for x in images)
 
 

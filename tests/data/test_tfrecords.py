@@ -22,7 +22,7 @@ def test_tfrecord_glob_is_split_by_record_position(tmp_path):
       writer.write(example.SerializeToString())
   (tmp_path / 'labels.txt').write_text('a\nb\n')
   source = tfrecords.load_tfrecord(str(tmp_path / '*.tfrecord'), (28, 28, 1),
-                              0.1, 0.2)
+                                   0.1, 0.2)
   counts = {split: len(datasets.batches(source, split, (28, 28, 1))[1])
             for split in sources.SPLITS}
   assert counts == {'train': 140, 'validation': 20, 'test': 40}
@@ -82,8 +82,8 @@ def test_tfrecord_records_that_do_not_decode_are_counted_and_reported(
 
 
 def test_a_truncated_tfrecord_shard_is_named_before_training(tmp_path):
-  datasets.write_records(tmp_path / 'all.tfrecord', [datasets.record(i % 2, i)
-                                             for i in range(6)])
+  datasets.write_records(tmp_path / 'all.tfrecord',
+                         [datasets.record(i % 2, i) for i in range(6)])
   body = (tmp_path / 'all.tfrecord').read_bytes()
   (tmp_path / 'all.tfrecord').write_bytes(body[:-30])
   (tmp_path / 'labels.txt').write_text('a\nb\n')
