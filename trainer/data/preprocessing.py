@@ -99,7 +99,7 @@ def resize(image, height, width):
 
 
 def prepare_pixels(image, height, width, channels):
-  """uint8 pixels [..., h, w, 1 or 3] -> float [..., height, width, channels]."""
+  """uint8 [..., h, w, 1 or 3] -> float32 [..., height, width, channels]."""
   image = convert_channels(to_float(image), channels)
   return resize(image, height, width)
 
