@@ -87,6 +87,7 @@ def test_config_file_with_an_unknown_key_names_it(tmp_path):
   assert "Did you mean 'learning_rate'" in process.stderr
 
 
+@pytest.mark.slow
 def test_missing_data_fails_before_training_naming_the_file(tmp_path):
   process = conftest.run_module(
       'trainer.task', f'--job_dir={tmp_path}/j', '--dataset=fashion_mnist',
