@@ -5,6 +5,11 @@ bytes, a type code (0x08 = unsigned byte), the number of dimensions, one
 uint32 per dimension, then the data. MNIST and Fashion-MNIST ship it gzipped.
 The reader checks the header, dimensions and counts before training and
 names the file at fault; the source splits the arrays as sources.py does.
+
+Why hand-written: `keras.datasets.mnist` and `fashion_mnist` download their
+own copy (no --data_dir, no gs://, no network on many training machines)
+and say nothing useful about a truncated file; tensorflow-datasets is not a
+dependency. The format is a few lines of `struct`.
 """
 
 import gzip
