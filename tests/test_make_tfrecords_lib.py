@@ -2,6 +2,8 @@
 
 import os
 
+import pytest
+
 from tests import conftest
 from tests.data import datasets
 from trainer import make_tfrecords_lib
@@ -33,3 +35,13 @@ def test_tfrecord_round_trip_from_an_image_folder(tmp_path):
   from_folder = folder.load_image_folder(root, (28, 28, 1), 0.2, 0.2)
   assert from_folder.info.sizes['test'] == counts['test']
 
+
+
+@pytest.mark.slow
+def test_the_command_ends_a_folder_to_fix_in_one_line(tmp_path):
+  process = conftest.run_module(
+      'trainer.make_tfrecords', f'--image_dir={tmp_path}/none',
+      f'--output_dir={tmp_path}/shards', check=False, timeout=120)
+  assert process.returncode == 2
+  assert f'data_dir {tmp_path}/none: no such folder.' in process.stderr
+  assert 'Traceback' not in process.stderr
