@@ -15,6 +15,11 @@ with open('trainer/__init__.py', encoding='utf-8') as f:
 # launcher and Dataflow workers, so it is pinned to a minor release.
 INSTALL_REQUIRES = [
     'tensorflow>=2.21,<2.22',
+    # The trainer works around Keras bugs through private attributes
+    # (Model._initial_epoch in checkpoints.py; _maybe_symbolic_build and
+    # _symbolic_build in distribute.py), checked against Keras 3.15: a new
+    # minor release may rename them, so it is pinned to that minor version.
+    'keras>=3.15,<3.16',
     'apache-beam[gcp]>=2.77,<2.78',
     'numpy>=2.0',
     'google-cloud-storage>=2.14',

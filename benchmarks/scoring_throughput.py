@@ -46,9 +46,9 @@ def _child_env():
 
 def write_images(folder, count):
   """Writes `count` PNG digits (the bundled ones, cycled)."""
-  from trainer import data  # pylint: disable=g-import-not-at-top
-  from trainer import samples  # pylint: disable=g-import-not-at-top
-  source = data.load_mnist_sample(0.1, 0.1)
+  from trainer.data import samples  # pylint: disable=g-import-not-at-top
+  from trainer.data import sources  # pylint: disable=g-import-not-at-top
+  source = sources.load_mnist_sample(0.1, 0.1)
   encoded = [(samples.encode(pixels, 'png'), int(label)) for pixels, label in
              source.examples('train').as_numpy_iterator()]
   os.makedirs(folder, exist_ok=True)

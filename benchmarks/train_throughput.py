@@ -69,10 +69,10 @@ def measure_tutorial(data_dir, epochs):
   """The tutorial way, in this process; returns per-epoch images/s."""
   import keras  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from trainer import data  # pylint: disable=g-import-not-at-top
   from trainer import models  # pylint: disable=g-import-not-at-top
+  from trainer.data import idx  # pylint: disable=g-import-not-at-top
 
-  source = data.load_idx('fashion_mnist', data_dir, 0.1)
+  source = idx.load_idx('fashion_mnist', data_dir, 0.1)
   arrays = {}
   for split in ('train', 'validation'):
     images, labels = next(source.examples(split).batch(100_000)

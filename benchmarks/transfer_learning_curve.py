@@ -54,9 +54,10 @@ def _train(job_dir, **settings):
   # Imported here so that --help answers without loading TensorFlow.
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from trainer import config as config_lib  # pylint: disable=g-import-not-at-top
+  from trainer import run_context  # pylint: disable=g-import-not-at-top
   from trainer import train  # pylint: disable=g-import-not-at-top
   config = config_lib.build(overrides=dict(settings, job_dir=job_dir))
-  return train.run(config, tf.distribute.get_strategy())
+  return train.run(run_context.create(config, tf.distribute.get_strategy()))
 
 
 def train_base(work_dir, data_dir, epochs):

@@ -16,9 +16,13 @@ import tensorflow as tf
 
 from tests import conftest
 from tests import processes
-from trainer import data
 from trainer import export
-from trainer import tfrecords
+from trainer import make_tfrecords_lib
+from trainer.data import folder
+from trainer.data import pipeline
+from trainer.data import preprocessing
+from trainer.data import sources
+from trainer.data import tfrecords
 
 # --------------------------------------------------------------------------
 # Every worker reads its own shard, cut before decoding.
@@ -42,7 +46,7 @@ def _assert_shards_partition(source, split, count, by_example=True):
 
 
 def test_array_source_shards_are_disjoint_and_cover_the_split():
-  source = data.load_mnist_sample(0.1, 0.1, train_examples=301)
+  source = sources.load_mnist_sample(0.1, 0.1, train_examples=301)
   _assert_shards_partition(source, 'train', 3)
   _assert_shards_partition(source, 'test', 2)
 
@@ -50,12 +54,12 @@ def test_array_source_shards_are_disjoint_and_cover_the_split():
 def test_image_folder_workers_never_open_each_others_files(tmp_path):
   root = str(tmp_path / 'images')
   conftest.write_image_folder(root, ['a', 'b'], per_class=12)
-  source = data.load_image_folder(root, (28, 28, 1), 0.0, 0.0)
+  source = folder.load_image_folder(root, (28, 28, 1), 0.0, 0.0)
   shards = _assert_shards_partition(source, 'train', 2)
   # Remove one file from worker 1's share after listing: worker 0's pipeline
   # never opens it; worker 1's fails on it (files were checked before
   # training: one that vanishes since is an error, never a silent skip).
-  shard_paths = data.split_image_folder(root, 0.0, 0.0)[1]['train'][1::2]
+  shard_paths = folder.split_image_folder(root, 0.0, 0.0)[1]['train'][1::2]
   os.remove(shard_paths[0][0])
   assert len(_labels_and_keys(source.examples('train', (2, 0)))) == len(
       shards[0])
@@ -64,14 +68,15 @@ def test_image_folder_workers_never_open_each_others_files(tmp_path):
     _labels_and_keys(source.examples('train', (2, 1)))
 
 
+@pytest.mark.slow
 def test_tfrecord_shards_by_file_with_enough_files_else_by_record(tmp_path):
   root = str(tmp_path / 'images')
   conftest.write_image_folder(root, ['a', 'b'], per_class=20)
   shards_dir = str(tmp_path / 'shards')
-  counts = tfrecords.convert_image_folder(root, shards_dir, num_shards=6,
-                                          validation_fraction=0.2,
-                                          test_fraction=0.2)
-  source = data.load_tfrecord(shards_dir, (28, 28, 1), 0.2, 0.2)
+  counts = make_tfrecords_lib.convert_image_folder(
+      root, shards_dir, num_shards=6, validation_fraction=0.2,
+      test_fraction=0.2)
+  source = tfrecords.load_tfrecord(shards_dir, (28, 28, 1), 0.2, 0.2)
   files = sorted(tf.io.gfile.glob(os.path.join(shards_dir, 'train-*')))
   assert len(files) >= 2
   # At least as many train files as workers: whole files each.
@@ -84,23 +89,22 @@ def test_tfrecord_shards_by_file_with_enough_files_else_by_record(tmp_path):
   assert len(tf.io.gfile.glob(os.path.join(shards_dir, 'validation-*'))) == 1
   _assert_shards_partition(source, 'validation', 3)
   # A glob splits records by position: shards keep each record's split.
-  globbed = data.load_tfrecord(os.path.join(shards_dir, '*.tfrecord'),
-                               (28, 28, 1), 0.2, 0.2)
-  for split in data.SPLITS:
+  globbed = tfrecords.load_tfrecord(os.path.join(shards_dir, '*.tfrecord'),
+                                    (28, 28, 1), 0.2, 0.2)
+  for split in sources.SPLITS:
     _assert_shards_partition(globbed, split, 2)
 
 
 def _parse(record):
-  from trainer import preprocessing  # pylint: disable=g-import-not-at-top
-  example = tf.io.parse_single_example(record, data.TFRECORD_FEATURES)
+  example = tf.io.parse_single_example(record, tfrecords.FEATURES)
   image = preprocessing.decode_image(example['image/encoded'], 28, 28, 1)
   return image, tf.cast(example['image/class/label'], tf.int32)
 
 
 def test_a_sharded_pipeline_is_not_sharded_again_by_tf_distribute():
-  source = data.load_mnist_sample(0.1, 0.1, train_examples=64)
-  dataset = data.make_dataset(source, 'train', 8, (28, 28, 1), training=True,
-                              shard=(2, 1))
+  source = sources.load_mnist_sample(0.1, 0.1, train_examples=64)
+  dataset = pipeline.make_dataset(source, 'train', 8, (28, 28, 1),
+                                  training=True, shard=(2, 1))
   policy = dataset.options().experimental_distribute.auto_shard_policy
   assert policy == tf.data.experimental.AutoShardPolicy.OFF
   assert sum(int(y.shape[0]) for _, y in dataset) == 32
@@ -257,6 +261,7 @@ def test_a_malformed_cluster_fails_at_once_naming_the_variable(tmp_path, env,
   assert not job_dir.exists()
 
 
+@pytest.mark.slow
 def test_a_one_machine_strategy_in_a_cluster_is_refused(tmp_path):
   cluster = {'chief': ['127.0.0.1:1'], 'worker': ['127.0.0.1:2']}
   process = conftest.run_module(

@@ -5,11 +5,16 @@ import numpy as np
 import pytest
 
 from trainer import models
+from trainer import registry
 
-SHAPES = [((28, 28, 1), 10), ((64, 64, 3), 3), ((13, 17, 1), 2)]
+# Other shapes than MNIST's cost a second or more each: the slow tier runs
+# them.
+SHAPES = [((28, 28, 1), 10),
+          pytest.param((64, 64, 3), 3, marks=pytest.mark.slow),
+          pytest.param((13, 17, 1), 2, marks=pytest.mark.slow)]
 
 
-@pytest.mark.parametrize('name', models.MODEL_NAMES)
+@pytest.mark.parametrize('name', registry.MODELS)
 @pytest.mark.parametrize('input_shape, num_classes', SHAPES)
 def test_model_builds_and_learns_a_few_steps(name, input_shape, num_classes):
   # Unseeded, the initial weights and dropout masks depend on earlier tests,

@@ -55,6 +55,7 @@ def test_as_float32_keeps_the_weights_and_computes_in_float32():
   assert precision.as_float32(already) is already
 
 
+@pytest.mark.slow
 def test_bfloat16_training_exports_a_float32_artifact(tmp_path):
   job_dir = tmp_path / 'job'
   conftest.run_module(

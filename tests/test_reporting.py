@@ -81,6 +81,7 @@ def test_vertex_tuning_study_matches_the_trainer_flags():
   assert values['hypertune_metric'] == metric
 
 
+@pytest.mark.slow
 def test_trainer_reports_the_tuning_metric_to_vertex(tmp_path):
   from tests import conftest  # pylint: disable=g-import-not-at-top
   metrics_file = tmp_path / 'hypertune' / 'output.metrics'

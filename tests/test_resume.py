@@ -10,12 +10,13 @@ import tensorflow as tf
 
 from tests import conftest
 from tests import processes
-from trainer import checkpoints
 from trainer import config as config_lib
-from trainer import data
 from trainer import export
+from trainer import job_dir as job_dir_lib
+from trainer import run_context
 from trainer import storage
 from trainer import train
+from trainer.data import pipeline
 
 EPOCHS = 3
 
@@ -102,6 +103,7 @@ def test_sigterm_on_a_gcs_job_dir_pushes_the_backup_and_resumes(gcs_server,
   assert export.is_complete(f'{job_dir}/export')
 
 
+@pytest.mark.slow
 def test_another_model_on_a_reused_checkpoint_dir_fails_then_start_fresh(
     trained_job_dir, tmp_path):
   # A shared checkpoint folder (--checkpoint_dir, or Vertex's
@@ -132,24 +134,25 @@ def test_a_resumed_run_does_not_replay_the_first_epochs_shuffle(
       'train_examples': 64, 'batch_size': 32})
   strategy = tf.distribute.get_strategy()
   seeds = []
-  make_dataset = data.make_dataset
+  make_dataset = pipeline.make_dataset
 
   def spy(source, split, *args, **kwargs):
     if kwargs.get('training'):
       seeds.append(kwargs['seed'])
     return make_dataset(source, split, *args, **kwargs)
 
-  monkeypatch.setattr(data, 'make_dataset', spy)
-  train.run(config, strategy)
+  monkeypatch.setattr(pipeline, 'make_dataset', spy)
+  train.run(run_context.create(config, strategy))
   # A crash during epoch 2: the record still names the backup of epoch 1.
-  layout = train.Layout.from_config(config)
-  record_path = os.path.join(layout.checkpoint_dir, checkpoints.STATE_PATH)
+  layout = job_dir_lib.Layout.from_config(config)
+  record_path = os.path.join(layout.checkpoint_dir,
+                             job_dir_lib.RESUME_RECORD)
   record = storage.read_json(record_path)
   storage.write_json(record_path, dict(record['previous'], previous=None,
                                        config=record['config']))
   os.remove(layout.metrics_path)
   shutil.rmtree(layout.export_dir)
-  resumed = train.run(config, strategy)
+  resumed = train.run(run_context.create(config, strategy))
   assert resumed['resumed_from_epoch'] == 1
   # Seeded alike, the rerun's epoch 2 would see epoch 1's order again.
   assert seeds == [config.seed, config.seed + 1]

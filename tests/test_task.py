@@ -36,6 +36,7 @@ def test_default_command_leaves_every_output_of_contract_1(trained_job_dir):
   assert saved['model'] == 'deep_mnist' and saved['train_examples'] == 1000
 
 
+@pytest.mark.slow
 def test_rerunning_a_finished_job_does_not_retrain(trained_job_dir):
   before = os.path.getmtime(os.path.join(trained_job_dir, 'metrics.json'))
   process = conftest.run_module(
@@ -46,6 +47,7 @@ def test_rerunning_a_finished_job_does_not_retrain(trained_job_dir):
       os.path.join(trained_job_dir, 'metrics.json')) == before
 
 
+@pytest.mark.slow
 def test_rerunning_with_another_configuration_is_refused(trained_job_dir):
   process = conftest.run_module(
       'trainer.task', f'--job_dir={trained_job_dir}', '--epochs=3',
@@ -85,6 +87,7 @@ def test_config_file_with_an_unknown_key_names_it(tmp_path):
   assert "Did you mean 'learning_rate'" in process.stderr
 
 
+@pytest.mark.slow
 def test_missing_data_fails_before_training_naming_the_file(tmp_path):
   process = conftest.run_module(
       'trainer.task', f'--job_dir={tmp_path}/j', '--dataset=fashion_mnist',
@@ -94,6 +97,7 @@ def test_missing_data_fails_before_training_naming_the_file(tmp_path):
   assert 'Epoch' not in process.stderr
 
 
+@pytest.mark.slow
 def test_vertex_environment_sets_the_output_folders(tmp_path):
   model_dir = tmp_path / 'vertex' / 'model'
   process = conftest.run_module(
@@ -133,6 +137,7 @@ def _error_lines(stderr):
   return [line for line in stderr.splitlines() if line.startswith('E1')]
 
 
+@pytest.mark.slow
 def test_a_diverging_run_stops_with_one_line_and_publishes_nothing(tmp_path):
   job_dir = tmp_path / 'job'
   process = conftest.run_module(
@@ -152,23 +157,7 @@ def test_a_diverging_run_stops_with_one_line_and_publishes_nothing(tmp_path):
     _strict_json(path)
 
 
-def test_non_finite_values_stop_training_before_anything_is_saved():
-  from trainer import models  # pylint: disable=g-import-not-at-top
-  from trainer import train  # pylint: disable=g-import-not-at-top
-  check = train._StopOnNonFinite(0.5)  # pylint: disable=protected-access
-  check.on_train_batch_end(0, {'loss': 2.0})
-  with pytest.raises(train.TrainingDiverged, match='epoch 1, batch 4'):
-    check.on_train_batch_end(3, {'loss': float('inf')})
-  with pytest.raises(train.TrainingDiverged, match='val_loss nan at the end '
-                     'of epoch 3'):
-    check.on_epoch_end(2, {'loss': 1.0, 'val_loss': float('nan')})
-  model = models.build_model('softmax', (28, 28, 1), 10)
-  train.check_finite_weights(model, 0.5)
-  model.weights[0].assign(model.weights[0] * float('nan'))
-  with pytest.raises(train.TrainingDiverged, match='weight tensor'):
-    train.check_finite_weights(model, 0.5)
-
-
+@pytest.mark.slow
 def test_a_test_fraction_of_zero_evaluates_on_validation_and_says_so(
     tmp_path):
   job_dir = tmp_path / 'job'
@@ -190,6 +179,7 @@ def test_a_test_fraction_of_zero_evaluates_on_validation_and_says_so(
   assert 'already holds a finished run' in again.stderr
 
 
+@pytest.mark.slow
 def test_a_tiny_image_folder_fails_before_training_or_trains_as_told(
     tmp_path):
   root = tmp_path / 'images'
@@ -209,6 +199,7 @@ def test_a_tiny_image_folder_fails_before_training_or_trains_as_told(
   assert metrics['evaluated_on'] is None
 
 
+@pytest.mark.slow
 def test_a_hostile_image_folder_trains_on_what_metrics_json_reports(
     tmp_path):
   root = tmp_path / 'images'
@@ -290,6 +281,7 @@ _DEEP = ['--model=deep_mnist', '--epochs=1', '--steps_per_epoch=3',
          '--train_examples=500']  # About 40 MB a checkpoint.
 
 
+@pytest.mark.slow
 def test_a_disk_too_small_for_a_checkpoint_stops_before_training(tmp_path):
   with disks.small_disk(str(tmp_path / 'disk'), 30) as disk:
     job_dir = os.path.join(disk, 'job')
@@ -304,6 +296,7 @@ def test_a_disk_too_small_for_a_checkpoint_stops_before_training(tmp_path):
                 if name.endswith('.h5')]
 
 
+@pytest.mark.slow
 def test_disk_full_during_the_export_ends_in_one_line_and_cleans_up(
     tmp_path):
   tmp = tmp_path / 'tmp'
@@ -328,6 +321,7 @@ def test_disk_full_during_the_export_ends_in_one_line_and_cleans_up(
   assert export.is_complete(str(tmp_path / 'export'))
 
 
+@pytest.mark.slow
 def test_a_write_that_fails_inside_h5py_ends_in_one_line_not_a_crash(
     tmp_path):
   # The free-space check cannot see a file size limit: the save itself
@@ -344,3 +338,97 @@ def test_a_write_that_fails_inside_h5py_ends_in_one_line_not_a_crash(
   assert not os.path.exists(job_dir / 'checkpoints' / 'backup' /
                             'epoch-0001.weights.h5')
   assert not (job_dir / '_LEASE').exists()
+
+
+# --------------------------------------------------------------------------
+# The one place the command turns errors into its exit status.
+
+
+def _main_exits_with(monkeypatch, error):
+  """The exit status of `task.main` when the run raises `error`."""
+  from trainer import task  # pylint: disable=g-import-not-at-top
+
+  def run_command(unused_flag_values, unused_environ):
+    raise error
+
+  monkeypatch.setattr(task, 'run_command', run_command)
+  with pytest.raises(SystemExit) as raised:
+    task.main(['trainer.task'])
+  return raised.value.code
+
+
+def _user_errors():
+  from trainer import callbacks  # pylint: disable=g-import-not-at-top
+  from trainer import checkpoints  # pylint: disable=g-import-not-at-top
+  from trainer import cluster  # pylint: disable=g-import-not-at-top
+  from trainer import config as config_lib  # pylint: disable=g-import-not-at-top
+  from trainer import hptuning  # pylint: disable=g-import-not-at-top
+  from trainer import lease  # pylint: disable=g-import-not-at-top
+  from trainer import storage  # pylint: disable=g-import-not-at-top
+  from trainer.data import sources  # pylint: disable=g-import-not-at-top
+  return [config_lib.ConfigError('epochs: must be at least 1.'),
+          cluster.ClusterError('TF_CONFIG is not valid JSON'),
+          sources.DataError('data_dir /d: no such folder.'),
+          checkpoints.CheckpointError('Cannot resume from /c/backup'),
+          callbacks.diverged('the test loss is nan', 0.1),
+          hptuning.MissingDependencyError('needs cloudml-hypertune'),
+          storage.WriteError('Cannot write /j/metrics.json: quota.'),
+          lease.LeaseError('/j is in use: pid 7 on host h')]
+
+
+def test_every_user_error_ends_the_command_in_one_line_with_status_2(
+    monkeypatch, caplog):
+  for error in _user_errors():
+    caplog.clear()
+    assert _main_exits_with(monkeypatch, error) == 2, error
+    [record] = [r for r in caplog.records if r.levelname == 'ERROR']
+    assert record.getMessage() == str(error)
+    assert record.exc_info is None  # No traceback.
+
+
+def test_a_failed_h5py_write_exits_at_once_after_the_clean_up(monkeypatch):
+  from trainer import storage  # pylint: disable=g-import-not-at-top
+  from trainer import task  # pylint: disable=g-import-not-at-top
+  exits = []
+
+  def hard_exit(status):
+    exits.append(status)
+    raise SystemExit(status)
+
+  monkeypatch.setattr(task.os, '_exit', hard_exit)
+  status = _main_exits_with(monkeypatch, storage.WriteError(
+      'Cannot write the resume backup: File too large.', hard_exit=True))
+  assert exits == [2] and status == 2
+
+
+def test_an_output_that_cannot_be_written_is_named(monkeypatch, caplog):
+  import errno  # pylint: disable=g-import-not-at-top
+  error = PermissionError(errno.EACCES, 'Permission denied', '/j/config.yaml')
+  assert _main_exits_with(monkeypatch, error) == 2
+  assert 'Cannot write /j/config.yaml:' in caplog.text
+
+
+def test_a_preempted_run_exits_with_the_signal_status(monkeypatch):
+  from trainer import preemption  # pylint: disable=g-import-not-at-top
+  assert _main_exits_with(monkeypatch, preemption.Preempted('SIGTERM')) == 143
+
+
+def test_a_bug_keeps_its_traceback(monkeypatch):
+  with pytest.raises(ZeroDivisionError):
+    _main_exits_with(monkeypatch, ZeroDivisionError('a bug'))
+
+
+def test_vertex_environment_names_the_output_folders():
+  from trainer import task  # pylint: disable=g-import-not-at-top
+  environ = {'AIP_MODEL_DIR': 'gs://b/job/model/',
+             'AIP_CHECKPOINT_DIR': 'gs://b/job/checkpoints/',
+             'AIP_TENSORBOARD_LOG_DIR': 'gs://b/job/logs/'}
+  assert task.environment_overrides(environ, explicit={}) == {
+      'export_dir': 'gs://b/job/model/',
+      'checkpoint_dir': 'gs://b/job/checkpoints/',
+      'tensorboard_dir': 'gs://b/job/logs/', 'job_dir': 'gs://b/job'}
+  # Flags given on the command line win.
+  assert task.environment_overrides(
+      environ, explicit={'job_dir': '/j', 'export_dir': '/e'}) == {
+          'checkpoint_dir': 'gs://b/job/checkpoints/',
+          'tensorboard_dir': 'gs://b/job/logs/'}

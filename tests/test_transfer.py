@@ -9,14 +9,16 @@ import pytest
 import tensorflow as tf
 
 from tests import conftest
-from trainer import checkpoints
 from trainer import config as config_lib
 from trainer import export
+from trainer import job_dir as job_dir_lib
 from trainer import models
-from trainer import preprocessing
+from trainer import registry
+from trainer import run_context
 from trainer import storage
 from trainer import train
 from trainer import transfer
+from trainer.data import preprocessing
 
 
 def _set_distinct_weights(model, seed):
@@ -139,6 +141,7 @@ def test_base_without_convolution_gets_a_clear_error(tmp_path, architecture):
   assert 'mobilenet_v2' in message  # Says what would work instead.
 
 
+@pytest.mark.slow
 def test_base_without_convolution_fails_the_command_before_any_work(
     tmp_path):
   path = _save_base(str(tmp_path), 'softmax.keras', 'softmax')
@@ -208,7 +211,7 @@ def test_prepare_takes_the_base_input_shape_and_checks_fine_tune_layers(
 def test_shipped_transfer_configs_resolve_against_a_real_base(
     cnn_base, name, overrides, shape):
   values = config_lib.load_file(os.path.join(conftest.REPO, 'config', name))
-  if values['base_model'] not in config_lib.BACKBONES:
+  if values['base_model'] not in registry.BACKBONES:
     overrides['base_model'] = cnn_base  # Stands in for the trained base.
   config = config_lib.build(values, dict(overrides, job_dir='/tmp/j'))
   resolved, base = transfer.prepare(config)
@@ -289,6 +292,7 @@ def test_backbone_loads_a_local_weights_file(tmp_path):
 
 
 # Keras warns about each layer it cannot match before it gives up.
+@pytest.mark.slow
 @pytest.mark.filterwarnings('ignore:Skipping nested container')
 def test_backbone_weights_file_that_does_not_fit_is_named(tmp_path, cnn_base):
   missing = str(tmp_path / 'missing.h5')
@@ -334,6 +338,7 @@ def _run_transfer(job_dir, *args):
   return os.path.join(job_dir, 'export')
 
 
+@pytest.mark.slow
 def test_transfer_run_reuses_every_extractor_weight_and_trains_a_new_head(
     tmp_path, cnn_base):
   export_dir = _run_transfer(str(tmp_path / 'job'), f'--base_model={cnn_base}',
@@ -372,6 +377,7 @@ def _encoded_test_images():
   ]
 
 
+@pytest.mark.slow
 def test_fine_tuning_changes_exactly_the_top_layers_and_serves_like_any_model(
     tmp_path, cnn_base):
   folder = tmp_path / 'photos'
@@ -438,8 +444,8 @@ def test_interrupted_fine_tuning_resumes_in_its_own_phase(tmp_path, cnn_base):
       'steps_per_epoch': 2, 'train_examples': 200, 'batch_size': 16,
       'fine_tune_layers': 1, 'fine_tune_epochs': 2})
   strategy = tf.distribute.get_strategy()
-  first = train.run(config, strategy)
-  layout = train.Layout.from_config(config)
+  first = train.run(run_context.create(config, strategy))
+  layout = job_dir_lib.Layout.from_config(config)
   finished = export.load_keras_model(layout.export_dir).get_weights()
 
   def crash():
@@ -450,20 +456,21 @@ def test_interrupted_fine_tuning_resumes_in_its_own_phase(tmp_path, cnn_base):
   # their finished backups into their own model state and nothing retrains
   # (a single training step would change the weights).
   crash()
-  again = train.run(config, strategy)
+  again = train.run(run_context.create(config, strategy))
   for got, want in zip(
       export.load_keras_model(layout.export_dir).get_weights(), finished):
     np.testing.assert_array_equal(got, want)
   assert again['history'] == first['history']
   # A crash during the second fine-tuning epoch: its resume record still
   # names the backup of epoch 1 (the record is committed after the weights).
-  record_path = os.path.join(layout.checkpoint_dir, train.FINE_TUNE_DIR,
-                             checkpoints.STATE_PATH)
+  record_path = os.path.join(layout.checkpoint_dir,
+                             job_dir_lib.FINE_TUNE_DIR,
+                             job_dir_lib.RESUME_RECORD)
   record = storage.read_json(record_path)
   storage.write_json(record_path, dict(record['previous'], previous=None,
                                        config=record['config']))
   crash()
-  resumed = train.run(config, strategy)
+  resumed = train.run(run_context.create(config, strategy))
   assert [(e['epoch'], e['phase']) for e in resumed['history']] == [
       (1, 'head'), (2, 'fine_tune'), (3, 'fine_tune')]
   # Only the interrupted epoch ran again: earlier entries are the originals.

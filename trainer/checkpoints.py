@@ -6,8 +6,8 @@ The checkpoint folder (JOB_DIR/checkpoints, or AIP_CHECKPOINT_DIR) holds:
                                  "random_state" (dropout seed states)}
   backup/epoch-NNNN.weights.h5   weights and optimizer state after an epoch;
                                  the newest two are kept
-  history.json                   per-epoch history (train.py)
-  epoch-NNN.weights.h5           periodic weight checkpoints (train.py)
+  history.json                   per-epoch history (callbacks.py)
+  epoch-NNN.weights.h5           periodic weight checkpoints (callbacks.py)
 
 Keras' own BackupAndRestore overwrites one weights file in place and then its
 metadata, so a kill between the two writes, or during either, leaves a
@@ -50,16 +50,17 @@ import keras
 import numpy as np
 
 from trainer import config as config_lib
+from trainer import errors
+from trainer import job_dir
 from trainer import storage
 
-BACKUP_DIR = 'backup'
-STATE_FILE = 'training_metadata.json'
-STATE_PATH = f'{BACKUP_DIR}/{STATE_FILE}'
 _WEIGHTS_PATTERN = re.compile(r'^epoch-\d+\.weights\.h5$')
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(errors.UserError, RuntimeError):
   """A checkpoint cannot be resumed by this configuration."""
+
+  kind = 'bad_checkpoint'
 
 
 # Room for history.json, the resume record and TensorBoard's events.
@@ -199,10 +200,10 @@ class WorkDirs:
       return
     if storage.is_gcs(self._checkpoint_home):
       records = tuple(
-          os.path.relpath(os.path.join(root, STATE_FILE),
+          os.path.relpath(os.path.join(root, job_dir.RESUME_RECORD_FILE),
                           self.checkpoint_dir).replace(os.sep, '/')
           for root, _, files in os.walk(self.checkpoint_dir)
-          if STATE_FILE in files)
+          if job_dir.RESUME_RECORD_FILE in files)
       storage.sync_tree(self.checkpoint_dir, self._checkpoint_home,
                         last=records)
     if storage.is_gcs(self._log_home):
@@ -254,7 +255,7 @@ def read_state(checkpoint_dir):
   Raises:
     CheckpointError: if the record exists but cannot be read.
   """
-  path = os.path.join(checkpoint_dir, BACKUP_DIR, STATE_FILE)
+  path = os.path.join(checkpoint_dir, job_dir.RESUME_RECORD)
   if not os.path.exists(path):
     return None
   try:
@@ -263,8 +264,9 @@ def read_state(checkpoint_dir):
     str(state['weights'])
   except (ValueError, KeyError, TypeError) as e:
     raise CheckpointError(
-        f'Cannot resume from {os.path.dirname(path)}: {STATE_FILE} is '
-        f'unreadable ({e!r}). {_way_out(checkpoint_dir)}') from e
+        f'Cannot resume from {os.path.dirname(path)}: '
+        f'{job_dir.RESUME_RECORD_FILE} is unreadable ({e!r}). '
+        f'{_way_out(checkpoint_dir)}') from e
   return state
 
 
@@ -313,7 +315,7 @@ class BackupAndRestore(keras.callbacks.Callback):
     """
     super().__init__()
     self._restore_dir = restore_dir
-    self._backup_dir = os.path.join(save_dir, BACKUP_DIR)
+    self._backup_dir = os.path.join(save_dir, job_dir.BACKUP_DIR)
     self._config = config
     self._state = None
     self.restored_epoch = 0
@@ -322,12 +324,12 @@ class BackupAndRestore(keras.callbacks.Callback):
     # A run that cannot save its first checkpoint stops before training.
     os.makedirs(self._backup_dir, exist_ok=True)
     storage.check_free_space(self._backup_dir,
-                     2 * state_bytes(self.model) + SPACE_MARGIN_BYTES,
-                     'a checkpoint')
+                             2 * state_bytes(self.model) + SPACE_MARGIN_BYTES,
+                             'a checkpoint')
     state = read_state(self._restore_dir)
     if state is None:
       return
-    folder = os.path.join(self._restore_dir, BACKUP_DIR)
+    folder = os.path.join(self._restore_dir, job_dir.BACKUP_DIR)
     self._check_config(state, folder)
     with self.model.distribute_strategy.scope():
       if self.model.optimizer is not None and not self.model.optimizer.built:
@@ -335,6 +337,8 @@ class BackupAndRestore(keras.callbacks.Callback):
         self.model.optimizer.build(self.model.trainable_variables)
       self._state = self._load(state, folder)
     self.restored_epoch = int(self._state['epoch'])
+    # How Keras' own BackupAndRestore makes fit() start at an epoch: a
+    # private attribute of Keras 3.15 (setup.py pins the minor version).
     self.model._initial_epoch = self.restored_epoch  # pylint: disable=protected-access
     logging.info('Restored the backup of epoch %d from %s; training resumes '
                  'at epoch %d.', self.restored_epoch, folder,
@@ -344,13 +348,11 @@ class BackupAndRestore(keras.callbacks.Callback):
     saved = state.get('config')
     if not isinstance(saved, dict):
       return  # Older record: the weights' shapes are still checked on load.
-    changed = config_lib.training_differences(self._config, saved)
-    if changed:
-      details = ', '.join(f'{k}: {saved[k]!r} -> {getattr(self._config, k)!r}'
-                          for k in changed)
+    changes = config_lib.describe_changes(self._config, saved)
+    if changes:
       raise CheckpointError(
           f'Cannot resume from {folder}: it was written by a run with a '
-          f'different configuration ({details}). '
+          f'different configuration ({changes}). '
           f'{_way_out(self._restore_dir)}')
 
   def _load(self, state, folder):
@@ -380,10 +382,11 @@ class BackupAndRestore(keras.callbacks.Callback):
 
   def on_epoch_end(self, epoch, logs=None):
     os.makedirs(self._backup_dir, exist_ok=True)
-    # This save and the periodic weights (train.py) come next: room for both.
+    # This save and the periodic weights (callbacks.py) come next: room for
+    # both.
     storage.check_free_space(self._backup_dir,
-                     2 * state_bytes(self.model) + SPACE_MARGIN_BYTES,
-                     f'the checkpoint of epoch {epoch + 1}')
+                             2 * state_bytes(self.model) + SPACE_MARGIN_BYTES,
+                             f'the checkpoint of epoch {epoch + 1}')
     name = f'epoch-{epoch + 1:04d}.weights.h5'
     path = os.path.join(self._backup_dir, name)
     save_weights(self.model, path, 'the resume backup')
@@ -399,13 +402,14 @@ class BackupAndRestore(keras.callbacks.Callback):
             timespec='seconds'),
     }
     # The commit point: storage writes it to a temporary file, then renames.
-    write_json(os.path.join(self._backup_dir, STATE_FILE), self._state,
-               'the resume record')
+    write_json(os.path.join(self._backup_dir, job_dir.RESUME_RECORD_FILE),
+               self._state, 'the resume record')
     keep = {name, previous['weights'] if previous else None}
     for other in os.listdir(self._backup_dir):
       if _WEIGHTS_PATTERN.match(other) and other not in keep:
         os.remove(os.path.join(self._backup_dir, other))
 
   def on_train_end(self, logs=None):
-    # A later fit() on the same model (a fine-tuning phase) starts afresh.
+    # A later fit() on the same model (a fine-tuning phase) starts afresh
+    # (the same private Keras 3.15 attribute as in on_train_begin).
     self.model._initial_epoch = None  # pylint: disable=protected-access

@@ -19,6 +19,8 @@ left out of the cluster, and this trainer refuses to run as one of them.
 import dataclasses
 import json
 
+from trainer import errors
+
 CHIEF_TASK_TYPES = ('chief', 'master')
 # Vertex AI's CLUSTER_SPEC names worker pools, in workerPoolSpecs order.
 _WORKER_POOL_TYPES = {
@@ -32,8 +34,10 @@ _TF_CONFIG_TYPES = {'chief': 'chief', 'master': 'chief', 'worker': 'worker',
 _TRAINING_TYPES = ('chief', 'worker')
 
 
-class ClusterError(ValueError):
+class ClusterError(errors.UserError, ValueError):
   """The cluster description in the environment is malformed."""
+
+  kind = 'bad_cluster'
 
 
 @dataclasses.dataclass(frozen=True)

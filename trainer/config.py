@@ -5,6 +5,10 @@ YAML or JSON, may `extends:` another file), then flags given on the command
 line. The result is validated (errors name the key), frozen, logged and saved
 next to the outputs as `config.yaml`. Library code takes plain values from
 this object; only `task.py` reads flags and environment variables.
+
+Every choice list (datasets, models, backbones, policies, strategies, ...)
+is registry.py's; this module validates against it and imports no
+TensorFlow, so a bad flag fails at once.
 """
 
 import dataclasses
@@ -15,24 +19,9 @@ import typing
 
 import yaml
 
+from trainer import errors
+from trainer import registry
 from trainer import storage
-
-DATASETS = ('mnist_sample', 'mnist', 'fashion_mnist', 'image_folder', 'tfrecord')
-MODELS = ('softmax', 'mlp', 'deep_mnist', 'cnn_bn')
-STRATEGIES = ('auto', 'default', 'mirrored', 'multi_worker')
-CACHE_MODES = ('auto', 'memory', 'none')
-HYPERTUNE_METRICS = ('val_accuracy', 'val_loss', 'accuracy', 'loss')
-MIXED_PRECISION = ('float32', 'mixed_bfloat16', 'mixed_float16', 'auto')
-# Datasets whose images have a fixed shape; the others are resized.
-FIXED_SHAPE_DATASETS = ('mnist_sample', 'mnist', 'fashion_mnist')
-DEFAULT_IMAGE_SIZE = 64  # For image_folder and tfrecord, unless set.
-DEFAULT_FOLDER_CHANNELS = 3
-# Keras Applications backbones that --base_model may name (see transfer.py),
-# the smallest input they take, and the size used when image_size is unset.
-BACKBONES = ('mobilenet_v2',)
-BACKBONE_MIN_IMAGE_SIZE = 32
-DEFAULT_BACKBONE_IMAGE_SIZE = 96
-
 
 def _field(default, help_text):
   return dataclasses.field(default=default, metadata={'help': help_text})
@@ -46,14 +35,14 @@ class Config:
       '', 'Where everything goes: checkpoints/, logs/, export/, metrics.json '
       '(local path, gs:// or /gcs/). Required unless AIP_MODEL_DIR is set.')
   dataset: str = _field(
-      'mnist_sample', f'One of {", ".join(DATASETS)}. mnist_sample is the '
-      'bundled 5,000 MNIST digits (no download).')
+      'mnist_sample', f'One of {", ".join(registry.DATASETS)}. mnist_sample '
+      'is the bundled 5,000 MNIST digits (no download).')
   data_dir: str = _field(
       '', 'Where the dataset lives: a folder of IDX .gz files (mnist, '
       'fashion_mnist), a folder with one sub-folder per class (image_folder), '
       'a folder of train-*/validation-*/test-* shards or a glob of shards '
       '(tfrecord).')
-  model: str = _field('cnn_bn', f'One of {", ".join(MODELS)}.')
+  model: str = _field('cnn_bn', f'One of {", ".join(registry.MODELS)}.')
   epochs: int = _field(10, 'Training epochs.')
   batch_size: int = _field(
       128, 'Global batch size, split evenly over replicas.')
@@ -63,7 +52,8 @@ class Config:
   seed: int = _field(42, 'Seed for weight initialisation and shuffling.')
   image_size: int = _field(
       0, 'Height and width images are resized to; 0 = the dataset\'s own '
-      f'(28 for the MNIST family, {DEFAULT_IMAGE_SIZE} otherwise).')
+      f'({registry.MNIST_SHAPE[0]} for the MNIST family, '
+      f'{registry.DEFAULT_IMAGE_SIZE} otherwise).')
   channels: int = _field(
       0, '1 (grey) or 3 (colour); 0 = the dataset\'s own (1 for the MNIST '
       'family, 3 otherwise).')
@@ -86,7 +76,8 @@ class Config:
   augment: bool = _field(
       False, 'Random shifts of up to 10% during training.')
   strategy: str = _field(
-      'auto', f'tf.distribute strategy: {", ".join(STRATEGIES)}. auto: '
+      'auto', 'tf.distribute strategy: '
+      f'{", ".join(registry.STRATEGIES)}. auto: '
       'multi_worker when TF_CONFIG/CLUSTER_SPEC names a cluster, mirrored '
       'with two or more GPUs, default otherwise.')
   mixed_precision: str = _field(
@@ -99,8 +90,8 @@ class Config:
   base_model: str = _field(
       '', 'Transfer learning: an export dir or .keras file whose '
       'convolutional feature extractor is reused, or a Keras Applications '
-      f'backbone name ({", ".join(BACKBONES)}). The input shape becomes the '
-      'base\'s; --model is ignored.')
+      f'backbone name ({", ".join(registry.BACKBONES)}). The input shape '
+      'becomes the base\'s; --model is ignored.')
   base_weights: str = _field(
       '', 'For a Keras Applications base_model (required): a local weights '
       'file (.h5 or .weights.h5), "none" (random) or "imagenet" (downloads '
@@ -114,8 +105,9 @@ class Config:
       0.0, 'Learning rate of the fine-tuning phase (0 = learning_rate / 10).')
   hypertune_metric: str = _field(
       '', 'Vertex AI hyperparameter tuning: report this Keras metric '
-      f'({", ".join(HYPERTUNE_METRICS)}) after every epoch; it must equal '
-      "the study's metricId. Needs the [hypertune] extra. Empty = off.")
+      f'({", ".join(registry.HYPERTUNE_METRICS)}) after every epoch; it must '
+      "equal the study's metricId. Needs the [hypertune] extra. Empty = "
+      'off.')
   start_fresh: bool = _field(
       False, 'Ignore and delete existing checkpoints and outputs in job_dir '
       'and train from scratch. Not for jobs that may be restarted: Vertex AI '
@@ -144,10 +136,9 @@ class Config:
   @property
   def image_shape(self):
     """(height, width, channels) the model takes."""
-    if self.dataset in FIXED_SHAPE_DATASETS:
-      size, channels = 28, 1
-    else:
-      size, channels = DEFAULT_IMAGE_SIZE, DEFAULT_FOLDER_CHANNELS
+    size, _, channels = registry.DATASETS[self.dataset].shape or (
+        registry.DEFAULT_IMAGE_SIZE, registry.DEFAULT_IMAGE_SIZE,
+        registry.DEFAULT_CHANNELS)
     size = self.image_size or size
     return (size, size, self.channels or channels)
 
@@ -175,8 +166,10 @@ _NOT_TRAINING_KEYS = _PLACEMENT_KEYS + ('cache', 'strategy', 'jit_compile',
                                         'hypertune_metric')
 
 
-class ConfigError(ValueError):
+class ConfigError(errors.UserError, ValueError):
   """A configuration value is unknown, malformed or inconsistent."""
+
+  kind = 'bad_config'
 
 
 def _check(condition, key, message):
@@ -186,9 +179,38 @@ def _check(condition, key, message):
 
 def _validate(config):
   """Raises ConfigError naming the key of the first bad value."""
-  for name, field in FIELDS.items():
+  _validate_types(config)
+  _validate_choices(config)
+  _validate_numbers(config)
+  check_dataset(config.dataset, config.data_dir)
+  fixed = registry.DATASETS[config.dataset].shape
+  if fixed and not config.transfer:
+    height, width, channels = fixed
+    _check(config.image_size in (0, height), 'image_size',
+           f'{config.dataset} images are {height}x{width}; leave image_size '
+           'unset.')
+    _check(config.channels in (0, channels), 'channels',
+           f'{config.dataset} images are '
+           f'{"grey" if channels == 1 else "colour"}; leave channels unset.')
+  _check(config.transfer or not config.fine_tune_layers, 'fine_tune_layers',
+         'only applies with --base_model (transfer learning).')
+  _check(config.transfer or not config.base_weights, 'base_weights',
+         'only applies with --base_model.')
+  _validate_transfer(config)
+  _check(config.job_dir, 'job_dir', 'required (or set AIP_MODEL_DIR).')
+  _check(config.hypertune_metric in registry.HYPERTUNE_METRICS + ('',),
+         'hypertune_metric', f'choose one of {registry.HYPERTUNE_METRICS}.')
+  _check(not config.hypertune_metric.startswith('val_') or
+         config.validation_fraction > 0, 'hypertune_metric',
+         f'{config.hypertune_metric} needs a validation split '
+         '(validation_fraction > 0).')
+
+
+def _validate_types(config):
+  hints = typing.get_type_hints(Config)
+  for name in FIELDS:
     value = getattr(config, name)
-    expected = typing.get_type_hints(Config)[name]
+    expected = hints[name]
     ok = (isinstance(value, expected) and
           not (expected is int and isinstance(value, bool)))
     _check(ok, name, f'expected {expected.__name__}, got {value!r}.')
@@ -196,17 +218,22 @@ def _validate(config):
     # (the checkpoint record holds the config) cannot hold them.
     _check(expected is not float or math.isfinite(value), name,
            f'must be a finite number, got {value!r}.')
-  _check(config.dataset in DATASETS, 'dataset',
-         f'unknown dataset {config.dataset!r}; choose one of {DATASETS}.')
-  _check(config.model in MODELS, 'model',
-         f'unknown model {config.model!r}; choose one of {MODELS}.')
-  _check(config.strategy in STRATEGIES, 'strategy',
-         f'unknown strategy {config.strategy!r}; choose one of {STRATEGIES}.')
-  _check(config.mixed_precision in MIXED_PRECISION, 'mixed_precision',
-         f'unknown policy {config.mixed_precision!r}; choose one of '
-         f'{MIXED_PRECISION}.')
-  _check(config.cache in CACHE_MODES, 'cache',
-         f'unknown cache mode {config.cache!r}; choose one of {CACHE_MODES}.')
+
+
+def _validate_choices(config):
+  """The keys whose value is one of a registry list."""
+  for key, what, choices in (
+      ('dataset', 'dataset', tuple(registry.DATASETS)),
+      ('model', 'model', tuple(registry.MODELS)),
+      ('strategy', 'strategy', registry.STRATEGIES),
+      ('mixed_precision', 'policy', registry.MIXED_PRECISION_CHOICES),
+      ('cache', 'cache mode', registry.CACHE_MODES)):
+    value = getattr(config, key)
+    _check(value in choices, key,
+           f'unknown {what} {value!r}; choose one of {choices}.')
+
+
+def _validate_numbers(config):
   for name in ('epochs', 'batch_size'):
     _check(getattr(config, name) > 0, name, 'must be at least 1.')
   for name in ('train_examples', 'steps_per_epoch', 'fine_tune_layers',
@@ -223,29 +250,27 @@ def _validate(config):
   _check(config.validation_fraction + config.test_fraction < 1,
          'validation_fraction', 'validation_fraction + test_fraction must '
          'leave some training data.')
-  needs_data_dir = config.dataset not in ('mnist_sample',)
-  _check(not needs_data_dir or config.data_dir, 'data_dir',
-         f'dataset {config.dataset!r} needs --data_dir.')
-  _check(needs_data_dir or not config.data_dir, 'data_dir',
-         'the bundled mnist_sample dataset takes no --data_dir; pick '
-         '--dataset=mnist, fashion_mnist, image_folder or tfrecord.')
-  fixed = config.dataset in FIXED_SHAPE_DATASETS and not config.transfer
-  _check(not fixed or config.image_size in (0, 28), 'image_size',
-         f'{config.dataset} images are 28x28; leave image_size unset.')
-  _check(not fixed or config.channels in (0, 1), 'channels',
-         f'{config.dataset} images are grey; leave channels unset.')
-  _check(config.transfer or not config.fine_tune_layers, 'fine_tune_layers',
-         'only applies with --base_model (transfer learning).')
-  _check(config.transfer or not config.base_weights, 'base_weights',
-         'only applies with --base_model.')
-  _validate_transfer(config)
-  _check(config.job_dir, 'job_dir', 'required (or set AIP_MODEL_DIR).')
-  _check(config.hypertune_metric in HYPERTUNE_METRICS + ('',),
-         'hypertune_metric', f'choose one of {HYPERTUNE_METRICS}.')
-  _check(not config.hypertune_metric.startswith('val_') or
-         config.validation_fraction > 0, 'hypertune_metric',
-         f'{config.hypertune_metric} needs a validation split '
-         '(validation_fraction > 0).')
+
+
+def check_dataset(dataset, data_dir):
+  """Checks that --data_dir is given exactly when `dataset` needs one.
+
+  Shared by the trainer's Config and trainer.write_samples.
+
+  Raises:
+    ConfigError: naming the key at fault.
+  """
+  _check(dataset in registry.DATASETS, 'dataset',
+         f'unknown dataset {dataset!r}; choose one of '
+         f'{tuple(registry.DATASETS)}.')
+  needs_data_dir = registry.DATASETS[dataset].needs_data_dir
+  _check(not needs_data_dir or data_dir, 'data_dir',
+         f'dataset {dataset!r} needs --data_dir.')
+  others = [name for name, spec in registry.DATASETS.items()
+            if spec.needs_data_dir]
+  _check(needs_data_dir or not data_dir, 'data_dir',
+         f'the bundled {dataset} dataset takes no --data_dir; pick '
+         f'--dataset={", ".join(others[:-1])} or {others[-1]}.')
 
 
 def _validate_transfer(config):
@@ -258,10 +283,10 @@ def _validate_transfer(config):
          'fine_tune_epochs', 'only applies with --fine_tune_layers.')
   _check(config.fine_tune_layers or not config.fine_tune_learning_rate,
          'fine_tune_learning_rate', 'only applies with --fine_tune_layers.')
-  backbone = config.base_model in BACKBONES
+  backbone = registry.BACKBONES.get(config.base_model)
   _check(not config.base_weights or backbone, 'base_weights',
          'only applies to a Keras Applications base_model '
-         f'({", ".join(BACKBONES)}); '
+         f'({", ".join(registry.BACKBONES)}); '
          f'{config.base_model} brings its own weights.')
   if not backbone:
     return
@@ -272,11 +297,11 @@ def _validate_transfer(config):
   _check(config.channels in (0, 3), 'channels',
          f'{config.base_model} takes colour images; leave channels unset '
          '(grey images are converted to RGB by the input pipeline).')
-  _check(not config.image_size or
-         config.image_size >= BACKBONE_MIN_IMAGE_SIZE, 'image_size',
-         f'{config.base_model} needs images of at least '
-         f'{BACKBONE_MIN_IMAGE_SIZE}x{BACKBONE_MIN_IMAGE_SIZE}; got '
-         f'{config.image_size} (unset: {DEFAULT_BACKBONE_IMAGE_SIZE}).')
+  smallest = backbone.min_image_size
+  _check(not config.image_size or config.image_size >= smallest,
+         'image_size', f'{config.base_model} needs images of at least '
+         f'{smallest}x{smallest}; got {config.image_size} (unset: '
+         f'{backbone.default_image_size}).')
 
 
 # --------------------------------------------------------------------------
@@ -380,6 +405,22 @@ def training_differences(config, previous):
   return sorted(k for k in current
                 if k not in _NOT_TRAINING_KEYS and k in previous and
                 previous[k] != current[k])
+
+
+def describe_changes(config, saved):
+  """What `config` changes of a saved config dict: 'key: old -> new, ...'.
+
+  Only the keys `training_differences` counts; '' when there are none. The
+  job dir's previous run (job_dir.py) and a resume backup (checkpoints.py)
+  are both refused with it.
+  """
+  return ', '.join(f'{key}: {saved[key]!r} -> {getattr(config, key)!r}'
+                   for key in training_differences(config, saved))
+
+
+def default(name):
+  """The default value of a Config field."""
+  return FIELDS[name].default
 
 
 def markdown_reference():

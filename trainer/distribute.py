@@ -32,13 +32,14 @@ import tensorflow as tf
 
 from trainer import cluster as cluster_lib
 from trainer import config as config_lib
+from trainer import registry
 
 
 def resolve_strategy_name(requested, num_tasks, num_gpus):
   """Turns `auto` into a concrete strategy name and checks the choice.
 
   Args:
-    requested: one of config_lib.STRATEGIES.
+    requested: one of registry.STRATEGIES.
     num_tasks: training tasks (chief and workers) in the cluster; 1 when
       there is no cluster.
     num_gpus: physical GPUs on this machine.
@@ -47,18 +48,19 @@ def resolve_strategy_name(requested, num_tasks, num_gpus):
     'default', 'mirrored' or 'multi_worker'.
 
   Raises:
-    ValueError: for an unknown name, or a single-machine strategy asked for
-      in a cluster of several tasks (each task would train its own model).
+    config.ConfigError: for an unknown name, or a single-machine strategy
+      asked for in a cluster of several tasks (each task would train its own
+      model).
   """
-  if requested not in config_lib.STRATEGIES:
-    raise ValueError(f'Unknown strategy: {requested!r}; choose one of '
-                     f'{config_lib.STRATEGIES}.')
+  if requested not in registry.STRATEGIES:
+    raise config_lib.ConfigError(f'Unknown strategy: {requested!r}; choose '
+                                 f'one of {registry.STRATEGIES}.')
   if requested == 'auto':
     if num_tasks > 1:
       return 'multi_worker'
     return 'mirrored' if num_gpus >= 2 else 'default'
   if requested in ('default', 'mirrored') and num_tasks > 1:
-    raise ValueError(
+    raise config_lib.ConfigError(
         f'strategy: {requested} trains on one machine, but the cluster in '
         f'TF_CONFIG/CLUSTER_SPEC has {num_tasks} tasks, which would each '
         'train a model of their own. Use --strategy=multi_worker (or auto).')
@@ -70,7 +72,7 @@ def create_strategy(requested='auto', cluster=None,
   """Creates the strategy; call before any other TensorFlow operation.
 
   Args:
-    requested: one of config_lib.STRATEGIES.
+    requested: one of registry.STRATEGIES.
     cluster: the normalised cluster from `cluster.parse_cluster`, or None.
     task: this process's TaskInfo from `cluster.parse_cluster`.
 
@@ -78,7 +80,7 @@ def create_strategy(requested='auto', cluster=None,
     A tf.distribute.Strategy.
 
   Raises:
-    ValueError: see `resolve_strategy_name`.
+    config.ConfigError: see `resolve_strategy_name`.
   """
   # Listing physical devices does not initialise the runtime, so it is safe
   # before MultiWorkerMirroredStrategy configures collective ops.
@@ -124,7 +126,12 @@ def _cluster_resolver(cluster, task, num_gpus):
 
 
 def is_multi_worker(strategy):
-  """Whether `strategy` spans several processes (MultiWorkerMirrored)."""
+  """Whether `strategy` spans several processes (MultiWorkerMirrored).
+
+  A private TensorFlow call (checked against TF 2.21): a one-worker
+  MultiWorkerMirroredStrategy (no cluster) runs like a local one, and
+  nothing public tells the two apart.
+  """
   return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and (
       strategy.extended._in_multi_worker_mode())  # pylint: disable=protected-access
 
@@ -242,6 +249,8 @@ def prepare_model(model, strategy):
   """
   if not is_multi_worker(strategy):
     return model
+  # Private Keras methods, checked against Keras 3.15 (setup.py pins the
+  # minor version): their absence is refused below rather than guessed at.
   for name in ('_maybe_symbolic_build', '_symbolic_build', 'train_step',
                'test_step'):
     if not hasattr(model, name):

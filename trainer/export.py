@@ -31,8 +31,8 @@ import tensorflow as tf
 
 from trainer import checkpoints
 from trainer import models
-from trainer import preprocessing
 from trainer import storage
+from trainer.data import preprocessing
 
 MODEL_FILE = 'model.keras'
 SAVED_MODEL_DIR = 'saved_model'

@@ -10,9 +10,13 @@ epoch under that same name, which must equal the study's `metricId`.
 
 import keras
 
+from trainer import errors
 
-class MissingDependencyError(ImportError):
+
+class MissingDependencyError(errors.UserError, ImportError):
   """The optional cloudml-hypertune package is not installed."""
+
+  kind = 'missing_dependency'
 
 
 def _hypertune_module():

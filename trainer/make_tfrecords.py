@@ -2,6 +2,8 @@ r"""Converts an image folder (one sub-folder per class) to TFRecord shards.
 
   python -m trainer.make_tfrecords --image_dir=photos/ --output_dir=shards/
   python -m trainer.task --dataset=tfrecord --data_dir=shards/ --job_dir=/tmp/r
+
+The library is make_tfrecords_lib.py.
 """
 
 import sys
@@ -10,8 +12,8 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from trainer import data
-from trainer import tfrecords
+from trainer import errors
+from trainer import make_tfrecords_lib
 
 _IMAGE_DIR = flags.DEFINE_string(
     'image_dir', None, 'Image folder: one sub-folder per class.')
@@ -27,10 +29,10 @@ _TEST_FRACTION = flags.DEFINE_float(
 def main(argv):
   del argv
   try:
-    tfrecords.convert_image_folder(
+    make_tfrecords_lib.convert_image_folder(
         _IMAGE_DIR.value, _OUTPUT_DIR.value, _NUM_SHARDS.value,
         _VALIDATION_FRACTION.value, _TEST_FRACTION.value)
-  except data.DataError as e:  # A folder to fix: one line, no traceback.
+  except errors.UserError as e:  # A folder to fix: one line, no traceback.
     logging.error('%s', e)
     sys.exit(2)
 

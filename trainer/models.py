@@ -18,7 +18,9 @@ extractor `features`: transfer learning cuts there.
               pooling, then a 256-unit dense layer with BN and dropout
               (reports 99%).
 
-Figures measured with this code are in benchmarks/RESULTS.md.
+Each model is a function from an input tensor to class probabilities, named
+by its entry in registry.MODELS. Figures measured with this code are in
+benchmarks/RESULTS.md.
 
 On inputs larger than 28x28 the conv models average-pool their feature maps
 down to at most 7x7 before flattening, which is a no-op at 28x28 and keeps
@@ -28,6 +30,8 @@ the dense layer the tutorials' size.
 import math
 
 import keras
+
+from trainer import registry
 
 FEATURES_LAYER = 'features'
 LOGITS_LAYER = 'logits'
@@ -53,19 +57,19 @@ def _cap_feature_map(x):
   return keras.layers.Identity(name=FEATURES_LAYER)(x)
 
 
-def _softmax(inputs, num_classes):
+def softmax(inputs, num_classes):
   x = keras.layers.Flatten()(inputs)
   return classifier_head(x, num_classes)
 
 
-def _mlp(inputs, num_classes):
+def mlp(inputs, num_classes):
   x = keras.layers.Flatten()(inputs)
   x = keras.layers.Dense(512, activation='relu')(x)
   x = keras.layers.Dropout(0.2)(x)
   return classifier_head(x, num_classes)
 
 
-def _deep_mnist(inputs, num_classes):
+def deep_mnist(inputs, num_classes):
   x = keras.layers.Conv2D(32, 5, padding='same', activation='relu')(inputs)
   x = keras.layers.MaxPooling2D(2, padding='same')(x)
   x = keras.layers.Conv2D(64, 5, padding='same', activation='relu')(x)
@@ -89,7 +93,7 @@ def _conv_bn_relu(x, filters):
   return keras.layers.ReLU()(x)
 
 
-def _cnn_bn(inputs, num_classes):
+def cnn_bn(inputs, num_classes):
   x = _conv_bn_relu(inputs, 32)
   x = _conv_bn_relu(x, 32)
   x = keras.layers.MaxPooling2D(2, padding='same')(x)
@@ -106,20 +110,12 @@ def _cnn_bn(inputs, num_classes):
   return classifier_head(x, num_classes)
 
 
-_BUILDERS = {
-    'softmax': _softmax,
-    'mlp': _mlp,
-    'deep_mnist': _deep_mnist,
-    'cnn_bn': _cnn_bn,
-}
-MODEL_NAMES = tuple(_BUILDERS)
-
-
 def build_model(name, input_shape, num_classes):
   """Builds an uncompiled model.
 
   Args:
-    name: one of MODEL_NAMES.
+    name: a name in registry.MODELS, whose `builder` is the function of this
+      module that lays out its layers.
     input_shape: (height, width, channels).
     num_classes: number of output classes.
 
@@ -129,12 +125,13 @@ def build_model(name, input_shape, num_classes):
   Raises:
     ValueError: for an unknown model name or too few classes.
   """
-  if name not in _BUILDERS:
-    raise ValueError(f'Unknown model: {name!r}; choose one of {MODEL_NAMES}.')
+  if name not in registry.MODELS:
+    raise ValueError(f'Unknown model: {name!r}; choose one of '
+                     f'{tuple(registry.MODELS)}.')
   if num_classes < 2:
     raise ValueError(f'Need at least 2 classes, got {num_classes}.')
   inputs = keras.Input(shape=tuple(input_shape), name='image')
-  outputs = _BUILDERS[name](inputs, num_classes)
+  outputs = globals()[registry.MODELS[name].builder](inputs, num_classes)
   return keras.Model(inputs, outputs, name=name)
 
 

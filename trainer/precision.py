@@ -26,9 +26,8 @@ import contextlib
 import keras
 import tensorflow as tf
 
-from trainer import config as config_lib
+from trainer import registry
 
-POLICIES = ('float32', 'mixed_bfloat16', 'mixed_float16')
 _BF16_CPU_FLAGS = ('avx512_bf16', 'amx_bf16')
 
 
@@ -57,17 +56,17 @@ def resolve(requested, gpu_capabilities=None, flags=None):
   """Turns `auto` into a policy name for this hardware.
 
   Args:
-    requested: one of config.MIXED_PRECISION.
+    requested: one of registry.MIXED_PRECISION_CHOICES.
     gpu_capabilities: compute capabilities of the local GPUs (default: ask
       TensorFlow).
     flags: CPU feature flags (default: /proc/cpuinfo).
 
   Returns:
-    One of POLICIES.
+    One of registry.PRECISION_POLICIES.
   """
-  if requested not in config_lib.MIXED_PRECISION:
+  if requested not in registry.MIXED_PRECISION_CHOICES:
     raise ValueError(f'Unknown mixed precision {requested!r}; choose one of '
-                     f'{config_lib.MIXED_PRECISION}.')
+                     f'{registry.MIXED_PRECISION_CHOICES}.')
   if requested != 'auto':
     return requested
   if gpu_capabilities is None:

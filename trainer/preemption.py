@@ -12,8 +12,8 @@ second signal exits at once (the backup on disk is still consistent: see
 checkpoints.py).
 
 This module does not import TensorFlow: task.py installs the handlers before
-TensorFlow starts. The Keras callback that checks for the signal is in
-train.py.
+TensorFlow starts. The Keras callback that checks for the signal is
+callbacks.StopAtSafePoint.
 """
 
 import os

@@ -12,7 +12,7 @@ Where the extractor ends:
   * our own models (models.py): at the layer named `features`;
   * any other Keras model: at the input of its first Flatten, global pooling
     or Dense layer, which must come after at least one convolution;
-  * a Keras Applications backbone (config.BACKBONES): the whole backbone
+  * a Keras Applications backbone (registry.BACKBONES): the whole backbone
     built with `include_top=False`.
 
 "Top N layers" counts the extractor's layers that have weights, from the
@@ -38,6 +38,7 @@ import keras
 from trainer import config as config_lib
 from trainer import export
 from trainer import models
+from trainer import registry
 from trainer import storage
 
 # The name of the nested model holding the reused layers in a transfer model.
@@ -52,32 +53,6 @@ _CONVOLUTION_LAYERS = tuple(getattr(keras.layers, name) for name in (
     'Conv2DTranspose', 'Conv3DTranspose'))
 # Layers kept frozen even when fine-tuning (see the module docstring).
 _ALWAYS_FROZEN_LAYERS = (keras.layers.BatchNormalization,)
-_MNIST_SHAPE = (28, 28, 1)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Backbone:
-  """How to build a Keras Applications backbone and feed it our pixels."""
-  build: object  # A keras.applications constructor.
-  # Our pixels are in [0, 1]; the backbone wants pixels * scale + offset.
-  scale: float
-  offset: float
-  imagenet_url: str  # With {size}: where Keras downloads 'imagenet' from.
-  imagenet_sizes: tuple  # Input sizes with their own ImageNet weights.
-
-
-_BACKBONES = {
-    'mobilenet_v2': _Backbone(
-        build=keras.applications.MobileNetV2,
-        # MobileNetV2's preprocess_input maps [0, 255] to [-1, 1].
-        scale=2.0, offset=-1.0,
-        imagenet_url=(
-            'https://storage.googleapis.com/tensorflow/keras-applications/'
-            'mobilenet_v2/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_'
-            '1.0_{size}_no_top.h5'),
-        imagenet_sizes=(96, 128, 160, 192, 224)),
-}
-assert set(_BACKBONES) == set(config_lib.BACKBONES), 'Keep the lists in step.'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,8 +98,8 @@ def load_base(base_model, base_weights='', *, image_size=0, channels=0,
   variables are created here.
 
   Args:
-    base_model: an export dir or .keras file (local or gs://), or one of
-      config.BACKBONES.
+    base_model: an export dir or .keras file (local or gs://), or a name in
+      registry.BACKBONES.
     base_weights: for a backbone: a weights file, 'none' or 'imagenet'.
     image_size: the requested input size (0: the base's, or 96 for a
       backbone).
@@ -138,7 +113,7 @@ def load_base(base_model, base_weights='', *, image_size=0, channels=0,
     config.ConfigError: naming the key (base_model, base_weights,
       image_size, channels) whose value cannot work, before any training.
   """
-  if base_model in _BACKBONES:
+  if base_model in registry.BACKBONES:
     return _load_backbone(base_model, base_weights, image_size, seed)
   return _load_trained(base_model, image_size, channels)
 
@@ -161,16 +136,27 @@ def _load_trained(path, image_size, channels):
   input_shape = _image_input_shape(model, path)
   cut, pooling = _find_extractor_output(model, path)
   extractor = keras.Model(model.inputs, cut, name=EXTRACTOR_LAYER)
+  _check_convolutional(extractor, model.name, path)
+  _check_shape_fits(input_shape, image_size, channels, path)
+  return Base(source=path, architecture=model.name, extractor=extractor,
+              input_shape=input_shape, pooling=pooling, labels=labels)
+
+
+def _check_convolutional(extractor, architecture, path):
   if not any(isinstance(layer, _CONVOLUTION_LAYERS)
              for layer in _leaf_layers(extractor)):
     raise _error(
         'base_model',
-        f'{path} (a {model.name!r} model) has no convolutional feature '
+        f'{path} (a {architecture!r} model) has no convolutional feature '
         'extractor to reuse: transfer learning keeps the convolution and '
         'pooling layers before the first Flatten, global pooling or Dense '
         'layer, and this model has no convolution there. Use a base trained '
         'with a convolutional model (--model=cnn_bn or deep_mnist) or a '
-        f'Keras Applications backbone ({", ".join(config_lib.BACKBONES)}).')
+        f'Keras Applications backbone ({", ".join(registry.BACKBONES)}).')
+
+
+def _check_shape_fits(input_shape, image_size, channels, path):
+  """Refuses an --image_size or --channels that contradicts the base."""
   height, width, base_channels = input_shape
   if image_size and image_size != height:
     raise _error('image_size', f'the base model {path} takes {height}x{width} '
@@ -180,8 +166,6 @@ def _load_trained(path, image_size, channels):
     raise _error('channels', f'the base model {path} takes {base_channels}-'
                  'channel images; leave channels unset (the input pipeline '
                  'converts grey and colour images to what the base takes).')
-  return Base(source=path, architecture=model.name, extractor=extractor,
-              input_shape=input_shape, pooling=pooling, labels=labels)
 
 
 def _base_model_hint(path):
@@ -192,7 +176,7 @@ def _base_model_hint(path):
   if export.is_complete(nested):
     return f' Did you mean --base_model={nested}?'
   return (' --base_model takes a complete export (JOB_DIR/export), a .keras '
-          f'file or a backbone name ({", ".join(config_lib.BACKBONES)}).')
+          f'file or a backbone name ({", ".join(registry.BACKBONES)}).')
 
 
 def _image_input_shape(model, path):
@@ -235,10 +219,11 @@ def _find_extractor_output(model, path):
 
 def _load_backbone(name, weights, image_size, seed):
   """A Keras Applications backbone without its top, with the given weights."""
-  spec = _BACKBONES[name]
-  size = image_size or config_lib.DEFAULT_BACKBONE_IMAGE_SIZE
+  spec = registry.BACKBONES[name]
+  size = image_size or spec.default_image_size
   keras.utils.set_random_seed(seed)
-  build = lambda weights_argument: spec.build(
+  application = getattr(keras.applications, spec.application)
+  build = lambda weights_argument: application(
       include_top=False, weights=weights_argument, input_shape=(size, size, 3),
       name=EXTRACTOR_LAYER)
   if weights == 'imagenet':
@@ -423,8 +408,9 @@ def describe(base, model, dataset, fine_tune_layers):
   with_weights = [layer for layer in _leaf_layers(extractor) if layer.weights]
   fine_tuned = [layer for layer in fine_tunable_layers(extractor)
                 if layer.trainable and extractor.trainable]
-  if dataset in config_lib.FIXED_SHAPE_DATASETS:
-    dataset_input = _shape_dict(_MNIST_SHAPE)
+  fixed_shape = registry.DATASETS[dataset].shape
+  if fixed_shape:
+    dataset_input = _shape_dict(fixed_shape)
   else:
     dataset_input = 'any size, grey or colour'
   height, width, channels = base.input_shape

@@ -3,22 +3,31 @@ r"""Writes images of a dataset split as PNG or JPEG files, to score them.
   python -m trainer.write_samples --output_dir=/tmp/run/samples --count=1000
 
 Files are named SPLIT-INDEX-LABEL.EXT, so each true label is in its name.
+The split is the one a trainer run with the default --validation_fraction
+and --test_fraction uses, so `--split=test` writes the images such a run
+evaluated on. The library is trainer/data/samples.py.
 """
+
+import sys
 
 from absl import app
 from absl import flags
+from absl import logging
 
 from trainer import config as config_lib
 from trainer import data
-from trainer import samples
+from trainer import errors
+from trainer import registry
+from trainer.data import samples
+from trainer.data import sources
 
 _OUTPUT_DIR = flags.DEFINE_string('output_dir', None, 'Folder to write to.')
 _DATASET = flags.DEFINE_enum(
-    'dataset', 'mnist_sample', ['mnist_sample', 'mnist', 'fashion_mnist'],
+    'dataset', 'mnist_sample', list(registry.FIXED_SHAPE_DATASETS),
     'Dataset to take images from.')
 _DATA_DIR = flags.DEFINE_string(
     'data_dir', '', 'IDX folder for mnist and fashion_mnist.')
-_SPLIT = flags.DEFINE_enum('split', 'test', list(data.SPLITS), 'Split.')
+_SPLIT = flags.DEFINE_enum('split', 'test', list(sources.SPLITS), 'Split.')
 _COUNT = flags.DEFINE_integer('count', 0, 'How many images (0 = all).')
 _FORMAT = flags.DEFINE_enum('format', 'png', list(samples.FORMATS),
                             'File format.')
@@ -26,12 +35,17 @@ _FORMAT = flags.DEFINE_enum('format', 'png', list(samples.FORMATS),
 
 def main(argv):
   del argv
-  config = config_lib.build(overrides={
-      'dataset': _DATASET.value, 'data_dir': _DATA_DIR.value,
-      'job_dir': _OUTPUT_DIR.value})
-  source = data.load_source(config)
-  paths = samples.write_samples(source, _SPLIT.value, _OUTPUT_DIR.value,
-                                _COUNT.value, _FORMAT.value)
+  try:
+    config_lib.check_dataset(_DATASET.value, _DATA_DIR.value)
+    source = data.load_source(data.Options(
+        _DATASET.value, data_dir=_DATA_DIR.value,
+        validation_fraction=config_lib.default('validation_fraction'),
+        test_fraction=config_lib.default('test_fraction')))
+    paths = samples.write_samples(source, _SPLIT.value, _OUTPUT_DIR.value,
+                                  _COUNT.value, _FORMAT.value)
+  except errors.UserError as e:  # One line a user can act on, no traceback.
+    logging.error('%s', e)
+    sys.exit(2)
   print(f'Wrote {len(paths)} {_FORMAT.value} files to {_OUTPUT_DIR.value}.')
 
 

@@ -1,8 +1,9 @@
 """Converting an image folder to TFRecord shards the trainer reads.
 
-Each record is a tf.train.Example with `image/encoded` (the file's bytes,
-unchanged), `image/class/label` (int64) and `image/class/text` and
-`image/filename` for people reading the shards. Files are split into
+The library of `python -m trainer.make_tfrecords`. Each record is a
+tf.train.Example in the schema of data/tfrecords.py: `image/encoded` (the
+file's bytes, unchanged), `image/class/label` (int64) and `image/class/text`
+and `image/filename` for people reading the shards. Files are split into
 train-*, validation-* and test-* shards with the same stable hash the
 image_folder dataset uses, and `labels.txt` lists the class names.
 """
@@ -13,26 +14,10 @@ import tempfile
 from absl import logging
 import tensorflow as tf
 
-from trainer import data
 from trainer import storage
-
-
-def _bytes_feature(value):
-  return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
-
-
-def _int64_feature(value):
-  return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
-
-
-def make_example(encoded, label, class_name, filename):
-  """A tf.train.Example in the schema of `data.TFRECORD_FEATURES`."""
-  return tf.train.Example(features=tf.train.Features(feature={
-      'image/encoded': _bytes_feature(encoded),
-      'image/class/label': _int64_feature(label),
-      'image/class/text': _bytes_feature(class_name.encode('utf-8')),
-      'image/filename': _bytes_feature(filename.encode('utf-8')),
-  }))
+from trainer.data import folder
+from trainer.data import sources
+from trainer.data import tfrecords
 
 
 def _is_decodable(encoded):
@@ -60,13 +45,13 @@ def convert_image_folder(image_dir, output_dir, num_shards=4,
     not decodable images (logged with their paths).
   """
   image_dir = storage.normalize(image_dir)
-  class_names, by_split = data.split_image_folder(
+  class_names, by_split = folder.split_image_folder(
       image_dir, validation_fraction, test_fraction)
   # labels.txt holds one name per line: a name with a line break in it
   # would read back as two classes.
   broken = [name for name in class_names if '\n' in name or '\r' in name]
   if broken:
-    raise data.DataError(
+    raise sources.DataError(
         f'image_dir {image_dir}: class folder name(s) {broken!r} hold a line '
         'break, which labels.txt cannot; rename them.')
   total = sum(len(items) for items in by_split.values())
@@ -76,7 +61,7 @@ def convert_image_folder(image_dir, output_dir, num_shards=4,
       shards = max(1, round(num_shards * len(items) / total))
       counts[split] = _write_split(image_dir, class_names, split, items,
                                    shards, staging, counts)
-    with open(os.path.join(staging, data.LABELS_FILE), 'w') as f:
+    with open(os.path.join(staging, tfrecords.LABELS_FILE), 'w') as f:
       f.write('\n'.join(class_names) + '\n')
     storage.upload_tree(staging, output_dir)
   logging.info('Wrote %s to %s.', counts, output_dir)
@@ -99,7 +84,8 @@ def _write_split(image_dir, class_names, split, items, shards, staging,
         logging.warning('Skipping %s: not a decodable image.', relative)
         counts['skipped'] += 1
         continue
-      example = make_example(encoded, label, class_names[label], relative)
+      example = tfrecords.make_example(encoded, label, class_names[label],
+                                       relative)
       writers[written % shards].write(example.SerializeToString())
       written += 1
   finally:

@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from tests import conftest
 from tests import photos
-from trainer import preprocessing
+from trainer.data import preprocessing
 
 # JPEG re-encoding of turned pixels and two decoders (Pillow's and
 # TensorFlow's) differ by a few levels at sharp edges; a wrong turn differs

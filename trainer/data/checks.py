@@ -6,7 +6,7 @@ counts in metrics.json would include images that were never trained on; and
 without it one bad image ends a long run mid-way. So every example is
 decoded once before training, with the same preprocessing function the
 pipelines use, and the ones that fail are left out of the splits and
-reported (data.py).
+reported (folder.py, tfrecords.py).
 
 The pass runs in tf.data itself, in parallel and in batches of CHECK_BATCH
 (the batched decoder of preprocessing.py), over (key, bytes) pairs with

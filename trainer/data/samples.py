@@ -1,4 +1,4 @@
-"""Writing dataset images out as image files, for scoring demos and tests.
+"""Writing dataset images out as image files (the library of write_samples).
 
 Files are named `SPLIT-INDEX-LABEL.EXT` (e.g. `test-00042-7.png`), so the
 true label of every scored file can be read back from its name.

@@ -1,0 +1,120 @@
+"""Every choice list of the trainer, defined once: the registry.
+
+Datasets, models, Keras Applications backbones, precision policies,
+strategies, cache modes and tuning metrics are each listed here and nowhere
+else. `config.py` validates flags against these lists, and the code that
+acts on a choice looks its entry up here: `models.build_model` calls the
+builder an entry names, `transfer.py` builds the backbone an entry names,
+`data.load_source` calls the loader module an entry names. Nothing keeps
+two lists in step; tests/test_registry.py checks that each entry's builder,
+loader and Keras class exist.
+
+This module imports nothing but the standard library, so `config.py` (and a
+bad flag) never wait for TensorFlow.
+"""
+
+import dataclasses
+
+# The MNIST family's images: 28x28 grey.
+MNIST_SHAPE = (28, 28, 1)
+MNIST_CLASS_NAMES = tuple(str(digit) for digit in range(10))
+FASHION_MNIST_CLASS_NAMES = (
+    'T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt',
+    'Sneaker', 'Bag', 'Ankle boot')
+# Datasets of encoded images of any size are resized to this, unless set.
+DEFAULT_IMAGE_SIZE = 64
+DEFAULT_CHANNELS = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  """A dataset `--dataset` may name.
+
+  Attributes:
+    loader: the module of `trainer/data/` whose `load(options)` reads it.
+    shape: (height, width, channels) of its images when fixed; None when
+      images of any size are decoded and resized to --image_size.
+    class_names: the class names when the dataset fixes them; None when
+      they come from the data (folder names, labels.txt).
+    needs_data_dir: whether --data_dir must say where it lives.
+  """
+  loader: str
+  shape: tuple = None
+  class_names: tuple = None
+  needs_data_dir: bool = True
+
+
+DATASETS = {
+    'mnist_sample': Dataset('sources', MNIST_SHAPE, MNIST_CLASS_NAMES,
+                            needs_data_dir=False),
+    'mnist': Dataset('idx', MNIST_SHAPE, MNIST_CLASS_NAMES),
+    'fashion_mnist': Dataset('idx', MNIST_SHAPE, FASHION_MNIST_CLASS_NAMES),
+    'image_folder': Dataset('folder'),
+    'tfrecord': Dataset('tfrecords'),
+}
+# Datasets of uint8 pixels of a fixed shape (write_samples can write them).
+FIXED_SHAPE_DATASETS = tuple(name for name, spec in DATASETS.items()
+                             if spec.shape)
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+  """A model `--model` may name: `builder` is its function in models.py."""
+  builder: str
+
+
+MODELS = {
+    'softmax': Model('softmax'),
+    'mlp': Model('mlp'),
+    'deep_mnist': Model('deep_mnist'),
+    'cnn_bn': Model('cnn_bn'),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Backbone:
+  """A Keras Applications backbone `--base_model` may name (transfer.py).
+
+  Attributes:
+    application: the constructor's name in `keras.applications`.
+    scale: our pixels are in [0, 1]; the backbone wants pixels * scale +
+      offset.
+    offset: see `scale`.
+    min_image_size: the smallest --image_size it takes.
+    default_image_size: the input size when --image_size is unset.
+    imagenet_url: where Keras downloads the 'imagenet' weights from, with
+      {size} for the input size.
+    imagenet_sizes: input sizes that have ImageNet weights of their own
+      (Keras takes the 224 ones for other sizes).
+  """
+  application: str
+  scale: float
+  offset: float
+  min_image_size: int
+  default_image_size: int
+  imagenet_url: str
+  imagenet_sizes: tuple
+
+
+BACKBONES = {
+    'mobilenet_v2': Backbone(
+        application='MobileNetV2',
+        # MobileNetV2's preprocess_input maps [0, 255] to [-1, 1].
+        scale=2.0, offset=-1.0,
+        min_image_size=32, default_image_size=96,
+        imagenet_url=(
+            'https://storage.googleapis.com/tensorflow/keras-applications/'
+            'mobilenet_v2/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_'
+            '1.0_{size}_no_top.h5'),
+        imagenet_sizes=(96, 128, 160, 192, 224)),
+}
+
+# Keras dtype policies the trainer computes with; `auto` picks one of them
+# for the hardware (precision.py).
+PRECISION_POLICIES = ('float32', 'mixed_bfloat16', 'mixed_float16')
+MIXED_PRECISION_CHOICES = PRECISION_POLICIES + ('auto',)
+# tf.distribute strategies (distribute.py); `auto` picks one.
+STRATEGIES = ('auto', 'default', 'mirrored', 'multi_worker')
+CACHE_MODES = ('auto', 'memory', 'none')
+# Keras log values a tuning trial may report (hptuning.py).
+HYPERTUNE_METRICS = ('val_accuracy', 'val_loss', 'accuracy', 'loss')
