@@ -13,8 +13,8 @@ import pytest
 
 from batch_predict import options as options_lib
 from batch_predict import pipeline
-from tests import conftest
-from tests import image_files
+from tests import helpers
+from tests.helpers import image_files
 from trainer import storage
 
 # What a worker needs to import to run the pipeline.
@@ -29,9 +29,9 @@ def _copy_project(destination):
   """The files setup.py packages, without build output of earlier runs."""
   os.makedirs(destination)
   for name in ('setup.py', 'README.md'):
-    shutil.copy(os.path.join(conftest.REPO, name), destination)
+    shutil.copy(os.path.join(helpers.REPO, name), destination)
   for package in ('trainer', 'batch_predict'):
-    shutil.copytree(os.path.join(conftest.REPO, package),
+    shutil.copytree(os.path.join(helpers.REPO, package),
                     os.path.join(destination, package),
                     ignore=shutil.ignore_patterns('__pycache__'))
   return destination
@@ -119,7 +119,7 @@ def test_options_beam_refuses_fail_before_any_work(
         '--runner=DataflowRunner', '--project=test-project',
         '--region=us-central1', '--temp_location=gs://test-bucket/tmp',
         '--job_name=Nightly_Scoring',
-        f'--setup_file={conftest.REPO}/setup.py',
+        f'--setup_file={helpers.REPO}/setup.py',
         '--model_dir=gs://test-bucket/mnist/export',
         '--input=gs://test-bucket/images/0.png',
         '--output=gs://test-bucket/scores/mnist'])

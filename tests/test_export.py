@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests import conftest
-from tests import photos
+from tests.helpers import image_files
+from tests.helpers import photos
 from trainer import data
 from trainer import export
 from trainer import models
@@ -45,11 +45,11 @@ def test_grey_model_scores_colour_and_odd_sized_images(trained_export):
   pixels, _ = _test_digits(4)
   digit = pixels[0][..., 0]
   variants = {
-      'grey png': conftest.encode_image(digit, 'PNG'),
-      'rgb png': conftest.encode_image(np.stack([digit] * 3, -1), 'PNG'),
-      'rgb bmp': conftest.encode_image(np.stack([digit] * 3, -1), 'BMP'),
-      'gif': conftest.encode_image(digit, 'GIF'),
-      '16-bit png': conftest.encode_image(digit.astype(np.uint16) * 257,
+      'grey png': image_files.encode_image(digit, 'PNG'),
+      'rgb png': image_files.encode_image(np.stack([digit] * 3, -1), 'PNG'),
+      'rgb bmp': image_files.encode_image(np.stack([digit] * 3, -1), 'BMP'),
+      'gif': image_files.encode_image(digit, 'GIF'),
+      '16-bit png': image_files.encode_image(digit.astype(np.uint16) * 257,
                                           'PNG'),
   }
   serve, _ = export.load_serving(trained_export)
@@ -60,7 +60,7 @@ def test_grey_model_scores_colour_and_odd_sized_images(trained_export):
                                err_msg=name)
   big = tf.image.resize(digit[..., None], [280, 140]).numpy().astype(np.uint8)
   big_out = serve(image_bytes=tf.constant(
-      [conftest.encode_image(big[..., 0], 'JPEG')]))['probabilities']
+      [image_files.encode_image(big[..., 0], 'JPEG')]))['probabilities']
   assert big_out.shape == (1, 10)
 
 
@@ -71,8 +71,8 @@ def test_colour_model_accepts_grey_images(tmp_path):
                                    dataset='image_folder', model_name='cnn_bn')
   export.export_model(model, str(tmp_path / 'export'), metadata)
   serve, _ = export.load_serving(str(tmp_path / 'export'))
-  grey = conftest.encode_image(conftest.random_pixels(50, 70, 1), 'PNG')
-  colour = conftest.encode_image(conftest.random_pixels(20, 10, 3), 'JPEG')
+  grey = image_files.encode_image(image_files.random_pixels(50, 70, 1), 'PNG')
+  colour = image_files.encode_image(image_files.random_pixels(20, 10, 3), 'JPEG')
   out = serve(image_bytes=tf.constant([grey, colour]))
   assert out['probabilities'].shape == (2, 3)
   assert out['logits'].shape == (2, 3)
@@ -165,7 +165,7 @@ def test_an_rgba_png_is_served_as_composited_onto_white(tmp_path):
   serve, _ = export.load_serving(str(tmp_path / 'export'))
   pixels_fn, _ = export.load_serving(str(tmp_path / 'export'),
                                      export.PIXELS_SIGNATURE)
-  colour = conftest.random_pixels(16, 16, 3, seed=5)
+  colour = image_files.random_pixels(16, 16, 3, seed=5)
   alpha = np.tile(np.linspace(0, 255, 16).astype(np.uint8), (16, 1))
   served = serve(image_bytes=tf.constant(
       [photos.png(np.dstack([colour, alpha]))]))['probabilities'].numpy()

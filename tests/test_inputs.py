@@ -10,9 +10,9 @@ import threading
 import pytest
 
 from batch_predict import inputs
-from tests import conftest
-from tests import image_files
-from tests import processes
+from tests import helpers
+from tests.helpers import image_files
+from tests.helpers import processes
 
 
 def _write(path, content=b'x'):
@@ -179,7 +179,7 @@ def test_an_unreadable_sub_folder_is_one_entry(tmp_path):
         [sys.executable, '-c', code, os.path.join(folder, '**')],
         capture_output=True, text=True, timeout=120, check=True,
         preexec_fn=processes.mode_checking_preexec(),
-        env=dict(os.environ, PYTHONPATH=conftest.REPO))
+        env=dict(os.environ, PYTHONPATH=helpers.REPO))
   finally:
     os.chmod(os.path.join(folder, 'private'), 0o755)
   listed = _listed(inputs.ReadError(kind, '', uri) if kind else uri

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from batch_predict import model_handler
-from tests import image_files
+from tests.helpers import image_files
 from trainer import export
 from trainer import storage
 

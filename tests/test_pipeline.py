@@ -23,9 +23,9 @@ from batch_predict import model_handler
 from batch_predict import options as options_lib
 from batch_predict import outputs
 from batch_predict import pipeline
-from tests import conftest
-from tests import image_files
-from tests import processes
+from tests import helpers
+from tests.helpers import image_files
+from tests.helpers import processes
 from trainer import data
 from trainer import export
 from trainer import lease as lease_lib
@@ -217,13 +217,13 @@ def test_dry_run_checks_everything_and_changes_nothing(
 
 @pytest.mark.slow
 def test_command_line_errors_are_one_line_and_help_lists_the_flags(tmp_path):
-  process = conftest.run_module(
+  process = helpers.run_module(
       'batch_predict.pipeline', f'--input={tmp_path}/*.png', check=False)
   assert process.returncode == 2
   assert process.stderr.strip().endswith(
       'error: Missing --model_dir, --output; see --help.')
   assert 'Traceback' not in process.stderr
-  help_text = conftest.run_module('batch_predict.pipeline', '--help').stdout
+  help_text = helpers.run_module('batch_predict.pipeline', '--help').stdout
   for flag in ('--model_dir', '--input', '--output', '--top_k',
                '--min_batch_size', '--max_batch_size', '--max_image_pixels',
                '--max_file_bytes', '--num_shards', '--input_format',
@@ -262,13 +262,13 @@ def test_rerun_after_kill_9_leaves_complete_outputs_without_duplicates(
   command = [sys.executable, '-m', 'batch_predict.pipeline',
              f'--model_dir={trained_export}', f'--input={tmp_path / "images"}',
              f'--output={out / "run"}', '--num_shards=300']
-  env = dict(os.environ, PYTHONPATH=conftest.REPO, TF_CPP_MIN_LOG_LEVEL='2')
+  env = dict(os.environ, PYTHONPATH=helpers.REPO, TF_CPP_MIN_LOG_LEVEL='2')
 
   def staged():
     return [path for folder in out.glob('.run-staging-*')
             for path in folder.iterdir()]
 
-  killed = subprocess.Popen(command, cwd=conftest.REPO, env=env,
+  killed = subprocess.Popen(command, cwd=helpers.REPO, env=env,
                             stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
   try:
@@ -284,7 +284,7 @@ def test_rerun_after_kill_9_leaves_complete_outputs_without_duplicates(
   assert {name: content for name, content in _snapshot(str(out)).items()
           if not name.startswith('.')} == earlier
 
-  rerun = subprocess.run(command, cwd=conftest.REPO, env=env,
+  rerun = subprocess.run(command, cwd=helpers.REPO, env=env,
                          capture_output=True, text=True, timeout=600)
   assert rerun.returncode == 0, rerun.stderr[-3000:]
   names = sorted(os.listdir(out))
@@ -304,7 +304,7 @@ def test_rerun_after_kill_9_leaves_complete_outputs_without_duplicates(
 
 
 def _readme_main_job():
-  with open(os.path.join(conftest.REPO, 'README.md')) as f:
+  with open(os.path.join(helpers.REPO, 'README.md')) as f:
     readme = f.read()
   block = re.search(r'Run the main job.*?```bash\n(.*?)```', readme, re.S)
   assert block, 'README.md lost its main-job command'
@@ -337,8 +337,8 @@ def test_readme_scoring_command_runs_on_a_small_setting(trained_export,
     return [part.replace(job_dir, str(tmp_path)) for part in command[3:]]
 
   write_flags = [f for f in localize(write) if not f.startswith('--count=')]
-  conftest.run_module('trainer.write_samples', *write_flags, '--count=40')
-  process = conftest.run_module('batch_predict.pipeline', *localize(score))
+  helpers.run_module('trainer.write_samples', *write_flags, '--count=40')
+  process = helpers.run_module('batch_predict.pipeline', *localize(score))
   assert 'Scored 40 images; 0 errors' in process.stderr
   prefix = dict(f[2:].split('=', 1) for f in localize(score))['output']
   predictions = outputs.read_records(prefix, outputs.PREDICTIONS)
@@ -352,17 +352,17 @@ def test_readme_scoring_command_runs_on_a_small_setting(trained_export,
 # No train/serve skew.
 
 
-@conftest.requires_fashion_mnist
+@helpers.requires_fashion_mnist
 @pytest.mark.slow
 def test_scored_files_give_the_trainers_own_test_accuracy(tmp_path):
   job_dir = str(tmp_path / 'job')
-  conftest.run_module(
+  helpers.run_module(
       'trainer.task', '--dataset=fashion_mnist',
-      f'--data_dir={conftest.FASHION_MNIST_DIR}', f'--job_dir={job_dir}',
+      f'--data_dir={helpers.FASHION_MNIST_DIR}', f'--job_dir={job_dir}',
       '--epochs=1', '--model=softmax')
-  trainer_accuracy = conftest.read_json(
+  trainer_accuracy = helpers.read_json(
       os.path.join(job_dir, 'metrics.json'))['test_accuracy']
-  source = data.load_idx('fashion_mnist', conftest.FASHION_MNIST_DIR, 0.1)
+  source = data.load_idx('fashion_mnist', helpers.FASHION_MNIST_DIR, 0.1)
   for image_format in samples.FORMATS:
     samples.write_samples(source, 'test', str(tmp_path / 'samples'),
                           image_format=image_format)
@@ -460,7 +460,7 @@ def _break_saved_model(export_dir):
 
 def _break_labels(export_dir):
   path = os.path.join(export_dir, export.METADATA_FILE)
-  metadata = conftest.read_json(path)
+  metadata = helpers.read_json(path)
   metadata['labels'] = ['cat', 'dog', 'bird']
   storage.write_json(path, metadata)
 
@@ -603,9 +603,9 @@ def test_a_hostile_folder_finishes_with_every_entry_once(trained_export,
         [sys.executable, '-m', 'batch_predict.pipeline',
          f'--model_dir={trained_export}', f'--input={folder}',
          f'--output={prefix}', '--num_shards=2'],
-        cwd=conftest.REPO, capture_output=True, text=True, timeout=300,
+        cwd=helpers.REPO, capture_output=True, text=True, timeout=300,
         preexec_fn=processes.mode_checking_preexec() if unreadable else None,
-        env=dict(os.environ, PYTHONPATH=conftest.REPO,
+        env=dict(os.environ, PYTHONPATH=helpers.REPO,
                  TF_CPP_MIN_LOG_LEVEL='2'))
   finally:
     if unreadable:

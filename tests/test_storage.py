@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from tests import disks
+from tests.helpers import disks
 from trainer import storage
 
 

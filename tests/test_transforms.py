@@ -19,7 +19,7 @@ from batch_predict import inputs
 from batch_predict import model_handler
 from batch_predict import outputs
 from batch_predict import transforms
-from tests import image_files
+from tests.helpers import image_files
 from trainer import lease as lease_lib
 
 
