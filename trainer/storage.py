@@ -183,16 +183,6 @@ def list_files(directory):
   return sorted(found)
 
 
-def listdir(directory):
-  """Returns the sorted names of the entries directly under `directory`."""
-  directory = normalize(directory)
-  if not is_gcs(directory):
-    return sorted(os.listdir(directory))
-  prefix = directory + '/'
-  names = {uri[len(prefix):].split('/', 1)[0] for uri, _ in _list_blobs(prefix)}
-  return sorted(n for n in names if n)
-
-
 def glob(pattern):
   """Returns the sorted paths of files matching a shell-style pattern.
 
@@ -247,15 +237,6 @@ def describe_os_error(error):
   if getattr(error, 'errno', None):
     return os.strerror(error.errno)
   return ' '.join(str(error).split())[:200]
-
-
-def size(path):
-  path = normalize(path)
-  if not is_gcs(path):
-    return os.path.getsize(path)
-  blob = _blob(path)
-  blob.reload()
-  return blob.size
 
 
 # --------------------------------------------------------------------------
