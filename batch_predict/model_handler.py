@@ -2,9 +2,10 @@
 
 Beam's own TensorFlow handlers load models with `tf.keras.models.load_model`
 and import `tensorflow_hub`; Keras 3 cannot load a SavedModel folder that
-way. This handler loads the artifact's SavedModel with `tf.saved_model.load`
-and calls its `serving_default` signature, which takes encoded image bytes
-and does its own decoding and resizing (so scoring matches training).
+way. This handler loads the artifact's SavedModel through `trainer.artifact`
+(`tf.saved_model.load`, not a Keras loader) and calls its `serving_default`
+signature, which takes encoded image bytes and does its own decoding and
+resizing (so scoring matches training).
 
 RunInference keeps what it is good at: batching (`min_batch_size`,
 `max_batch_size`), loading the model once per worker process and sharing it
@@ -24,7 +25,7 @@ import apache_beam as beam
 from apache_beam.ml.inference import base
 import tensorflow as tf
 
-from trainer import export
+from trainer import artifact
 
 UNDECODABLE = 'undecodable'
 NON_FINITE_OUTPUT = 'non_finite_output'
@@ -54,11 +55,6 @@ class Classifier:
     self._saved_model = saved_model  # Keeps the signature's variables alive.
     self.labels = tuple(labels)
 
-  @property
-  def output_size(self):
-    """How many probabilities the serving signature returns per image."""
-    return self._serve.structured_outputs['probabilities'].shape[-1]
-
   def predict(self, image_bytes):
     """Encoded images -> float32 probabilities [len(image_bytes), classes].
 
@@ -74,57 +70,11 @@ def load_classifier(model_dir):
   """Loads a complete artifact (local or gs://) for scoring.
 
   Raises:
-    export.ArtifactError: if `model_dir` is not a complete artifact.
+    artifact.ArtifactError: if `model_dir` is not a complete artifact whose
+      SavedModel loads.
   """
-  with export.local_copy(model_dir) as local:
-    metadata = export.read_metadata(local)
-    # The SavedModel's variables are read into memory here, so the local
-    # copy (a temporary folder for gs://) can go once this returns.
-    try:
-      serve, saved_model = export.load_serving(local)
-    except (OSError, ValueError) as e:  # No (or an unreadable) SavedModel.
-      raise export.ArtifactError(
-          f'{model_dir}: no SavedModel that loads in '
-          f'{export.SAVED_MODEL_DIR}/ ({_first_line(e)}); re-export the '
-          'model from its job dir.') from e
-    except KeyError as e:
-      raise export.ArtifactError(
-          f'{model_dir}: the SavedModel has no {export.SERVING_SIGNATURE!r} '
-          'signature; re-export the model from its job dir.') from e
-  return Classifier(serve, saved_model, metadata['labels'])
-
-
-def _first_line(error):
-  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-  return lines[0] if lines else type(error).__name__
-
-
-def check_artifact(model_dir):
-  """Checks a whole artifact before any work: it loads and is consistent.
-
-  Loads the SavedModel (for gs://, from a local copy) and compares the size
-  of its `serving_default` output with the labels in metadata.json, so that
-  a broken artifact stops the run before any output is touched, not in a
-  worker after the old outputs are gone.
-
-  Args:
-    model_dir: the artifact's folder (local, gs:// or /gcs/).
-
-  Returns:
-    The labels, in the model's output order.
-
-  Raises:
-    export.ArtifactError: one line naming the problem (incomplete, no
-      SavedModel, no serving signature, label count mismatch).
-  """
-  classifier = load_classifier(model_dir)
-  outputs = classifier.output_size
-  if outputs != len(classifier.labels):
-    raise export.ArtifactError(
-        f'{model_dir}: the SavedModel returns {outputs} probabilities but '
-        f'{export.METADATA_FILE} lists {len(classifier.labels)} labels: the '
-        'artifact is inconsistent; re-export it from its job dir.')
-  return classifier.labels
+  loaded = artifact.load(model_dir)
+  return Classifier(loaded.serve, loaded.saved_model, loaded.labels)
 
 
 def describe_decode_error(error):

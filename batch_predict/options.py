@@ -8,8 +8,8 @@ copy under another name would clash.
 
 `build_config` checks everything a run needs before any work starts: the
 model is a complete artifact whose SavedModel loads and returns one
-probability per label, `--input` names files, the numbers are sane, and on
-Dataflow every path is one the workers can reach.
+probability per label (`artifact.check`), `--input` names files, the
+numbers are sane, and on Dataflow every path is one the workers can reach.
 """
 
 import dataclasses
@@ -19,8 +19,8 @@ from apache_beam.options import pipeline_options
 from google.api_core import exceptions as gcs_exceptions
 
 from batch_predict import inputs
-from batch_predict import model_handler
 from batch_predict import outputs
+from trainer import artifact
 from trainer import storage
 
 DEFAULT_TOP_K = 3
@@ -151,7 +151,7 @@ def build_config(options, argv=None):
 
   Raises:
     ConfigError: for a missing, unknown or out-of-range flag.
-    export.ArtifactError: if --model_dir is not a complete, consistent
+    artifact.ArtifactError: if --model_dir is not a complete, consistent
       artifact.
     inputs.InputError: if --input names nothing to score.
   """
@@ -174,7 +174,7 @@ def build_config(options, argv=None):
   if is_remote_runner(options):
     _check_remote(options, {'--model_dir': model_dir, '--input': flags.input,
                             '--output': output})
-  labels = model_handler.check_artifact(model_dir)
+  labels = artifact.check(model_dir)
   if flags.top_k > len(labels):
     raise ConfigError(f'--top_k={flags.top_k} is more than the model\'s '
                       f'{len(labels)} classes.')

@@ -30,7 +30,7 @@ from batch_predict import model_handler
 from batch_predict import options as options_lib
 from batch_predict import outputs
 from batch_predict import transforms
-from trainer import export
+from trainer import artifact
 from trainer import lease as lease_lib
 
 _LOGGER = logging.getLogger(__name__)
@@ -138,7 +138,7 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
     The finished `PipelineResult` (for a dry run: one in state DONE).
 
   Raises:
-    options_lib.ConfigError, export.ArtifactError, inputs.InputError: if the
+    options_lib.ConfigError, artifact.ArtifactError, inputs.InputError: if the
       flags, model or input cannot work; raised before any work starts.
     lease_lib.LeaseError: if another scorer holds the lease on --output
       (before any work), or took it over during the run (then nothing is
@@ -218,7 +218,7 @@ def main(argv=None):
   logging.getLogger().setLevel(logging.INFO)
   try:
     run(argv)
-  except (options_lib.ConfigError, export.ArtifactError,
+  except (options_lib.ConfigError, artifact.ArtifactError,
           inputs.InputError, lease_lib.LeaseError) as e:
     # Bad flags are the user's to fix: say what is wrong, no traceback.
     print(f'error: {e}', file=sys.stderr)

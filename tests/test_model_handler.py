@@ -12,7 +12,7 @@ import pytest
 
 from batch_predict import model_handler
 from tests.helpers import image_files
-from trainer import export
+from trainer import artifact
 from trainer import storage
 
 
@@ -110,9 +110,9 @@ def test_loads_an_artifact_from_a_bucket(gcs_server, trained_export,
 def test_refuses_an_incomplete_artifact(trained_export, tmp_path):
   copy = str(tmp_path / 'export')
   shutil.copytree(trained_export, copy)
-  os.remove(os.path.join(copy, export.COMPLETE_MARKER))
+  os.remove(os.path.join(copy, artifact.COMPLETE_MARKER))
   handler = model_handler.ImageClassifierHandler(copy)
-  with pytest.raises(export.ArtifactError, match='incomplete'):
+  with pytest.raises(artifact.ArtifactError, match='incomplete'):
     handler.load_model()
 
 

@@ -26,8 +26,8 @@ from batch_predict import pipeline
 from tests import helpers
 from tests.helpers import image_files
 from tests.helpers import processes
+from trainer import artifact
 from trainer import data
-from trainer import export
 from trainer import lease as lease_lib
 from trainer import samples
 from trainer import storage
@@ -157,7 +157,7 @@ def earlier_output(tmp_path):
     (['--output=OUT/sc*res'], options_lib.ConfigError, 'cannot contain'),
     (['--output=OUT'], options_lib.ConfigError, 'is a folder'),
     (['--input=IMAGES/*.jpg'], inputs.InputError, 'no files match'),
-    (['--model_dir=MISSING'], export.ArtifactError, 'no such model'),
+    (['--model_dir=MISSING'], artifact.ArtifactError, 'no such model'),
     (['--dry_run=maybe'], options_lib.ConfigError, '--dry_run=True or False'),
     (['--runner=DataflowRunner', '--project=p', '--region=r',
       '--temp_location=gs://b/tmp', '--setup_file=./setup.py'],
@@ -184,9 +184,9 @@ def test_incomplete_model_fails_before_any_work(trained_export, tmp_path,
                                                 earlier_output):
   copy = str(tmp_path / 'export')
   shutil.copytree(trained_export, copy)
-  os.remove(os.path.join(copy, export.COMPLETE_MARKER))
+  os.remove(os.path.join(copy, artifact.COMPLETE_MARKER))
   images = _write_digits(str(tmp_path / 'images'), 1)
-  with pytest.raises(export.ArtifactError, match='incomplete'):
+  with pytest.raises(artifact.ArtifactError, match='incomplete'):
     pipeline.run([f'--model_dir={copy}', f'--input={images[0]}',
                   f'--output={tmp_path / "scores" / "run"}'])
   assert earlier_output.exists()
@@ -370,7 +370,7 @@ def test_scored_files_give_the_trainers_own_test_accuracy(tmp_path):
   pipeline.run([f'--model_dir={job_dir}/export',
                 f'--input={tmp_path / "samples"}', f'--output={prefix}',
                 '--top_k=1', '--num_shards=4'])
-  labels = export.read_metadata(f'{job_dir}/export')['labels']
+  labels = artifact.read_metadata(f'{job_dir}/export')['labels']
   predictions = outputs.read_records(prefix, outputs.PREDICTIONS)
   assert not outputs.read_records(prefix, outputs.ERRORS)
   for extension in ('png', 'jpg'):
@@ -455,11 +455,11 @@ def test_user_files_beside_the_outputs_survive_on_a_bucket(
 
 
 def _break_saved_model(export_dir):
-  shutil.rmtree(os.path.join(export_dir, export.SAVED_MODEL_DIR))
+  shutil.rmtree(os.path.join(export_dir, artifact.SAVED_MODEL_DIR))
 
 
 def _break_labels(export_dir):
-  path = os.path.join(export_dir, export.METADATA_FILE)
+  path = os.path.join(export_dir, artifact.METADATA_FILE)
   metadata = helpers.read_json(path)
   metadata['labels'] = ['cat', 'dog', 'bird']
   storage.write_json(path, metadata)
@@ -477,7 +477,7 @@ def test_broken_artifact_fails_in_one_line_and_leaves_earlier_outputs(
   damage(copy)
   images = _write_digits(str(tmp_path / 'images'), 1)
   before = _snapshot(str(tmp_path / 'scores'))
-  with pytest.raises(export.ArtifactError, match=words) as raised:
+  with pytest.raises(artifact.ArtifactError, match=words) as raised:
     pipeline.run([f'--model_dir={copy}', f'--input={images[0]}',
                   f'--output={tmp_path / "scores" / "run"}'],
                  test_pipeline=test_pipeline.TestPipeline())
@@ -699,11 +699,11 @@ class _HalfNanModel(tf.Module):
 
 def _write_half_nan_artifact(export_dir, trained_export):
   os.makedirs(export_dir)
-  for name in (export.METADATA_FILE, export.COMPLETE_MARKER):
+  for name in (artifact.METADATA_FILE, artifact.COMPLETE_MARKER):
     shutil.copy(os.path.join(trained_export, name), export_dir)
   model = _HalfNanModel()
-  tf.saved_model.save(model, os.path.join(export_dir, export.SAVED_MODEL_DIR),
-                      signatures={export.SERVING_SIGNATURE: model.serve})
+  tf.saved_model.save(model, os.path.join(export_dir, artifact.SAVED_MODEL_DIR),
+                      signatures={artifact.SERVING_SIGNATURE: model.serve})
 
 
 def _strict_json(line):
