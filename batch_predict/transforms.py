@@ -43,11 +43,10 @@ from batch_predict import image_header
 from batch_predict import inputs
 from batch_predict import model_handler
 from batch_predict import outputs
+from trainer import errors
 from trainer import storage
 
 NAMESPACE = model_handler.METRICS_NAMESPACE
-ERROR_KINDS = inputs.KINDS + image_header.KINDS + (
-    model_handler.UNDECODABLE, model_handler.NON_FINITE_OUTPUT)
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -299,7 +298,7 @@ class _CountErrorsFn(beam.DoFn):
     super().__init__()
     self._counters = {kind: beam.metrics.Metrics.counter(NAMESPACE,
                                                          f'errors_{kind}')
-                      for kind in ERROR_KINDS}
+                      for kind in errors.SCORING_KINDS}
     self._other = beam.metrics.Metrics.counter(NAMESPACE, 'errors_other')
 
   def process(self, record):

@@ -28,6 +28,7 @@ from tests.helpers import image_files
 from tests.helpers import processes
 from trainer import artifact
 from trainer import data
+from trainer import errors as errors_lib
 from trainer import lease as lease_lib
 from trainer import samples
 from trainer import storage
@@ -87,8 +88,8 @@ def test_run_scores_a_uri_list_with_missing_and_unreadable_entries(
   assert _uris(outputs.read_records(prefix, outputs.PREDICTIONS)) == paths
   errors = {r['uri']: r for r in outputs.read_records(prefix, outputs.ERRORS)}
   assert errors[str(tmp_path / 'images' / 'gone.png')]['kind'] == (
-      inputs.NOT_FOUND)
-  assert errors['ftp://example.com/x.png']['kind'] == inputs.INVALID_URI
+      errors_lib.NOT_FOUND)
+  assert errors['ftp://example.com/x.png']['kind'] == errors_lib.INVALID_URI
   assert len(errors) == 2
   totals = pipeline.summarize(result)
   assert totals['images_scored'] == 4
@@ -628,12 +629,13 @@ def test_a_uri_list_with_every_bad_kind_of_line(trained_export, tmp_path):
   lines = {
       good[0].encode(): None, good[1].encode(): None,
       odd_name.encode(): None,
-      b'pipe.png': inputs.SPECIAL_FILE, b'loop.png': inputs.LINK_LOOP,
-      b'file.png/inside.png': inputs.NOT_A_FOLDER,
-      long_name.encode(): inputs.NAME_TOO_LONG,
-      b's3://bucket/a.png': inputs.INVALID_URI,
-      b'missing.png': inputs.NOT_FOUND, b'caf\xe9.png': inputs.INVALID_NAME,
-      b'folder': inputs.NOT_A_FILE,
+      b'pipe.png': errors_lib.SPECIAL_FILE, b'loop.png': errors_lib.LINK_LOOP,
+      b'file.png/inside.png': errors_lib.NOT_A_FOLDER,
+      long_name.encode(): errors_lib.NAME_TOO_LONG,
+      b's3://bucket/a.png': errors_lib.INVALID_URI,
+      b'missing.png': errors_lib.NOT_FOUND,
+      b'caf\xe9.png': errors_lib.INVALID_NAME,
+      b'folder': errors_lib.NOT_A_FILE,
   }
   listing = tmp_path / 'list.txt'
   listing.write_bytes(b'\n'.join(lines) + b'\n')

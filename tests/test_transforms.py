@@ -20,6 +20,7 @@ from batch_predict import model_handler
 from batch_predict import outputs
 from batch_predict import transforms
 from tests.helpers import image_files
+from trainer import errors as errors_lib
 from trainer import lease as lease_lib
 
 
@@ -122,7 +123,7 @@ def test_files_over_max_file_bytes_are_not_read(trained_export, tmp_path):
     util.assert_that(predictions | beam.Map(lambda r: r['uri']),
                      util.equal_to([str(small)]), label='CheckPredictions')
     util.assert_that(errors | beam.Map(lambda r: (r['uri'], r['kind'])),
-                     util.equal_to([(str(big), inputs.FILE_TOO_LARGE)]),
+                     util.equal_to([(str(big), errors_lib.FILE_TOO_LARGE)]),
                      label='CheckErrors')
 
 
@@ -301,8 +302,9 @@ def test_list_images_gives_every_entry_of_a_hostile_folder_once(tmp_path):
   expected = image_files.write_hostile_folder(folder)
   # These the listing reports; the other entries are URIs, which reading
   # sorts out (test_pipeline.py runs the whole folder).
-  listing_errors = {os.path.join(folder, 'caf\\xe9.png'): inputs.INVALID_NAME,
-                    os.path.join(folder, 'sub', 'up'): inputs.LINK_LOOP}
+  listing_errors = {
+      os.path.join(folder, 'caf\\xe9.png'): errors_lib.INVALID_NAME,
+      os.path.join(folder, 'sub', 'up'): errors_lib.LINK_LOOP}
   assert set(listing_errors) < set(expected)
   with test_pipeline.TestPipeline() as pipeline:
     listed = pipeline | transforms.ListImages(inputs.resolve_input(folder))
@@ -321,7 +323,8 @@ def test_list_images_of_a_list_with_a_line_that_is_not_utf8(tmp_path):
     util.assert_that(listed, util.equal_to([
         str(tmp_path / 'a\u2028.png'),
         outputs.error_record(str(tmp_path / 'caf\\xe9.png'),
-                             inputs.INVALID_NAME, _invalid_name_message())]))
+                             errors_lib.INVALID_NAME,
+                             _invalid_name_message())]))
 
 
 def _invalid_name_message():
