@@ -26,9 +26,8 @@ from apache_beam.ml.inference import base
 import tensorflow as tf
 
 from trainer import artifact
+from trainer import errors
 
-UNDECODABLE = 'undecodable'
-NON_FINITE_OUTPUT = 'non_finite_output'
 METRICS_NAMESPACE = 'batch_predict'
 
 # Lines of TensorFlow's error text that say where, not what.
@@ -134,7 +133,7 @@ def predict_isolating_failures(classifier, batch, on_split=None):
     return list(classifier.predict(batch))
   except tf.errors.InvalidArgumentError as error:
     if len(batch) == 1:
-      return [DecodeFailure(UNDECODABLE, describe_decode_error(error))]
+      return [DecodeFailure(errors.UNDECODABLE, describe_decode_error(error))]
   if on_split:
     on_split()
   middle = len(batch) // 2

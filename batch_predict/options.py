@@ -21,6 +21,7 @@ from google.api_core import exceptions as gcs_exceptions
 from batch_predict import inputs
 from batch_predict import outputs
 from trainer import artifact
+from trainer import errors
 from trainer import storage
 
 DEFAULT_TOP_K = 3
@@ -31,8 +32,10 @@ DEFAULT_MAX_BATCH_SIZE = 64
 _REMOTE_RUNNERS = ('DataflowRunner', 'TestDataflowRunner')
 
 
-class ConfigError(ValueError):
+class ConfigError(errors.UserError, ValueError):
   """The flags do not describe a run that can work; the message says why."""
+
+  kind = 'invalid_flag'
 
 
 class ScoringOptions(pipeline_options.PipelineOptions):

@@ -10,6 +10,7 @@ import pytest
 
 from batch_predict import image_header
 from tests.helpers import image_files
+from trainer import errors
 
 
 def _encode(pixels, image_format, **options):
@@ -60,7 +61,7 @@ def test_counts_frames_of_animated_gif_and_png():
   with pytest.raises(image_header.HeaderError, match='animated GIF with 4 '
                      'frames') as raised:
     image_header.check_image(image_files.animated_gif(frames=4), 10**6)
-  assert raised.value.kind == image_header.ANIMATED
+  assert raised.value.kind == errors.ANIMATED
 
 
 def test_decompression_bomb_is_refused_from_its_header():
@@ -70,7 +71,7 @@ def test_decompression_bomb_is_refused_from_its_header():
   assert info.pixels == 10_001 * 10_001  # ...of over 100 million pixels.
   with pytest.raises(image_header.HeaderError) as raised:
     image_header.check_image(bomb, max_pixels=100_000_000)
-  assert raised.value.kind == image_header.TOO_MANY_PIXELS
+  assert raised.value.kind == errors.TOO_MANY_PIXELS
   assert '10,001 x 10,001' in str(raised.value)
   assert '--max_image_pixels' in str(raised.value)
   assert image_header.check_image(bomb, max_pixels=10**9) == info
@@ -83,20 +84,20 @@ def test_gif_frame_larger_than_its_screen_counts_at_its_own_size():
 
 
 @pytest.mark.parametrize('content,kind,words', [
-    (b'', image_header.EMPTY_FILE, 'empty file'),
-    (b'hello, world\nthis is text\n', image_header.NOT_AN_IMAGE, 'text'),
-    (b'BMW and Audi photos: see list.txt', image_header.NOT_AN_IMAGE, 'text'),
-    ('caf\u00e9 cr\u00e8me'.encode(), image_header.NOT_AN_IMAGE, 'text'),
-    (image_files.random_bytes(), image_header.NOT_AN_IMAGE,
+    (b'', errors.EMPTY_FILE, 'empty file'),
+    (b'hello, world\nthis is text\n', errors.NOT_AN_IMAGE, 'text'),
+    (b'BMW and Audi photos: see list.txt', errors.NOT_AN_IMAGE, 'text'),
+    ('caf\u00e9 cr\u00e8me'.encode(), errors.NOT_AN_IMAGE, 'text'),
+    (image_files.random_bytes(), errors.NOT_AN_IMAGE,
      'unrecognised content'),
-    (b'%PDF-1.7\n...', image_header.UNSUPPORTED_FORMAT, 'PDF'),
+    (b'%PDF-1.7\n...', errors.UNSUPPORTED_FORMAT, 'PDF'),
     (b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg">',
-     image_header.UNSUPPORTED_FORMAT, 'SVG'),
-    (b'\xff\xd8\xff\xe0\x00\x10JFIF', image_header.CORRUPT_HEADER,
+     errors.UNSUPPORTED_FORMAT, 'SVG'),
+    (b'\xff\xd8\xff\xe0\x00\x10JFIF', errors.CORRUPT_HEADER,
      'truncated JPEG'),
-    (b'\x89PNG\r\n\x1a\n\x00\x00', image_header.CORRUPT_HEADER,
+    (b'\x89PNG\r\n\x1a\n\x00\x00', errors.CORRUPT_HEADER,
      'truncated PNG'),
-    (b'GIF89a\x05\x00\x05\x00\x00\x00\x00;', image_header.CORRUPT_HEADER,
+    (b'GIF89a\x05\x00\x05\x00\x00\x00\x00;', errors.CORRUPT_HEADER,
      'truncated GIF'),
 ])
 def test_bad_bytes_get_a_kind_and_a_message_a_person_can_act_on(
@@ -115,7 +116,7 @@ def test_other_image_formats_are_named_in_the_error(image_format, name):
   with pytest.raises(image_header.HeaderError,
                      match=f'{name} file.*convert it to PNG or JPEG') as raised:
     image_header.read_header(content)
-  assert raised.value.kind == image_header.UNSUPPORTED_FORMAT
+  assert raised.value.kind == errors.UNSUPPORTED_FORMAT
 
 
 def test_zero_sized_image_is_a_corrupt_header():
@@ -123,7 +124,7 @@ def test_zero_sized_image_is_a_corrupt_header():
   png[16:20] = bytes(4)  # IHDR width = 0.
   with pytest.raises(image_header.HeaderError, match='0 x 3') as raised:
     image_header.read_header(bytes(png))
-  assert raised.value.kind == image_header.CORRUPT_HEADER
+  assert raised.value.kind == errors.CORRUPT_HEADER
 
 
 def test_truncated_jpeg_with_whole_header_passes_the_header_check():
@@ -208,7 +209,7 @@ def test_bmp_variants_the_decoder_cannot_read_are_unsupported(name, data,
   assert not _decodes_like_pillow(data), f'TensorFlow now reads {name}'
   with pytest.raises(image_header.HeaderError) as raised:
     image_header.check_image(data, 10**6)
-  assert raised.value.kind == image_header.UNSUPPORTED_FORMAT
+  assert raised.value.kind == errors.UNSUPPORTED_FORMAT
   assert words in str(raised.value)
   assert 'Convert it to PNG' in str(raised.value)
   assert 'truncated' not in str(raised.value)
@@ -256,7 +257,7 @@ def test_jpeg_variants_the_decoder_cannot_read_are_unsupported(
   with pytest.raises(image_header.HeaderError,
                      match=re.escape(words)) as raised:
     image_header.check_image(data, 10**6)
-  assert raised.value.kind == image_header.UNSUPPORTED_FORMAT
+  assert raised.value.kind == errors.UNSUPPORTED_FORMAT
 
 
 @pytest.mark.parametrize('marker', [0xC0, 0xC1, 0xC2, 0xC9, 0xCA])

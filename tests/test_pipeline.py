@@ -26,8 +26,8 @@ from batch_predict import pipeline
 from tests import helpers
 from tests.helpers import image_files
 from tests.helpers import processes
-from trainer import artifact
 from trainer import data
+from trainer import artifact
 from trainer import errors as errors_lib
 from trainer import lease as lease_lib
 from trainer import samples
@@ -732,6 +732,6 @@ def test_a_model_that_outputs_nan_gives_error_records(trained_export,
     with open(path) as f:
       records += [_strict_json(line) for line in f.read().split('\n') if line]
   assert {r['uri']: r.get('kind') for r in records} == {
-      paths[0]: None, paths[1]: model_handler.NON_FINITE_OUTPUT}
+      paths[0]: None, paths[1]: errors_lib.NON_FINITE_OUTPUT}
   scores = [r['score'] for r in records if 'score' in r]
   assert scores == [0.1]

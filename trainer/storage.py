@@ -16,6 +16,10 @@ so one code path serves a laptop, a Vertex AI job and a Dataflow worker.
 
 TensorFlow's own gs:// filesystem (tf.io.gfile, tf.data) cannot be pointed at
 an emulator, so this module never relies on it.
+
+It imports only the standard library and `trainer.errors` at import time
+(google-cloud-storage when a gs:// path is first used): the scorer and its
+workers load it without TensorFlow.
 """
 
 import contextlib
@@ -29,13 +33,18 @@ import tempfile
 from typing import NamedTuple
 import uuid
 
+from trainer import errors
+
 GCS_PREFIX = 'gs://'
 GCS_FUSE_ROOT = '/gcs/'
 _GLOB_CHARS = '*?['
 
 
-class StorageError(OSError):
-  """A storage operation failed in a way the user can act on."""
+class StorageError(errors.UserError, OSError):
+  """A storage operation failed in a way the user can act on (no
+  credentials for gs://)."""
+
+  kind = 'storage_unavailable'
 
 
 class WriteError(StorageError):
@@ -46,6 +55,8 @@ class WriteError(StorageError):
       the interpreter's final clean-up (a segmentation fault); the binary
       should end with os._exit once its own clean-up has run.
   """
+
+  kind = 'write_failed'
 
   def __init__(self, message, hard_exit=False):
     super().__init__(message)

@@ -8,6 +8,8 @@
   tests.helpers.photos       photos as phones write them: EXIF, transparency
   tests.helpers.processes    starting, watching and signalling processes
   tests.helpers.disks        running out of space for real
+  tests.helpers.fakes        a fake classifier, and the scorer's model handler
+                             loading it
 """
 
 import json
