@@ -37,8 +37,6 @@ from trainer import errors
 from trainer import lease as lease_lib
 
 _LOGGER = logging.getLogger(__name__)
-_TRUE = ('true', '1', 'yes')
-_FALSE = ('false', '0', 'no', '')
 
 
 def build_pipeline(pipeline, config):
@@ -71,22 +69,6 @@ def build_pipeline(pipeline, config):
   _ = staged | 'PublishOutputs' >> transforms.PublishOutputs(
       config.output, config.run_id, outputs.OUTPUT_NAMES, config.num_shards)
   return predictions, error_records
-
-
-def is_dry_run(options):
-  """Reads Beam's own `--dry_run` flag (a string) as a boolean.
-
-  Raises:
-    options_lib.ConfigError: for a value that is neither true nor false.
-  """
-  test_options = options.view_as(pipeline_options.TestOptions)
-  value = str(test_options.dry_run or '').strip().lower()
-  if value not in _TRUE + _FALSE:
-    raise options_lib.ConfigError(
-        f'--dry_run={test_options.dry_run}: use --dry_run=True or False.')
-  # Beam's runners test the raw string, to which "False" is true.
-  test_options.dry_run = value in _TRUE
-  return test_options.dry_run
 
 
 def summarize(result):
@@ -148,8 +130,8 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
       (then nothing is published).
   """
   argv = sys.argv[1:] if argv is None else list(argv)
+  argv, dry_run = options_lib.normalize_dry_run(argv)
   options = pipeline_options.PipelineOptions(argv)
-  dry_run = is_dry_run(options)
   config = options_lib.build_config(options, argv)
   options.view_as(pipeline_options.SetupOptions).save_main_session = (
       save_main_session)
@@ -209,6 +191,8 @@ def _print_help():
   parser = argparse.ArgumentParser(
       prog='python -m batch_predict.pipeline', description=__doc__,
       formatter_class=argparse.RawDescriptionHelpFormatter)
+  # Beam's documented hook for defining options (see options.py), called
+  # here to list only the scoring flags; checked against Beam 2.77.
   options_lib.ScoringOptions._add_argparse_args(parser)  # pylint: disable=protected-access
   parser.print_help()
 
