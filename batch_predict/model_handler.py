@@ -17,13 +17,16 @@ One undecodable image (a truncated JPEG, say) fails the signature call for its
 whole batch. The handler then splits the batch in halves and retries each,
 down to the single culprit, which gets a `DecodeFailure` instead of
 probabilities; every other image of the batch is still scored.
+
+TensorFlow is imported where a model is loaded or called, not when this
+module is: importing TensorFlow 2.21 imports Keras too, and the launcher
+checks its flags (and prints `--help`) without either.
 """
 
 from typing import NamedTuple
 
 import apache_beam as beam
 from apache_beam.ml.inference import base
-import tensorflow as tf
 
 from trainer import artifact
 from trainer import errors
@@ -60,6 +63,7 @@ class Classifier:
     Raises:
       tf.errors.InvalidArgumentError: if any image cannot be decoded.
     """
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
     outputs = self._serve(image_bytes=tf.constant(list(image_bytes),
                                                   dtype=tf.string))
     return outputs['probabilities'].numpy()
@@ -129,6 +133,7 @@ def predict_isolating_failures(classifier, batch, on_split=None):
   Returns:
     A list, in batch order, of numpy probability rows or `DecodeFailure`s.
   """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   try:
     return list(classifier.predict(batch))
   except tf.errors.InvalidArgumentError as error:
