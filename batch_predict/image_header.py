@@ -26,6 +26,27 @@ reads wrongly; they are refused from the header as `unsupported_format`
   progressive and arithmetic-coded 8-bit JPEGs (grey, RGB, CMYK) decode.
 * PNG (1- to 16-bit, grey, palette, alpha, interlaced) and GIF (interlaced,
   transparent) decode in every variant tried.
+
+Written here rather than taken from Pillow's `Image.open`, which is lazy
+too (it parses the header and decodes nothing until `load`). Pillow is not
+a dependency of this project, though Beam 2.77 and TensorBoard install it
+(`pillow>=12.1.1,<13`); measured here with Pillow 12.3 (2 shared cores):
+* It costs 8 to 12 times more per file: `Image.open` and `n_frames` took
+  24 us for a 28x28 PNG, 36 us for a JPEG, 87 us for a 3-frame GIF and 80 us
+  to refuse a text file (it tries every format plugin), against 3, 5, 10
+  and under 1 us here; the scorer runs this on every input.
+* It would not decide what this module decides: Pillow opens, and decodes,
+  the BMP variants above that TensorFlow refuses or misreads, so those
+  rules would stay here, reading the same header fields from Pillow's
+  `info`; and for bytes it cannot identify it raises one
+  `UnidentifiedImageError`, where this module says text, random bytes, or
+  which other format (`_unknown_content`).
+* Its decompression-bomb limit is one process-wide setting
+  (`Image.MAX_IMAGE_PIXELS`, a warning above it and an error above twice
+  it), not the run's `--max_image_pixels`.
+Frame counts are no reason either way: Pillow counts GIF frames by skipping
+their data blocks without decoding, as `_read_gif` does, and reads an APNG's
+`acTL` chunk at open.
 """
 
 import struct

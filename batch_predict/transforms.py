@@ -34,9 +34,10 @@ The sink is written here rather than taken from Beam's
   records out round-robin), so which file holds an input depends on the
   inputs alone, and a retried write bundle rewrites the same staged file.
   Every shard is written even when empty (as WriteToText does too).
-* WriteToText's finalisation first deletes every existing file that
-  matches its output glob (on gs:// a `*` crosses folders), then renames
-  its temporary files with FileSystems' batch requests, which
+* WriteToText's finalisation (`FileBasedSink.pre_finalize`, Beam 2.77)
+  first deletes every existing file that matches its output glob
+  `PREFIX-errors-*-of-NNNNN.jsonl` (on gs:// a `*` crosses folders), then
+  renames its temporary files with FileSystems' batch requests, which
   fake-gcs-server does not implement; and each sink is finalised on its
   own, so one output could be published without the other. Here both
   outputs are published together, by one step that runs after every
