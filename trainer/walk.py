@@ -168,21 +168,16 @@ def _ancestor_ids(folder):
     path = parent
 
 
-def _scan(folder):
-  """The entries of a folder, sorted by name; raises OSError."""
-  with os.scandir(folder) as entries:
-    return sorted(entries, key=lambda entry: entry.name)
-
-
 def walk(top, *, enter=None, seen=None):
   """Yields every entry under the local folder `top`, depth first, once.
 
-  Nothing is opened but folders. Each folder's entries come sorted by name;
-  a sub-folder is announced by its `Entry` (with `is_folder`) just before
-  what it holds, once its parent's own entries are done. Every other entry
-  (a regular or special file, a dangling link, a broken link chain, an
-  entry gone meanwhile) is yielded as an `Entry`, for the caller to
-  `os.stat`.
+  Lazily, in the order the filesystem lists each folder, holding only the
+  folders still to walk: a folder of millions of files costs no memory.
+  Nothing is opened but folders. A sub-folder is announced by its `Entry`
+  (with `is_folder`) just before what it holds, once its parent's own
+  entries are done. Every other entry (a regular or special file, a
+  dangling link, a broken link chain, an entry gone meanwhile) is yielded
+  as an `Entry`, for the caller to `os.stat`.
 
   Args:
     top: a local folder.
@@ -210,25 +205,31 @@ def walk(top, *, enter=None, seen=None):
     folder, ancestors = pending.pop()
     if folder.relative:
       yield folder
+    subfolders = []
     try:
-      entries = _scan(folder.path)
+      with os.scandir(folder.path) as entries:
+        yield from _sort_out(folder, entries, ancestors, enter, seen,
+                             subfolders)
     except OSError as e:
       yield Problem(folder.path, folder.relative, errors.UNREADABLE_FOLDER, e)
-      continue
-    subfolders = []
-    for entry in entries:
-      found = Entry(entry.path, os.path.join(folder.relative, entry.name))
-      folder_id = _folder_id(entry)
-      if folder_id is None:
-        yield found
-        continue
-      found = found._replace(is_folder=True)
-      if enter is not None and not enter(found):
-        continue
-      if folder_id in (ancestors if seen is None else seen):
-        yield Problem(found.path, found.relative, errors.LINK_LOOP)
-        continue
-      if seen is not None:
-        seen.add(folder_id)
-      subfolders.append((found, ancestors | {folder_id}))
     pending.extend(reversed(subfolders))
+
+
+def _sort_out(folder, entries, ancestors, enter, seen, subfolders):
+  """Yields a folder's entries that are no folder to walk, and loops;
+  appends the sub-folders to walk, with their ancestors, to `subfolders`."""
+  for entry in entries:
+    found = Entry(entry.path, os.path.join(folder.relative, entry.name))
+    folder_id = _folder_id(entry)
+    if folder_id is None:
+      yield found
+      continue
+    found = found._replace(is_folder=True)
+    if enter is not None and not enter(found):
+      continue
+    if folder_id in (ancestors if seen is None else seen):
+      yield Problem(found.path, found.relative, errors.LINK_LOOP)
+      continue
+    if seen is not None:
+      seen.add(folder_id)
+    subfolders.append((found, ancestors | {folder_id}))
