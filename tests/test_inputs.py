@@ -5,7 +5,6 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 
 import pytest
 
@@ -134,33 +133,13 @@ def _kind_of(uri, listed_kind):
   return None
 
 
-def _within(seconds, function, *args):
-  """Calls `function` in a thread; fails if it has not returned in time."""
-  outcome = []
-
-  def call():
-    try:
-      outcome.append((function(*args), None))
-    except Exception as e:  # pylint: disable=broad-except
-      outcome.append((None, e))
-
-  thread = threading.Thread(target=call, daemon=True)
-  thread.start()
-  thread.join(seconds)
-  assert outcome, f'{function.__name__} still running after {seconds} s'
-  result, error = outcome[0]
-  if error is not None:
-    raise error
-  return result
-
-
 def test_a_folder_lists_every_entry_once_and_reading_names_each_problem(
     tmp_path):
   folder = str(tmp_path / 'images')
   expected = image_files.write_hostile_folder(folder)
   listed = _listed(inputs.list_local(os.path.join(folder, '**')))
   assert set(listed) == set(expected)
-  kinds = _within(60, lambda: {uri: _kind_of(uri, kind)
+  kinds = processes.within(60, lambda: {uri: _kind_of(uri, kind)
                                for uri, kind in listed.items()})
   assert kinds == expected
 
@@ -225,7 +204,7 @@ def test_reading_refuses_what_is_not_a_regular_file(tmp_path, make, kind,
   path = str(tmp_path / 'entry.png')
   make(path)
   with pytest.raises(inputs.ReadError, match=words) as raised:
-    _within(60, inputs.read_image_file, path, 100)
+    processes.within(60, inputs.read_image_file, path, 100)
   assert raised.value.kind == kind
 
 
@@ -284,7 +263,7 @@ def test_input_format_must_fit_the_input(tmp_path):
 def test_an_input_that_is_no_file_or_folder_fails_before_any_work(tmp_path):
   os.mkfifo(tmp_path / 'list.txt')
   with pytest.raises(inputs.InputError, match='named pipe'):
-    _within(60, inputs.resolve_input, str(tmp_path / 'list.txt'))
+    processes.within(60, inputs.resolve_input, str(tmp_path / 'list.txt'))
   folder = tmp_path / 'only-bad-entries'
   folder.mkdir()
   os.mkfifo(folder / 'pipe.png')

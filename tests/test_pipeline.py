@@ -591,6 +591,22 @@ def _records_by_uri(prefix):
   return found
 
 
+def test_a_hostile_folder_scores_every_entry_once_in_process(trained_export,
+                                                              tmp_path):
+  """The hostile folder less its unreadable sub-folder, which needs a child
+  process (see the next test); a named pipe opened would fail the deadline,
+  not hang the test."""
+  folder = str(tmp_path / 'images')
+  expected = image_files.write_hostile_folder(folder)
+  prefix = str(tmp_path / 'scores' / 'run')
+  processes.within(120, lambda: pipeline.run(
+      [f'--model_dir={trained_export}', f'--input={folder}',
+       f'--output={prefix}', '--num_shards=2'],
+      test_pipeline=test_pipeline.TestPipeline()))
+  assert _records_by_uri(prefix) == expected
+
+
+@pytest.mark.slow
 def test_a_hostile_folder_finishes_with_every_entry_once(trained_export,
                                                          tmp_path):
   # The scorer runs as a command whose file modes bind (as root, without

@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 from tests import helpers
@@ -54,6 +55,31 @@ def wait_until(condition, processes, what, timeout=600, logs=()):
     if time.monotonic() > deadline:
       raise AssertionError(f'no {what} after {timeout} s')
     time.sleep(0.05)
+
+
+def within(seconds, function, *args):
+  """Calls `function` in a thread; fails if it has not returned in time.
+
+  For code that would block forever if it went wrong (opening a named
+  pipe, say): the test fails instead of hanging. A deadline, not a timing
+  assertion.
+  """
+  outcome = []
+
+  def call():
+    try:
+      outcome.append((function(*args), None))
+    except Exception as e:  # pylint: disable=broad-except
+      outcome.append((None, e))
+
+  thread = threading.Thread(target=call, daemon=True)
+  thread.start()
+  thread.join(seconds)
+  assert outcome, f'{function.__name__} still running after {seconds} s'
+  result, error = outcome[0]
+  if error is not None:
+    raise error
+  return result
 
 
 def saved_epoch(checkpoint_dir):
