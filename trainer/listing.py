@@ -253,14 +253,10 @@ def list_image_folder(data_dir, report):
   if storage.is_gcs(data_dir):
     return list_gcs_images(data_dir, report)
   classes = list_local_class_folders(data_dir, report)
-  seen = {_identity(data_dir)} | {_identity(path) for _, path in classes}
+  seen = {walk.identity(data_dir)} | {walk.identity(path)
+                                      for _, path in classes}
   return {name: list_local_images(name, path, report, seen)
           for name, path in classes}
-
-
-def _identity(path):
-  status = os.stat(path)
-  return (status.st_dev, status.st_ino)
 
 
 def regular_files(paths, report, where):

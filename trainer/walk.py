@@ -151,7 +151,8 @@ def _folder_id(entry):
   return info.st_dev, info.st_ino
 
 
-def _identity(path):
+def identity(path):
+  """(st_dev, st_ino) of a path, links followed: the key of `seen`."""
   info = os.stat(path)
   return info.st_dev, info.st_ino
 
@@ -161,7 +162,7 @@ def _ancestor_ids(folder):
   ids = set()
   path = os.path.realpath(folder)
   while True:
-    ids.add(_identity(path))
+    ids.add(identity(path))
     parent = os.path.dirname(path)
     if parent == path:
       return frozenset(ids)
