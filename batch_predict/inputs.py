@@ -14,16 +14,17 @@
 
 Globs use Beam's semantics: `*` stays within one folder, `**` crosses
 folders. Remote (gs://) globs and folders are listed by Beam's
-`fileio.MatchFiles`. Local ones are listed here (`list_local`): Beam's local
-listing (`os.walk`) leaves out dangling links and folders it cannot read
-without a word, and a named pipe among the files would block its reader;
-here every entry gets exactly one record. Symlinked folders are followed,
-and a link back to a folder above it (a loop) becomes one `link_loop` error
-instead of an endless walk.
+`fileio.MatchFiles`. Local ones are listed here (`list_local`, on
+`trainer.walk`): Beam's local listing (`os.walk`) leaves out dangling links
+and folders it cannot read without a word, and a named pipe among the files
+would block its reader; here every entry gets exactly one record. Symlinked
+folders are followed, and a link back to a folder above it (a loop) becomes
+one `link_loop` error instead of an endless walk.
 
 Reading (`read_image_file`) refuses special files (named pipes, sockets,
 devices) from `os.stat`, before any `open`, and turns every local `OSError`
-of one input into a `ReadError` with its own `kind`; network errors on gs://
+of one input into a `ReadError` with its own `kind` (`walk.describe_error`,
+the trainer's too, plus what to do about it here); network errors on gs://
 propagate, so the runner retries. `/gcs/bucket/...` (Vertex AI's mount) is
 read as `gs://bucket/...`.
 
@@ -43,7 +44,9 @@ from apache_beam.io import filesystem
 from apache_beam.io import filesystems
 from google.api_core import exceptions as gcs_exceptions
 
+from trainer import errors
 from trainer import storage
+from trainer import walk
 
 GLOB = 'glob'
 URI_LIST = 'uri_list'
@@ -64,44 +67,38 @@ _MANIFEST_EXTENSIONS = frozenset(('.csv', '.jsonl'))
 # mark at the start), nothing else: names may hold U+00A0, U+2028, ...
 _ASCII_WHITESPACE = ' \t\r\n\v\f'
 
-# Error kinds of listing and reading, beside image_header's.
-NOT_FOUND = 'not_found'
-NOT_A_FILE = 'not_a_file'
-PERMISSION_DENIED = 'permission_denied'
-INVALID_URI = 'invalid_uri'
-FILE_TOO_LARGE = 'file_too_large'
-SPECIAL_FILE = 'special_file'
-DANGLING_LINK = 'dangling_link'
-LINK_LOOP = 'link_loop'
-UNREADABLE_FOLDER = 'unreadable_folder'
-INVALID_NAME = 'invalid_name'
-NOT_A_FOLDER = 'not_a_folder'
-NAME_TOO_LONG = 'name_too_long'
-READ_FAILED = 'read_failed'
-KINDS = (NOT_FOUND, NOT_A_FILE, PERMISSION_DENIED, INVALID_URI, FILE_TOO_LARGE,
-         SPECIAL_FILE, DANGLING_LINK, LINK_LOOP, UNREADABLE_FOLDER,
-         INVALID_NAME, NOT_A_FOLDER, NAME_TOO_LONG, READ_FAILED)
-
-_SPECIAL_FILE_TYPES = ((stat.S_ISFIFO, 'a named pipe (FIFO)'),
-                       (stat.S_ISSOCK, 'a socket'),
-                       (stat.S_ISCHR, 'a character device'),
-                       (stat.S_ISBLK, 'a block device'))
+# What to do about each kind of local problem, after walk.describe_error's
+# phrase (the trainer's messages name the problem with the same phrase).
+_ADVICE = {
+    errors.NOT_FOUND: 'check the path, or the line of the --input list that '
+                      'names it.',
+    errors.DANGLING_LINK: 'fix or remove the link.',
+    errors.LINK_LOOP: 'fix or remove them.',
+    errors.NOT_A_FOLDER: 'check the path.',
+    errors.NAME_TOO_LONG: 'check the path, or shorten it.',
+    errors.NOT_A_FILE: 'list files, not folders, in the --input list.',
+    errors.PERMISSION_DENIED: 'give the pipeline read access to it.',
+    errors.READ_FAILED: 'check the file and the disk.',
+}
 
 
-class InputError(ValueError):
+class InputError(errors.UserError, ValueError):
   """`--input` names nothing that can be scored."""
 
+  kind = 'invalid_input'
 
-class ReadError(IOError):
+
+class ReadError(errors.UserError, IOError):
   """One input cannot be read, for a reason the user can act on.
 
-  `uri` is the input's printable URI when the error is raised while listing
-  (a name that is not UTF-8 gets backslash escapes), else None.
+  `kind` is the input's error kind (errors.NOT_FOUND, ...). `uri` is the
+  input's printable URI when the error is raised while listing (a name that
+  is not UTF-8 gets backslash escapes), else None: the record then takes
+  the URI it was reading.
   """
 
-  def __init__(self, kind, message, uri=None):
-    super().__init__(message)
-    self.kind = kind
+  def __init__(self, message, kind=None, uri=None):
+    super().__init__(message, kind)
     self.uri = uri
 
 
@@ -111,30 +108,11 @@ class InputSource(NamedTuple):
   path: str
 
 
-def printable(name):
-  """`name` with the bytes that are not UTF-8 as backslash escapes.
-
-  Args:
-    name: a path as Python decodes file names (undecodable bytes become
-      lone surrogates, `os.fsdecode`).
-  """
-  return name.encode('utf-8', 'surrogateescape').decode('utf-8',
-                                                        'backslashreplace')
-
-
-def _is_utf8(name):
-  try:
-    name.encode('utf-8')
-  except UnicodeEncodeError:
-    return False
-  return True
-
-
 def _invalid_name(name):
   return ReadError(
-      INVALID_NAME, 'the file name is not valid UTF-8 (this URI shows each '
-      'byte that is not as a \\x escape): rename the file with a UTF-8 name '
-      'to score it.', uri=printable(name))
+      'the file name is not valid UTF-8 (this URI shows each byte that is '
+      'not as a \\x escape): rename the file with a UTF-8 name to score it.',
+      errors.INVALID_NAME, uri=walk.printable(name))
 
 
 # --------------------------------------------------------------------------
@@ -187,11 +165,11 @@ def _check_single_file(path):
     info = os.stat(path)
   except OSError as e:
     problem = local_error(path, e)
-    if problem.kind == NOT_FOUND:
+    if problem.kind == errors.NOT_FOUND:
       raise InputError(f'--input={path}: no such file or folder.') from e
     raise InputError(f'--input={path}: {problem}') from e
   if not stat.S_ISREG(info.st_mode):
-    raise InputError(f'--input={path} is {_special_file_type(info.st_mode)}, '
+    raise InputError(f'--input={path} is {walk.describe_mode(info.st_mode)}, '
                      'not a file or folder.')
 
 
@@ -244,34 +222,6 @@ def _glob_base(pattern):
   return os.path.dirname(before_glob)
 
 
-def _ancestor_ids(folder):
-  """(st_dev, st_ino) of `folder` and of every folder above it."""
-  ids = set()
-  path = os.path.realpath(folder)
-  while True:
-    info = os.stat(path)
-    ids.add((info.st_dev, info.st_ino))
-    parent = os.path.dirname(path)
-    if parent == path:
-      return frozenset(ids)
-    path = parent
-
-
-def _folder_id(entry):
-  """(st_dev, st_ino) of a folder entry, following links; None otherwise.
-
-  An entry whose `stat` fails (a link loop, a file gone meanwhile) is not a
-  folder to walk: it is listed as a file, and reading it says what it is.
-  """
-  try:
-    if not entry.is_dir():
-      return None
-    info = entry.stat()
-  except OSError:
-    return None
-  return info.st_dev, info.st_ino
-
-
 class _Levels:
   """Which sub-folders of a glob's base folder can hold matches."""
 
@@ -305,7 +255,8 @@ def list_local(pattern):
   yielded as paths (reading each says what it is); a folder that cannot be
   listed, a symlinked folder that leads back to a folder above it, and a
   name that is not UTF-8 are yielded as `ReadError`s with their `uri`.
-  Folders themselves are not entries: their contents are.
+  Folders themselves are not entries: their contents are. Only folders
+  that can hold matches of the pattern are walked.
 
   Args:
     pattern: an absolute local glob in Beam's syntax.
@@ -316,49 +267,31 @@ def list_local(pattern):
   base = _glob_base(pattern)
   matches = re.compile(filesystem.FileSystem.translate_pattern(pattern)).match
   levels = _Levels(pattern, base)
-  try:
-    pending = [(base, _ancestor_ids(base))]
-  except OSError as e:  # Gone since --input was checked.
-    yield _folder_error(base, e)
-    return
-  while pending:
-    folder, ancestors = pending.pop()
-    subfolders = []
-    try:
-      with os.scandir(folder) as entries:
-        for entry in entries:
-          folder_id = _folder_id(entry)
-          if folder_id is None:
-            if matches(entry.path):
-              yield entry.path if _is_utf8(entry.path) else _invalid_name(
-                  entry.path)
-          elif levels.may_hold_matches(os.path.relpath(entry.path, base)):
-            if folder_id in ancestors:
-              yield _link_loop(entry.path)
-            else:
-              subfolders.append((entry.path, ancestors | {folder_id}))
-    except OSError as e:
-      yield _folder_error(folder, e)
-    pending.extend(reversed(subfolders))
+  for item in walk.walk(
+      base, enter=lambda folder: levels.may_hold_matches(folder.relative)):
+    if isinstance(item, walk.Problem):
+      yield _folder_problem(item)
+    elif not item.is_folder and matches(item.path):
+      yield item.path if walk.is_utf8(item.path) else _invalid_name(item.path)
 
 
-def _link_loop(path):
+def _folder_problem(problem):
+  """The ReadError of a folder the walk did not go into."""
+  uri = walk.printable(problem.path)
+  if problem.kind == errors.LINK_LOOP:
+    return ReadError(
+        f'a link to {walk.printable(os.path.realpath(problem.path))}, a '
+        'folder that holds this link: not followed (it would loop forever). '
+        'Remove the link, or score the folder it points to.',
+        errors.LINK_LOOP, uri=uri)
+  if problem.error.errno == errno.ENAMETOOLONG:
+    return ReadError('the folder\'s path is too long for the filesystem: its '
+                     'files were not scored; move them higher up.',
+                     errors.NAME_TOO_LONG, uri=uri)
   return ReadError(
-      LINK_LOOP, f'a link to {printable(os.path.realpath(path))}, a folder '
-      'that holds this link: not followed (it would loop forever). Remove '
-      'the link, or score the folder it points to.', uri=printable(path))
-
-
-def _folder_error(folder, error):
-  """The ReadError of a folder whose listing failed."""
-  if error.errno == errno.ENAMETOOLONG:
-    return ReadError(NAME_TOO_LONG, 'the folder\'s path is too long for the '
-                     'filesystem: its files were not scored; move them '
-                     'higher up.', uri=printable(folder))
-  return ReadError(
-      UNREADABLE_FOLDER, f'cannot list this folder ({error.strerror}): its '
-      'files were not scored. Give the pipeline read access to it, or leave '
-      'it out of --input.', uri=printable(folder))
+      f'cannot list this folder ({problem.error.strerror}): its files were '
+      'not scored. Give the pipeline read access to it, or leave it out of '
+      '--input.', errors.UNREADABLE_FOLDER, uri=uri)
 
 
 # --------------------------------------------------------------------------
@@ -390,7 +323,7 @@ def parse_uri_line(line, list_folder):
     return None
   if '://' not in line and not line.startswith('/'):
     line = storage.join(list_folder, line)
-  if not _is_utf8(line):
+  if not walk.is_utf8(line):
     raise _invalid_name(line)
   try:
     return storage.normalize(line)
@@ -428,8 +361,9 @@ def read_image_file(uri, max_bytes):
   if storage.is_gcs(uri):
     data = _read_remote(uri, max_bytes)
   elif '://' in uri or not os.path.isabs(uri):
-    raise ReadError(INVALID_URI, 'not a path or URI this pipeline can read: '
-                    'use a local path, gs://BUCKET/PATH or /gcs/BUCKET/PATH.')
+    raise ReadError('not a path or URI this pipeline can read: use a local '
+                    'path, gs://BUCKET/PATH or /gcs/BUCKET/PATH.',
+                    errors.INVALID_URI)
   else:
     data = _read_local(uri, max_bytes)
   if len(data) > max_bytes:
@@ -438,27 +372,20 @@ def read_image_file(uri, max_bytes):
 
 
 def _too_large(max_bytes):
-  return ReadError(FILE_TOO_LARGE, f'file is larger than {max_bytes:,} bytes '
+  return ReadError(f'file is larger than {max_bytes:,} bytes '
                    '(--max_file_bytes): downscale or recompress it, or raise '
-                   '--max_file_bytes.')
-
-
-def _special_file_type(mode):
-  for test, name in _SPECIAL_FILE_TYPES:
-    if test(mode):
-      return name
-  return 'not a regular file'
+                   '--max_file_bytes.', errors.FILE_TOO_LARGE)
 
 
 def _check_regular(mode):
   if stat.S_ISDIR(mode):
-    raise ReadError(NOT_A_FILE, 'a folder, not a file: list files, not '
-                    'folders, in the --input list.')
+    raise ReadError(f'a folder, not a file: {_ADVICE[errors.NOT_A_FILE]}',
+                    errors.NOT_A_FILE)
   if not stat.S_ISREG(mode):
     raise ReadError(
-        SPECIAL_FILE, f'{_special_file_type(mode)}, not a regular file: not '
-        'opened, as reading it could block or have side effects. Score '
-        'image files only.')
+        f'{walk.describe_mode(mode)}, not a regular file: not opened, as '
+        'reading it could block or have side effects. Score image files '
+        'only.', errors.SPECIAL_FILE)
 
 
 def _read_local(path, max_bytes):
@@ -473,8 +400,8 @@ def _read_local(path, max_bytes):
         raise _too_large(max_bytes)
       return f.read(max_bytes + 1)
   except ValueError as e:  # An embedded NUL character.
-    raise ReadError(INVALID_NAME, f'not a file name ({e}): fix this line of '
-                    'the --input list.') from e
+    raise ReadError(f'not a file name ({e}): fix this line of the --input '
+                    'list.', errors.INVALID_NAME) from e
   except ReadError:
     raise
   except OSError as e:
@@ -482,36 +409,9 @@ def _read_local(path, max_bytes):
 
 
 def local_error(path, error):
-  """The ReadError of a local `OSError`, by its errno."""
-  code = error.errno
-  if code == errno.ENOENT:
-    if os.path.islink(path):
-      try:
-        target = printable(os.readlink(path))
-      except OSError:  # Replaced since; the kind still holds.
-        target = 'a path'
-      return ReadError(DANGLING_LINK, f'a symbolic link to {target}, which '
-                       'does not exist: fix or remove the link.')
-    return ReadError(NOT_FOUND, 'no such file: check the path, or the line of '
-                     'the --input list that names it.')
-  messages = {
-      errno.ELOOP: (LINK_LOOP, 'symbolic links that lead in a circle: fix '
-                    'or remove them.'),
-      errno.ENOTDIR: (NOT_A_FOLDER, 'a part of the path is a file, not a '
-                      'folder: check the path.'),
-      errno.ENAMETOOLONG: (NAME_TOO_LONG, 'the name is too long for the '
-                           'filesystem: check the path, or shorten it.'),
-      errno.EISDIR: (NOT_A_FILE, 'a folder, not a file: list files, not '
-                     'folders, in the --input list.'),
-      errno.EACCES: (PERMISSION_DENIED, 'permission denied: give the '
-                     'pipeline read access to it.'),
-      errno.EPERM: (PERMISSION_DENIED, 'operation not permitted: give the '
-                    'pipeline read access to it.'),
-  }
-  kind, message = messages.get(code, (
-      READ_FAILED, f'could not read it: {error.strerror} '
-      f'({errno.errorcode.get(code, code)}). Check the file and the disk.'))
-  return ReadError(kind, message)
+  """The ReadError of a local `OSError`: its kind, and what to do."""
+  kind, phrase = walk.describe_error(path, error)
+  return ReadError(f'{phrase}: {_ADVICE[kind]}', kind)
 
 
 def _read_remote(uri, max_bytes):
@@ -523,8 +423,9 @@ def _read_remote(uri, max_bytes):
         compression_type=filesystem.CompressionTypes.UNCOMPRESSED) as f:
       return f.read(max_bytes + 1)
   except (FileNotFoundError, gcs_exceptions.NotFound) as e:
-    raise ReadError(NOT_FOUND, 'no such file: check the path, or the line of '
-                    'the --input list that names it.') from e
+    raise ReadError(f'no such file: {_ADVICE[errors.NOT_FOUND]}',
+                    errors.NOT_FOUND) from e
   except (PermissionError, gcs_exceptions.Forbidden) as e:
-    raise ReadError(PERMISSION_DENIED, 'permission denied: give the pipeline '
-                    f'(or its service account) read access. ({e})') from e
+    raise ReadError('permission denied: give the pipeline (or its service '
+                    f'account) read access. ({e})',
+                    errors.PERMISSION_DENIED) from e

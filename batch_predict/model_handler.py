@@ -2,9 +2,10 @@
 
 Beam's own TensorFlow handlers load models with `tf.keras.models.load_model`
 and import `tensorflow_hub`; Keras 3 cannot load a SavedModel folder that
-way. This handler loads the artifact's SavedModel with `tf.saved_model.load`
-and calls its `serving_default` signature, which takes encoded image bytes
-and does its own decoding and resizing (so scoring matches training).
+way. This handler loads the artifact's SavedModel through `trainer.artifact`
+(`tf.saved_model.load`, not a Keras loader) and calls its `serving_default`
+signature, which takes encoded image bytes and does its own decoding and
+resizing (so scoring matches training).
 
 RunInference keeps what it is good at: batching (`min_batch_size`,
 `max_batch_size`), loading the model once per worker process and sharing it
@@ -16,18 +17,20 @@ One undecodable image (a truncated JPEG, say) fails the signature call for its
 whole batch. The handler then splits the batch in halves and retries each,
 down to the single culprit, which gets a `DecodeFailure` instead of
 probabilities; every other image of the batch is still scored.
+
+TensorFlow is imported where a model is loaded or called, not when this
+module is: importing TensorFlow 2.21 imports Keras too, and the launcher
+checks its flags (and prints `--help`) without either.
 """
 
 from typing import NamedTuple
 
 import apache_beam as beam
 from apache_beam.ml.inference import base
-import tensorflow as tf
 
-from trainer import export
+from trainer import artifact
+from trainer import errors
 
-UNDECODABLE = 'undecodable'
-NON_FINITE_OUTPUT = 'non_finite_output'
 METRICS_NAMESPACE = 'batch_predict'
 
 # Lines of TensorFlow's error text that say where, not what.
@@ -54,17 +57,13 @@ class Classifier:
     self._saved_model = saved_model  # Keeps the signature's variables alive.
     self.labels = tuple(labels)
 
-  @property
-  def output_size(self):
-    """How many probabilities the serving signature returns per image."""
-    return self._serve.structured_outputs['probabilities'].shape[-1]
-
   def predict(self, image_bytes):
     """Encoded images -> float32 probabilities [len(image_bytes), classes].
 
     Raises:
       tf.errors.InvalidArgumentError: if any image cannot be decoded.
     """
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
     outputs = self._serve(image_bytes=tf.constant(list(image_bytes),
                                                   dtype=tf.string))
     return outputs['probabilities'].numpy()
@@ -74,57 +73,11 @@ def load_classifier(model_dir):
   """Loads a complete artifact (local or gs://) for scoring.
 
   Raises:
-    export.ArtifactError: if `model_dir` is not a complete artifact.
+    artifact.ArtifactError: if `model_dir` is not a complete artifact whose
+      SavedModel loads.
   """
-  with export.local_copy(model_dir) as local:
-    metadata = export.read_metadata(local)
-    # The SavedModel's variables are read into memory here, so the local
-    # copy (a temporary folder for gs://) can go once this returns.
-    try:
-      serve, saved_model = export.load_serving(local)
-    except (OSError, ValueError) as e:  # No (or an unreadable) SavedModel.
-      raise export.ArtifactError(
-          f'{model_dir}: no SavedModel that loads in '
-          f'{export.SAVED_MODEL_DIR}/ ({_first_line(e)}); re-export the '
-          'model from its job dir.') from e
-    except KeyError as e:
-      raise export.ArtifactError(
-          f'{model_dir}: the SavedModel has no {export.SERVING_SIGNATURE!r} '
-          'signature; re-export the model from its job dir.') from e
-  return Classifier(serve, saved_model, metadata['labels'])
-
-
-def _first_line(error):
-  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-  return lines[0] if lines else type(error).__name__
-
-
-def check_artifact(model_dir):
-  """Checks a whole artifact before any work: it loads and is consistent.
-
-  Loads the SavedModel (for gs://, from a local copy) and compares the size
-  of its `serving_default` output with the labels in metadata.json, so that
-  a broken artifact stops the run before any output is touched, not in a
-  worker after the old outputs are gone.
-
-  Args:
-    model_dir: the artifact's folder (local, gs:// or /gcs/).
-
-  Returns:
-    The labels, in the model's output order.
-
-  Raises:
-    export.ArtifactError: one line naming the problem (incomplete, no
-      SavedModel, no serving signature, label count mismatch).
-  """
-  classifier = load_classifier(model_dir)
-  outputs = classifier.output_size
-  if outputs != len(classifier.labels):
-    raise export.ArtifactError(
-        f'{model_dir}: the SavedModel returns {outputs} probabilities but '
-        f'{export.METADATA_FILE} lists {len(classifier.labels)} labels: the '
-        'artifact is inconsistent; re-export it from its job dir.')
-  return classifier.labels
+  loaded = artifact.load(model_dir)
+  return Classifier(loaded.serve, loaded.saved_model, loaded.labels)
 
 
 def describe_decode_error(error):
@@ -180,11 +133,12 @@ def predict_isolating_failures(classifier, batch, on_split=None):
   Returns:
     A list, in batch order, of numpy probability rows or `DecodeFailure`s.
   """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   try:
     return list(classifier.predict(batch))
   except tf.errors.InvalidArgumentError as error:
     if len(batch) == 1:
-      return [DecodeFailure(UNDECODABLE, describe_decode_error(error))]
+      return [DecodeFailure(errors.UNDECODABLE, describe_decode_error(error))]
   if on_split:
     on_split()
   middle = len(batch) // 2

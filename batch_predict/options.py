@@ -8,8 +8,11 @@ copy under another name would clash.
 
 `build_config` checks everything a run needs before any work starts: the
 model is a complete artifact whose SavedModel loads and returns one
-probability per label, `--input` names files, the numbers are sane, and on
-Dataflow every path is one the workers can reach.
+probability per label (`artifact.check`), `--input` names files, the
+numbers are sane, and on Dataflow every path is one the workers can reach.
+Checking reads the options and never changes them: the one flag whose
+value Beam misreads, its own `--dry_run`, is normalised in argv before the
+options are made (`normalize_dry_run`).
 """
 
 import dataclasses
@@ -19,8 +22,9 @@ from apache_beam.options import pipeline_options
 from google.api_core import exceptions as gcs_exceptions
 
 from batch_predict import inputs
-from batch_predict import model_handler
 from batch_predict import outputs
+from trainer import artifact
+from trainer import errors
 from trainer import storage
 
 DEFAULT_TOP_K = 3
@@ -29,15 +33,22 @@ DEFAULT_MAX_FILE_BYTES = 64 * 1024 * 1024
 DEFAULT_NUM_SHARDS = 10
 DEFAULT_MAX_BATCH_SIZE = 64
 _REMOTE_RUNNERS = ('DataflowRunner', 'TestDataflowRunner')
+_DRY_RUN_FLAG = '--dry_run'
+_TRUE = ('true', '1', 'yes')
+_FALSE = ('false', '0', 'no', '')
 
 
-class ConfigError(ValueError):
+class ConfigError(errors.UserError, ValueError):
   """The flags do not describe a run that can work; the message says why."""
+
+  kind = 'invalid_flag'
 
 
 class ScoringOptions(pipeline_options.PipelineOptions):
   """Flags of `python -m batch_predict.pipeline` (beside Beam's own)."""
 
+  # `_add_argparse_args` is the hook Beam documents for defining options
+  # (PipelineOptions' docstring), private by name only.
   @classmethod
   def _add_argparse_args(cls, parser):
     parser.add_argument(
@@ -122,12 +133,52 @@ def is_remote_runner(options):
   return str(runner).rsplit('.', 1)[-1] in _REMOTE_RUNNERS
 
 
+def normalize_dry_run(argv):
+  """Reads Beam's own `--dry_run` flag out of `argv`, as a boolean.
+
+  Beam declares it as a string and its runners test the string, to which
+  "False" is true: `--dry_run=False` would skip the job's submission. So
+  the flag is normalised here, before the options are made: true stays as
+  `--dry_run=True`, false is dropped (Beam's default), and the options that
+  are checked are the options that run.
+
+  Args:
+    argv: the command's flags.
+
+  Returns:
+    (argv with --dry_run normalised, whether this is a dry run).
+
+  Raises:
+    ConfigError: for a value that is neither true nor false.
+  """
+  normalized, values = [], []
+  arguments = iter(argv)
+  for argument in arguments:
+    name, equals, value = argument.partition('=')
+    if name != _DRY_RUN_FLAG:
+      normalized.append(argument)
+      continue
+    if not equals:  # `--dry_run VALUE`, as argparse also reads it.
+      value = next(arguments, '')
+    values.append(value)
+  value = values[-1] if values else ''  # The last one wins, as in argparse.
+  if value.strip().lower() not in _TRUE + _FALSE:
+    raise ConfigError(f'{_DRY_RUN_FLAG}={value}: use {_DRY_RUN_FLAG}=True or '
+                      'False.')
+  dry_run = value.strip().lower() in _TRUE
+  return normalized + ([f'{_DRY_RUN_FLAG}=True'] if dry_run else []), dry_run
+
+
 def unknown_flags(argv):
   """Flags in `argv` that no PipelineOptions class defines.
 
   Beam only warns about them and carries on, so a typo such as `--top-k=5`
   would silently score with the default; the scoring command refuses them.
-  The parser is built the way `PipelineOptions.get_all_options` builds it.
+  Beam has no public call that returns them (`get_all_options` only logs
+  them), so the parser is built the way `get_all_options` builds it: Beam's
+  private `_BeamArgumentParser(allow_abbrev=False)` and every subclass's
+  `_add_argparse_args`. Checked against Beam 2.77 (setup.py pins <2.78);
+  tests/test_options.py fails if a later Beam changes either.
   """
   parser = pipeline_options._BeamArgumentParser(allow_abbrev=False)  # pylint: disable=protected-access
   classes = {str(cls): cls
@@ -151,7 +202,7 @@ def build_config(options, argv=None):
 
   Raises:
     ConfigError: for a missing, unknown or out-of-range flag.
-    export.ArtifactError: if --model_dir is not a complete, consistent
+    artifact.ArtifactError: if --model_dir is not a complete, consistent
       artifact.
     inputs.InputError: if --input names nothing to score.
   """
@@ -174,7 +225,7 @@ def build_config(options, argv=None):
   if is_remote_runner(options):
     _check_remote(options, {'--model_dir': model_dir, '--input': flags.input,
                             '--output': output})
-  labels = model_handler.check_artifact(model_dir)
+  labels = artifact.check(model_dir)
   if flags.top_k > len(labels):
     raise ConfigError(f'--top_k={flags.top_k} is more than the model\'s '
                       f'{len(labels)} classes.')

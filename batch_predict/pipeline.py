@@ -14,6 +14,10 @@ and `--dry_run=True` to check a command without scoring or submitting.
 A run holds a lease on PREFIX (FOLDER/.BASENAME.lease) from before any work
 until its outputs are published, so a second scorer on the same --output
 is refused (`--break_lease` takes over the lease of one that is gone).
+
+Every error the user can fix (a flag, the model, the input, a busy output
+prefix) is a `trainer.errors.UserError`; `main` catches those, in one place,
+and prints one line.
 """
 
 import argparse
@@ -25,17 +29,14 @@ from apache_beam.metrics import metric
 from apache_beam.options import pipeline_options
 from apache_beam.runners import runner
 
-from batch_predict import inputs
 from batch_predict import model_handler
 from batch_predict import options as options_lib
 from batch_predict import outputs
 from batch_predict import transforms
-from trainer import export
+from trainer import errors
 from trainer import lease as lease_lib
 
 _LOGGER = logging.getLogger(__name__)
-_TRUE = ('true', '1', 'yes')
-_FALSE = ('false', '0', 'no', '')
 
 
 def build_pipeline(pipeline, config):
@@ -51,7 +52,7 @@ def build_pipeline(pipeline, config):
   handler = model_handler.ImageClassifierHandler(
       config.model_dir, min_batch_size=config.min_batch_size,
       max_batch_size=config.max_batch_size)
-  predictions, errors = (
+  predictions, error_records = (
       pipeline
       | 'ListImages' >> transforms.ListImages(config.source)
       | 'ClassifyImages' >> transforms.ClassifyImages(
@@ -63,27 +64,11 @@ def build_pipeline(pipeline, config):
       predictions | 'WritePredictions' >> transforms.WriteShards(
           config.output, outputs.PREDICTIONS, config.num_shards,
           config.run_id),
-      errors | 'WriteErrors' >> transforms.WriteShards(
+      error_records | 'WriteErrors' >> transforms.WriteShards(
           config.output, outputs.ERRORS, config.num_shards, config.run_id))
   _ = staged | 'PublishOutputs' >> transforms.PublishOutputs(
       config.output, config.run_id, outputs.OUTPUT_NAMES, config.num_shards)
-  return predictions, errors
-
-
-def is_dry_run(options):
-  """Reads Beam's own `--dry_run` flag (a string) as a boolean.
-
-  Raises:
-    options_lib.ConfigError: for a value that is neither true nor false.
-  """
-  test_options = options.view_as(pipeline_options.TestOptions)
-  value = str(test_options.dry_run or '').strip().lower()
-  if value not in _TRUE + _FALSE:
-    raise options_lib.ConfigError(
-        f'--dry_run={test_options.dry_run}: use --dry_run=True or False.')
-  # Beam's runners test the raw string, to which "False" is true.
-  test_options.dry_run = value in _TRUE
-  return test_options.dry_run
+  return predictions, error_records
 
 
 def summarize(result):
@@ -105,13 +90,13 @@ def summarize(result):
 
 
 def _log_summary(totals, output):
-  errors = {name[len('errors_'):]: value for name, value in totals.items()
-            if name.startswith('errors_') and value}
+  by_kind = {name[len('errors_'):]: value for name, value in totals.items()
+             if name.startswith('errors_') and value}
   details = ', '.join(f'{kind}: {count}' for kind, count in sorted(
-      errors.items()))
+      by_kind.items()))
   _LOGGER.info(
       'Scored %d images; %d errors%s; %d bytes read. Outputs: %s and %s.',
-      totals.get('images_scored', 0), sum(errors.values()),
+      totals.get('images_scored', 0), sum(by_kind.values()),
       f' ({details})' if details else '', totals.get('bytes_read', 0),
       outputs.output_pattern(output, outputs.PREDICTIONS) + '.jsonl',
       outputs.output_pattern(output, outputs.ERRORS) + '.jsonl')
@@ -138,15 +123,15 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
     The finished `PipelineResult` (for a dry run: one in state DONE).
 
   Raises:
-    options_lib.ConfigError, export.ArtifactError, inputs.InputError: if the
-      flags, model or input cannot work; raised before any work starts.
-    lease_lib.LeaseError: if another scorer holds the lease on --output
-      (before any work), or took it over during the run (then nothing is
-      published).
+    errors.UserError: options_lib.ConfigError, artifact.ArtifactError,
+      inputs.InputError if the flags, model or input cannot work, raised
+      before any work starts; lease.LeaseError if another scorer holds the
+      lease on --output (before any work), or took it over during the run
+      (then nothing is published).
   """
   argv = sys.argv[1:] if argv is None else list(argv)
+  argv, dry_run = options_lib.normalize_dry_run(argv)
   options = pipeline_options.PipelineOptions(argv)
-  dry_run = is_dry_run(options)
   config = options_lib.build_config(options, argv)
   options.view_as(pipeline_options.SetupOptions).save_main_session = (
       save_main_session)
@@ -206,6 +191,8 @@ def _print_help():
   parser = argparse.ArgumentParser(
       prog='python -m batch_predict.pipeline', description=__doc__,
       formatter_class=argparse.RawDescriptionHelpFormatter)
+  # Beam's documented hook for defining options (see options.py), called
+  # here to list only the scoring flags; checked against Beam 2.77.
   options_lib.ScoringOptions._add_argparse_args(parser)  # pylint: disable=protected-access
   parser.print_help()
 
@@ -218,9 +205,8 @@ def main(argv=None):
   logging.getLogger().setLevel(logging.INFO)
   try:
     run(argv)
-  except (options_lib.ConfigError, export.ArtifactError,
-          inputs.InputError, lease_lib.LeaseError) as e:
-    # Bad flags are the user's to fix: say what is wrong, no traceback.
+  except errors.UserError as e:
+    # The user's to fix: say what is wrong, without a traceback.
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
 

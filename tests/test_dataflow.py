@@ -1,7 +1,10 @@
-"""Dataflow readiness: the package `--setup_file` ships, and a dry run of the
-README's Dataflow command (options accepted, package and job built, nothing
-submitted)."""
+"""Dataflow readiness: what a worker imports (the scorer's modules, and of
+the trainer only its light shared modules), the package `--setup_file`
+ships holding all of it, and a dry run of the README's Dataflow command
+(options accepted, package and job built, nothing submitted)."""
 
+import functools
+import json
 import os
 import shutil
 import subprocess
@@ -13,25 +16,58 @@ import pytest
 
 from batch_predict import options as options_lib
 from batch_predict import pipeline
-from tests import conftest
-from tests import image_files
+from tests import helpers
+from tests.helpers import image_files
 from trainer import storage
 
-# What a worker needs to import to run the pipeline.
-_MODULES = ('batch_predict/pipeline.py', 'batch_predict/transforms.py',
-            'batch_predict/model_handler.py', 'batch_predict/image_header.py',
-            'batch_predict/inputs.py', 'batch_predict/outputs.py',
-            'batch_predict/options.py', 'trainer/export.py',
-            'trainer/storage.py', 'trainer/preprocessing.py')
+# The trainer's modules the scorer may import: light ones, shared by both
+# commands (README, Development).
+_SHARED_TRAINER_MODULES = {'trainer', 'trainer.artifact', 'trainer.errors',
+                           'trainer.lease', 'trainer.storage', 'trainer.walk'}
+# A worker unpickles the pipeline's steps (and, with save_main_session, the
+# main module, batch_predict.pipeline), importing their modules.
+_IMPORT_THE_SCORER = f"""
+import json, os, sys
+sys.path.insert(0, {helpers.REPO!r})
+import batch_predict.pipeline, batch_predict.transforms
+import batch_predict.model_handler, batch_predict.options
+import batch_predict.inputs, batch_predict.outputs, batch_predict.image_header
+project = {{name: os.path.relpath(module.__file__, {helpers.REPO!r})
+           for name, module in sys.modules.items()
+           if name.split('.')[0] in ('trainer', 'batch_predict')}}
+print(json.dumps({{'project': project, 'modules': sorted(sys.modules)}}))
+"""
+
+
+@functools.lru_cache(maxsize=None)
+def _what_the_scorer_imports():
+  """{'project': {module: file relative to the repo}, 'modules': [...]}
+  after importing every scorer module in a fresh interpreter."""
+  child = subprocess.run([sys.executable, '-c', _IMPORT_THE_SCORER],
+                         capture_output=True, text=True, check=True,
+                         env=dict(os.environ, PYTHONPATH=helpers.REPO))
+  return json.loads(child.stdout.strip().splitlines()[-1])
+
+
+def test_the_scorer_imports_no_keras_and_only_the_shared_trainer_modules():
+  imported = _what_the_scorer_imports()
+  trainer_modules = {name for name in imported['project']
+                     if name.split('.')[0] == 'trainer'}
+  assert trainer_modules == _SHARED_TRAINER_MODULES
+  for heavy in ('keras', 'tensorflow', 'trainer.models', 'trainer.export',
+                'trainer.train', 'trainer.data'):
+    assert heavy not in imported['modules'], heavy
+  assert {'batch_predict.pipeline', 'batch_predict.transforms',
+          'batch_predict.model_handler'} <= set(imported['project'])
 
 
 def _copy_project(destination):
   """The files setup.py packages, without build output of earlier runs."""
   os.makedirs(destination)
   for name in ('setup.py', 'README.md'):
-    shutil.copy(os.path.join(conftest.REPO, name), destination)
+    shutil.copy(os.path.join(helpers.REPO, name), destination)
   for package in ('trainer', 'batch_predict'):
-    shutil.copytree(os.path.join(conftest.REPO, package),
+    shutil.copytree(os.path.join(helpers.REPO, package),
                     os.path.join(destination, package),
                     ignore=shutil.ignore_patterns('__pycache__'))
   return destination
@@ -53,9 +89,11 @@ def test_sdist_and_wheel_hold_both_packages(tmp_path):
                 if '/' in name}
   with zipfile.ZipFile(os.path.join(dist, wheel)) as archive:
     in_wheel = set(archive.namelist())
-  for module in _MODULES:
-    assert module in in_sdist, module
-    assert module in in_wheel, module
+  worker_files = sorted(_what_the_scorer_imports()['project'].values())
+  assert 'batch_predict/transforms.py' in worker_files
+  for path in worker_files:
+    assert path in in_sdist, path
+    assert path in in_wheel, path
   assert not any('tests/' in name for name in in_wheel)
 
 
@@ -119,7 +157,7 @@ def test_options_beam_refuses_fail_before_any_work(
         '--runner=DataflowRunner', '--project=test-project',
         '--region=us-central1', '--temp_location=gs://test-bucket/tmp',
         '--job_name=Nightly_Scoring',
-        f'--setup_file={conftest.REPO}/setup.py',
+        f'--setup_file={helpers.REPO}/setup.py',
         '--model_dir=gs://test-bucket/mnist/export',
         '--input=gs://test-bucket/images/0.png',
         '--output=gs://test-bucket/scores/mnist'])

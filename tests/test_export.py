@@ -1,15 +1,14 @@
-"""The model artifact: round trips without train/serve skew, safe loading."""
-
-import os
-import shutil
+"""Writing the model artifact: round trips without train/serve skew, safe
+loading of model.keras."""
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests import conftest
-from tests import photos
+from tests.helpers import image_files
+from tests.helpers import photos
+from trainer import artifact
 from trainer import data
 from trainer import export
 from trainer import models
@@ -28,7 +27,7 @@ def test_saved_model_bytes_match_keras_on_the_same_decoded_pixels(
     trained_export, image_format):
   pixels, labels = _test_digits()
   encoded = [samples.encode(p, image_format) for p in pixels]
-  serve, _ = export.load_serving(trained_export)
+  serve, _ = artifact.load_serving(trained_export)
   served = serve(image_bytes=tf.constant(encoded))['probabilities'].numpy()
   # Decode the same bytes outside the artifact and run the Keras model.
   decoded = np.stack([tf.io.decode_image(b, channels=1).numpy()
@@ -45,14 +44,14 @@ def test_grey_model_scores_colour_and_odd_sized_images(trained_export):
   pixels, _ = _test_digits(4)
   digit = pixels[0][..., 0]
   variants = {
-      'grey png': conftest.encode_image(digit, 'PNG'),
-      'rgb png': conftest.encode_image(np.stack([digit] * 3, -1), 'PNG'),
-      'rgb bmp': conftest.encode_image(np.stack([digit] * 3, -1), 'BMP'),
-      'gif': conftest.encode_image(digit, 'GIF'),
-      '16-bit png': conftest.encode_image(digit.astype(np.uint16) * 257,
+      'grey png': image_files.encode_image(digit, 'PNG'),
+      'rgb png': image_files.encode_image(np.stack([digit] * 3, -1), 'PNG'),
+      'rgb bmp': image_files.encode_image(np.stack([digit] * 3, -1), 'BMP'),
+      'gif': image_files.encode_image(digit, 'GIF'),
+      '16-bit png': image_files.encode_image(digit.astype(np.uint16) * 257,
                                           'PNG'),
   }
-  serve, _ = export.load_serving(trained_export)
+  serve, _ = artifact.load_serving(trained_export)
   out = serve(image_bytes=tf.constant(list(variants.values())))
   probabilities = out['probabilities'].numpy()
   for name, row in zip(variants, probabilities):
@@ -60,7 +59,7 @@ def test_grey_model_scores_colour_and_odd_sized_images(trained_export):
                                err_msg=name)
   big = tf.image.resize(digit[..., None], [280, 140]).numpy().astype(np.uint8)
   big_out = serve(image_bytes=tf.constant(
-      [conftest.encode_image(big[..., 0], 'JPEG')]))['probabilities']
+      [image_files.encode_image(big[..., 0], 'JPEG')]))['probabilities']
   assert big_out.shape == (1, 10)
 
 
@@ -70,42 +69,17 @@ def test_colour_model_accepts_grey_images(tmp_path):
                                    image_shape=(32, 32, 3),
                                    dataset='image_folder', model_name='cnn_bn')
   export.export_model(model, str(tmp_path / 'export'), metadata)
-  serve, _ = export.load_serving(str(tmp_path / 'export'))
-  grey = conftest.encode_image(conftest.random_pixels(50, 70, 1), 'PNG')
-  colour = conftest.encode_image(conftest.random_pixels(20, 10, 3), 'JPEG')
+  serve, _ = artifact.load_serving(str(tmp_path / 'export'))
+  grey = image_files.encode_image(image_files.random_pixels(50, 70, 1), 'PNG')
+  colour = image_files.encode_image(image_files.random_pixels(20, 10, 3),
+                                    'JPEG')
   out = serve(image_bytes=tf.constant([grey, colour]))
   assert out['probabilities'].shape == (2, 3)
   assert out['logits'].shape == (2, 3)
-  pixels_fn, _ = export.load_serving(str(tmp_path / 'export'),
-                                     export.PIXELS_SIGNATURE)
+  pixels_fn, _ = artifact.load_serving(str(tmp_path / 'export'),
+                                     artifact.PIXELS_SIGNATURE)
   assert pixels_fn(images=tf.zeros([1, 32, 32, 3]))['probabilities'].shape == (
       1, 3)
-
-
-def test_artifact_layout_and_metadata(trained_export):
-  assert sorted(os.listdir(trained_export)) == [
-      export.COMPLETE_MARKER, 'metadata.json', 'model.keras', 'saved_model']
-  metadata = export.read_metadata(trained_export)
-  assert metadata['labels'] == [str(d) for d in range(10)]
-  assert metadata['input'] == {'height': 28, 'width': 28, 'channels': 1,
-                               'encoded_formats': ['jpeg', 'png', 'gif',
-                                                   'bmp']}
-  assert metadata['dataset'] == 'mnist_sample'
-  assert metadata['model'] == 'deep_mnist'
-  assert 0 <= metadata['metrics']['test_accuracy'] <= 1
-  assert set(metadata['versions']) >= {'tensorflow', 'keras', 'trainer'}
-
-
-def test_incomplete_artifact_is_refused(trained_export, tmp_path):
-  copy = str(tmp_path / 'export')
-  shutil.copytree(trained_export, copy)
-  os.remove(os.path.join(copy, export.COMPLETE_MARKER))
-  with pytest.raises(export.ArtifactError, match='incomplete'):
-    export.read_metadata(copy)
-  with pytest.raises(export.ArtifactError, match='incomplete'):
-    export.load_keras_model(copy)
-  with pytest.raises(export.ArtifactError, match='no such model directory'):
-    export.read_metadata(str(tmp_path / 'missing'))
 
 
 def test_keras_files_with_python_code_are_refused(tmp_path):
@@ -119,14 +93,14 @@ def test_keras_files_with_python_code_are_refused(tmp_path):
 
 def test_export_to_gcs_and_load_back(gcs_server, trained_export):
   model = export.load_keras_model(trained_export)
-  metadata = export.read_metadata(trained_export)
+  metadata = artifact.read_metadata(trained_export)
   export.export_model(model, 'gs://test-bucket/run/export', metadata)
-  assert export.read_metadata('gs://test-bucket/run/export')['labels'] == (
+  assert artifact.read_metadata('gs://test-bucket/run/export')['labels'] == (
       metadata['labels'])
   reloaded = export.load_keras_model('gs://test-bucket/run/export')
   assert reloaded.count_params() == model.count_params()
-  with export.local_copy('gs://test-bucket/run/export') as local:
-    serve, _ = export.load_serving(local)
+  with artifact.local_copy('gs://test-bucket/run/export') as local:
+    serve, _ = artifact.load_serving(local)
     digit = _test_digits(1)[0][0]
     out = serve(image_bytes=tf.constant([samples.encode(digit, 'png')]))
     assert out['probabilities'].shape == (1, 10)
@@ -134,7 +108,7 @@ def test_export_to_gcs_and_load_back(gcs_server, trained_export):
 
 def test_an_exif_rotated_jpeg_scores_as_its_upright_copy(trained_export):
   pixels, _ = _test_digits(8)
-  serve, _ = export.load_serving(trained_export)
+  serve, _ = artifact.load_serving(trained_export)
   # 32x32: JPEG's 8x8 blocks then fall on the same pixels however the
   # digit is turned, so turning it costs no extra compression error.
   digits = [np.pad(np.repeat(p, 3, axis=-1), ((2, 2), (2, 2), (0, 0)))
@@ -162,10 +136,10 @@ def test_an_rgba_png_is_served_as_composited_onto_white(tmp_path):
                                    image_shape=(16, 16, 3),
                                    dataset='image_folder', model_name='m')
   export.export_model(model, str(tmp_path / 'export'), metadata)
-  serve, _ = export.load_serving(str(tmp_path / 'export'))
-  pixels_fn, _ = export.load_serving(str(tmp_path / 'export'),
-                                     export.PIXELS_SIGNATURE)
-  colour = conftest.random_pixels(16, 16, 3, seed=5)
+  serve, _ = artifact.load_serving(str(tmp_path / 'export'))
+  pixels_fn, _ = artifact.load_serving(str(tmp_path / 'export'),
+                                     artifact.PIXELS_SIGNATURE)
+  colour = image_files.random_pixels(16, 16, 3, seed=5)
   alpha = np.tile(np.linspace(0, 255, 16).astype(np.uint8), (16, 1))
   served = serve(image_bytes=tf.constant(
       [photos.png(np.dstack([colour, alpha]))]))['probabilities'].numpy()

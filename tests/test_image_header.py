@@ -9,8 +9,8 @@ from PIL import Image
 import pytest
 
 from batch_predict import image_header
-from tests import conftest
-from tests import image_files
+from tests.helpers import image_files
+from trainer import errors
 
 
 def _encode(pixels, image_format, **options):
@@ -31,7 +31,7 @@ def _encode(pixels, image_format, **options):
 ])
 def test_reads_format_and_size_of_images_pillow_writes(image_format, options,
                                                        channels):
-  pixels = conftest.random_pixels(37, 53, channels)  # 37 high, 53 wide.
+  pixels = image_files.random_pixels(37, 53, channels)  # 37 high, 53 wide.
   info = image_header.read_header(_encode(pixels, image_format, **options))
   assert info == image_header.ImageInfo(image_format, 53, 37, 1)
   assert info.pixels == 37 * 53
@@ -45,7 +45,7 @@ def test_sixteen_bit_png_cmyk_jpeg_and_top_down_bmp_are_ordinary_images():
   assert Image.open(io.BytesIO(cmyk)).mode == 'CMYK'
   assert image_header.check_image(sixteen_bit, 10**6) == ('PNG', 28, 28, 1)
   assert image_header.check_image(cmyk, 10**6) == ('JPEG', 28, 28, 1)
-  bmp = bytearray(_encode(conftest.random_pixels(5, 7), 'BMP'))
+  bmp = bytearray(_encode(image_files.random_pixels(5, 7), 'BMP'))
   bmp[22:26] = (-5).to_bytes(4, 'little', signed=True)  # Top-down rows.
   assert image_header.read_header(bytes(bmp)) == ('BMP', 7, 5, 1)
 
@@ -53,7 +53,7 @@ def test_sixteen_bit_png_cmyk_jpeg_and_top_down_bmp_are_ordinary_images():
 def test_counts_frames_of_animated_gif_and_png():
   info = image_header.read_header(image_files.animated_gif(frames=4))
   assert (info.format, info.frames) == ('GIF', 4)
-  frames = [Image.fromarray(conftest.random_pixels(8, 8, 3, seed=i))
+  frames = [Image.fromarray(image_files.random_pixels(8, 8, 3, seed=i))
             for i in range(2)]
   buffer = io.BytesIO()
   frames[0].save(buffer, 'PNG', save_all=True, append_images=frames[1:])
@@ -61,7 +61,7 @@ def test_counts_frames_of_animated_gif_and_png():
   with pytest.raises(image_header.HeaderError, match='animated GIF with 4 '
                      'frames') as raised:
     image_header.check_image(image_files.animated_gif(frames=4), 10**6)
-  assert raised.value.kind == image_header.ANIMATED
+  assert raised.value.kind == errors.ANIMATED
 
 
 def test_decompression_bomb_is_refused_from_its_header():
@@ -71,33 +71,33 @@ def test_decompression_bomb_is_refused_from_its_header():
   assert info.pixels == 10_001 * 10_001  # ...of over 100 million pixels.
   with pytest.raises(image_header.HeaderError) as raised:
     image_header.check_image(bomb, max_pixels=100_000_000)
-  assert raised.value.kind == image_header.TOO_MANY_PIXELS
+  assert raised.value.kind == errors.TOO_MANY_PIXELS
   assert '10,001 x 10,001' in str(raised.value)
   assert '--max_image_pixels' in str(raised.value)
   assert image_header.check_image(bomb, max_pixels=10**9) == info
 
 
 def test_gif_frame_larger_than_its_screen_counts_at_its_own_size():
-  gif = bytearray(_encode(conftest.random_pixels(4, 4, 1), 'GIF'))
+  gif = bytearray(_encode(image_files.random_pixels(4, 4, 1), 'GIF'))
   gif[6:10] = bytes([1, 0, 1, 0])  # Logical screen 1 x 1; the frame is 4 x 4.
   assert image_header.read_header(bytes(gif)).pixels == 16
 
 
 @pytest.mark.parametrize('content,kind,words', [
-    (b'', image_header.EMPTY_FILE, 'empty file'),
-    (b'hello, world\nthis is text\n', image_header.NOT_AN_IMAGE, 'text'),
-    (b'BMW and Audi photos: see list.txt', image_header.NOT_AN_IMAGE, 'text'),
-    ('caf\u00e9 cr\u00e8me'.encode(), image_header.NOT_AN_IMAGE, 'text'),
-    (image_files.random_bytes(), image_header.NOT_AN_IMAGE,
+    (b'', errors.EMPTY_FILE, 'empty file'),
+    (b'hello, world\nthis is text\n', errors.NOT_AN_IMAGE, 'text'),
+    (b'BMW and Audi photos: see list.txt', errors.NOT_AN_IMAGE, 'text'),
+    ('caf\u00e9 cr\u00e8me'.encode(), errors.NOT_AN_IMAGE, 'text'),
+    (image_files.random_bytes(), errors.NOT_AN_IMAGE,
      'unrecognised content'),
-    (b'%PDF-1.7\n...', image_header.UNSUPPORTED_FORMAT, 'PDF'),
+    (b'%PDF-1.7\n...', errors.UNSUPPORTED_FORMAT, 'PDF'),
     (b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg">',
-     image_header.UNSUPPORTED_FORMAT, 'SVG'),
-    (b'\xff\xd8\xff\xe0\x00\x10JFIF', image_header.CORRUPT_HEADER,
+     errors.UNSUPPORTED_FORMAT, 'SVG'),
+    (b'\xff\xd8\xff\xe0\x00\x10JFIF', errors.CORRUPT_HEADER,
      'truncated JPEG'),
-    (b'\x89PNG\r\n\x1a\n\x00\x00', image_header.CORRUPT_HEADER,
+    (b'\x89PNG\r\n\x1a\n\x00\x00', errors.CORRUPT_HEADER,
      'truncated PNG'),
-    (b'GIF89a\x05\x00\x05\x00\x00\x00\x00;', image_header.CORRUPT_HEADER,
+    (b'GIF89a\x05\x00\x05\x00\x00\x00\x00;', errors.CORRUPT_HEADER,
      'truncated GIF'),
 ])
 def test_bad_bytes_get_a_kind_and_a_message_a_person_can_act_on(
@@ -111,20 +111,20 @@ def test_bad_bytes_get_a_kind_and_a_message_a_person_can_act_on(
 @pytest.mark.parametrize('image_format,name', [
     ('WEBP', 'WebP'), ('TIFF', 'TIFF'), ('ICO', 'ICO')])
 def test_other_image_formats_are_named_in_the_error(image_format, name):
-  content = _encode(conftest.random_pixels(16, 16, 3), image_format)
+  content = _encode(image_files.random_pixels(16, 16, 3), image_format)
   assert image_header.sniff_format(content[:32]) == name
   with pytest.raises(image_header.HeaderError,
                      match=f'{name} file.*convert it to PNG or JPEG') as raised:
     image_header.read_header(content)
-  assert raised.value.kind == image_header.UNSUPPORTED_FORMAT
+  assert raised.value.kind == errors.UNSUPPORTED_FORMAT
 
 
 def test_zero_sized_image_is_a_corrupt_header():
-  png = bytearray(_encode(conftest.random_pixels(3, 3), 'PNG'))
+  png = bytearray(_encode(image_files.random_pixels(3, 3), 'PNG'))
   png[16:20] = bytes(4)  # IHDR width = 0.
   with pytest.raises(image_header.HeaderError, match='0 x 3') as raised:
     image_header.read_header(bytes(png))
-  assert raised.value.kind == image_header.CORRUPT_HEADER
+  assert raised.value.kind == errors.CORRUPT_HEADER
 
 
 def test_truncated_jpeg_with_whole_header_passes_the_header_check():
@@ -165,7 +165,7 @@ _SIXTEEN_GREYS = b''.join(bytes([i * 16] * 3 + [0]) for i in range(16))
 
 def _pillow_bmp(mode):
   buffer = io.BytesIO()
-  Image.fromarray(conftest.random_pixels(5, 7)).convert(mode).save(buffer,
+  Image.fromarray(image_files.random_pixels(5, 7)).convert(mode).save(buffer,
                                                                    'BMP')
   return buffer.getvalue()
 
@@ -209,7 +209,7 @@ def test_bmp_variants_the_decoder_cannot_read_are_unsupported(name, data,
   assert not _decodes_like_pillow(data), f'TensorFlow now reads {name}'
   with pytest.raises(image_header.HeaderError) as raised:
     image_header.check_image(data, 10**6)
-  assert raised.value.kind == image_header.UNSUPPORTED_FORMAT
+  assert raised.value.kind == errors.UNSUPPORTED_FORMAT
   assert words in str(raised.value)
   assert 'Convert it to PNG' in str(raised.value)
   assert 'truncated' not in str(raised.value)
@@ -233,7 +233,7 @@ def test_bmp_variants_the_decoder_reads_pass(name, data):
 
 def _jpeg_with_frame(marker, precision=8):
   """A Pillow baseline JPEG whose frame header says another process."""
-  data = bytearray(_encode(conftest.random_pixels(8, 8), 'JPEG'))
+  data = bytearray(_encode(image_files.random_pixels(8, 8), 'JPEG'))
   frame = data.index(b'\xff\xc0')
   data[frame + 1] = marker
   data[frame + 4] = precision
@@ -257,7 +257,7 @@ def test_jpeg_variants_the_decoder_cannot_read_are_unsupported(
   with pytest.raises(image_header.HeaderError,
                      match=re.escape(words)) as raised:
     image_header.check_image(data, 10**6)
-  assert raised.value.kind == image_header.UNSUPPORTED_FORMAT
+  assert raised.value.kind == errors.UNSUPPORTED_FORMAT
 
 
 @pytest.mark.parametrize('marker', [0xC0, 0xC1, 0xC2, 0xC9, 0xCA])
@@ -273,7 +273,7 @@ def test_baseline_extended_progressive_and_arithmetic_jpegs_pass(marker):
     ('RGBA', {}), ('P', {'transparency': 0})])
 def test_png_variants_decode_and_pass(mode, options):
   buffer = io.BytesIO()
-  Image.fromarray(conftest.random_pixels(9, 11)).convert(mode).save(
+  Image.fromarray(image_files.random_pixels(9, 11)).convert(mode).save(
       buffer, 'PNG', **options)
   assert _decodes_like_pillow(buffer.getvalue())
   assert image_header.check_image(buffer.getvalue(), 10**6).format == 'PNG'

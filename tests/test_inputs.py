@@ -5,14 +5,14 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 
 import pytest
 
 from batch_predict import inputs
-from tests import conftest
-from tests import image_files
-from tests import processes
+from tests import helpers
+from tests.helpers import image_files
+from tests.helpers import processes
+from trainer import errors
 
 
 def _write(path, content=b'x'):
@@ -74,9 +74,9 @@ def test_read_image_file(tmp_path):
   path = _write(str(tmp_path / 'a.png'), b'0123456789')
   assert inputs.read_image_file(path, max_bytes=10) == b'0123456789'
   cases = {
-      str(tmp_path / 'missing.png'): (inputs.NOT_FOUND, 'no such file'),
-      str(tmp_path): (inputs.NOT_A_FILE, 'a folder, not a file'),
-      'ftp://host/a.png': (inputs.INVALID_URI, 'gs://BUCKET/PATH'),
+      str(tmp_path / 'missing.png'): (errors.NOT_FOUND, 'no such file'),
+      str(tmp_path): (errors.NOT_A_FILE, 'a folder, not a file'),
+      'ftp://host/a.png': (errors.INVALID_URI, 'gs://BUCKET/PATH'),
   }
   for uri, (kind, words) in cases.items():
     with pytest.raises(inputs.ReadError, match=words) as raised:
@@ -84,7 +84,7 @@ def test_read_image_file(tmp_path):
     assert raised.value.kind == kind
   with pytest.raises(inputs.ReadError, match='--max_file_bytes') as raised:
     inputs.read_image_file(path, max_bytes=9)
-  assert raised.value.kind == inputs.FILE_TOO_LARGE
+  assert raised.value.kind == errors.FILE_TOO_LARGE
 
 
 def test_read_and_resolve_on_a_bucket(gcs_server, beam_gcs_anonymous):
@@ -96,7 +96,7 @@ def test_read_and_resolve_on_a_bucket(gcs_server, beam_gcs_anonymous):
       b'\x89PNG\r\n\x1a\nxx')
   with pytest.raises(inputs.ReadError) as raised:
     inputs.read_image_file('gs://test-bucket/images/missing.png', 100)
-  assert raised.value.kind == inputs.NOT_FOUND
+  assert raised.value.kind == errors.NOT_FOUND
   assert inputs.resolve_input('gs://test-bucket/images') == (
       inputs.GLOB, 'gs://test-bucket/images/**')
   assert inputs.resolve_input('/gcs/test-bucket/list.txt') == (
@@ -133,33 +133,13 @@ def _kind_of(uri, listed_kind):
   return None
 
 
-def _within(seconds, function, *args):
-  """Calls `function` in a thread; fails if it has not returned in time."""
-  outcome = []
-
-  def call():
-    try:
-      outcome.append((function(*args), None))
-    except Exception as e:  # pylint: disable=broad-except
-      outcome.append((None, e))
-
-  thread = threading.Thread(target=call, daemon=True)
-  thread.start()
-  thread.join(seconds)
-  assert outcome, f'{function.__name__} still running after {seconds} s'
-  result, error = outcome[0]
-  if error is not None:
-    raise error
-  return result
-
-
 def test_a_folder_lists_every_entry_once_and_reading_names_each_problem(
     tmp_path):
   folder = str(tmp_path / 'images')
   expected = image_files.write_hostile_folder(folder)
   listed = _listed(inputs.list_local(os.path.join(folder, '**')))
   assert set(listed) == set(expected)
-  kinds = _within(60, lambda: {uri: _kind_of(uri, kind)
+  kinds = processes.within(60, lambda: {uri: _kind_of(uri, kind)
                                for uri, kind in listed.items()})
   assert kinds == expected
 
@@ -179,13 +159,13 @@ def test_an_unreadable_sub_folder_is_one_entry(tmp_path):
         [sys.executable, '-c', code, os.path.join(folder, '**')],
         capture_output=True, text=True, timeout=120, check=True,
         preexec_fn=processes.mode_checking_preexec(),
-        env=dict(os.environ, PYTHONPATH=conftest.REPO))
+        env=dict(os.environ, PYTHONPATH=helpers.REPO))
   finally:
     os.chmod(os.path.join(folder, 'private'), 0o755)
-  listed = _listed(inputs.ReadError(kind, '', uri) if kind else uri
+  listed = _listed(inputs.ReadError('', kind, uri) if kind else uri
                    for uri, kind in json.loads(child.stdout))
   assert set(listed) == set(expected)
-  assert listed[os.path.join(folder, 'private')] == inputs.UNREADABLE_FOLDER
+  assert listed[os.path.join(folder, 'private')] == errors.UNREADABLE_FOLDER
   assert 'secret.png' not in child.stdout
 
 
@@ -212,19 +192,19 @@ def test_a_glob_lists_only_the_entries_it_can_match(tmp_path):
 
 
 @pytest.mark.parametrize('make,kind,words', [
-    (lambda p: os.mkfifo(p), inputs.SPECIAL_FILE, 'named pipe'),
-    (lambda p: os.symlink('/dev/null', p), inputs.SPECIAL_FILE,
+    (lambda p: os.mkfifo(p), errors.SPECIAL_FILE, 'named pipe'),
+    (lambda p: os.symlink('/dev/null', p), errors.SPECIAL_FILE,
      'character device'),
-    (lambda p: os.symlink(p + '.missing', p), inputs.DANGLING_LINK,
+    (lambda p: os.symlink(p + '.missing', p), errors.DANGLING_LINK,
      'does not exist'),
-    (lambda p: os.symlink(p, p), inputs.LINK_LOOP, 'circle'),
+    (lambda p: os.symlink(p, p), errors.LINK_LOOP, 'circle'),
 ])
 def test_reading_refuses_what_is_not_a_regular_file(tmp_path, make, kind,
                                                     words):
   path = str(tmp_path / 'entry.png')
   make(path)
   with pytest.raises(inputs.ReadError, match=words) as raised:
-    _within(60, inputs.read_image_file, path, 100)
+    processes.within(60, inputs.read_image_file, path, 100)
   assert raised.value.kind == kind
 
 
@@ -233,13 +213,13 @@ def test_reading_a_socket_and_bad_paths(tmp_path, monkeypatch):
   with socket.socket(socket.AF_UNIX) as server:
     server.bind('socket.png')
     cases = {
-        str(tmp_path / 'socket.png'): inputs.SPECIAL_FILE,
+        str(tmp_path / 'socket.png'): errors.SPECIAL_FILE,
         _write(str(tmp_path / 'file.png')) + '/inside.png': (
-            inputs.NOT_A_FOLDER),
-        str(tmp_path / ('x' * 300 + '.png')): inputs.NAME_TOO_LONG,
-        str(tmp_path / 'nul\x00.png'): inputs.INVALID_NAME,
-        's3://bucket/a.png': inputs.INVALID_URI,
-        str(tmp_path / 'missing' / 'a.png'): inputs.NOT_FOUND,
+            errors.NOT_A_FOLDER),
+        str(tmp_path / ('x' * 300 + '.png')): errors.NAME_TOO_LONG,
+        str(tmp_path / 'nul\x00.png'): errors.INVALID_NAME,
+        's3://bucket/a.png': errors.INVALID_URI,
+        str(tmp_path / 'missing' / 'a.png'): errors.NOT_FOUND,
     }
     for uri, kind in cases.items():
       with pytest.raises(inputs.ReadError) as raised:
@@ -283,7 +263,7 @@ def test_input_format_must_fit_the_input(tmp_path):
 def test_an_input_that_is_no_file_or_folder_fails_before_any_work(tmp_path):
   os.mkfifo(tmp_path / 'list.txt')
   with pytest.raises(inputs.InputError, match='named pipe'):
-    _within(60, inputs.resolve_input, str(tmp_path / 'list.txt'))
+    processes.within(60, inputs.resolve_input, str(tmp_path / 'list.txt'))
   folder = tmp_path / 'only-bad-entries'
   folder.mkdir()
   os.mkfifo(folder / 'pipe.png')
@@ -302,6 +282,6 @@ def test_uri_list_lines_keep_unicode_and_report_bytes_that_are_not_utf8():
   assert inputs.parse_uri_line(b'# caf\xe9\n', folder) is None
   with pytest.raises(inputs.ReadError) as raised:
     inputs.parse_uri_line(b'caf\xe9.png\n', folder)
-  assert raised.value.kind == inputs.INVALID_NAME
+  assert raised.value.kind == errors.INVALID_NAME
   assert raised.value.uri == '/data/lists/caf\\xe9.png'
   assert 'not valid UTF-8' in str(raised.value)

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests import conftest
+from tests import helpers
 from trainer import lease as lease_lib
 from trainer import storage
 
@@ -38,8 +38,8 @@ def test_a_second_local_holder_is_refused_with_the_holders_name(tmp_path):
 def test_a_local_lease_dies_with_its_process(tmp_path):
   path = str(tmp_path / '_LEASE')
   holder = subprocess.Popen(
-      [sys.executable, '-c', _HOLD, path], cwd=conftest.REPO,
-      env=dict(os.environ, PYTHONPATH=conftest.REPO), stdout=subprocess.PIPE,
+      [sys.executable, '-c', _HOLD, path], cwd=helpers.REPO,
+      env=dict(os.environ, PYTHONPATH=helpers.REPO), stdout=subprocess.PIPE,
       text=True)
   try:
     assert holder.stdout.readline().strip() == 'held'

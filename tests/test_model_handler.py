@@ -1,4 +1,9 @@
-"""The RunInference handler: loading the artifact, isolating bad images."""
+"""The RunInference handler: loading the artifact, isolating bad images.
+
+Loading is tested with the trained artifact; batching, isolating images the
+decoder refuses and RunInference's plumbing with the fake classifier
+(tests/helpers/fakes.py), except where a real decoder's errors are the point.
+"""
 
 import os
 import shutil
@@ -11,8 +16,10 @@ import numpy as np
 import pytest
 
 from batch_predict import model_handler
-from tests import image_files
-from trainer import export
+from tests.helpers import fakes
+from tests.helpers import image_files
+from trainer import artifact
+from trainer import errors
 from trainer import storage
 
 
@@ -50,7 +57,7 @@ def test_one_undecodable_image_costs_one_result_not_the_batch(classifier):
   failures = [i for i, r in enumerate(results)
               if isinstance(r, model_handler.DecodeFailure)]
   assert failures == [2, 7]
-  assert results[2].kind == model_handler.UNDECODABLE
+  assert results[2].kind == errors.UNDECODABLE
   assert 'truncated or corrupt' in results[2].message
   assert 'Graph execution error' not in results[2].message
   assert splits  # The batch was split to find them.
@@ -60,12 +67,14 @@ def test_one_undecodable_image_costs_one_result_not_the_batch(classifier):
   np.testing.assert_allclose(scored, alone, atol=1e-5)
 
 
-def test_a_batch_of_good_images_is_one_call(classifier):
+def test_a_batch_of_good_images_is_one_call():
+  classifier = fakes.FakeClassifier()
   splits = []
   results = model_handler.predict_isolating_failures(
       classifier, [image for image, _ in _good_images(5)],
       on_split=lambda: splits.append(1))
   assert not splits
+  assert classifier.calls == [5]
   assert all(isinstance(r, np.ndarray) for r in results)
 
 
@@ -78,19 +87,20 @@ def test_power_of_two_chunks_cover_the_batch_in_order():
   assert model_handler.power_of_two_chunks([]) == []
 
 
-def test_handler_returns_prediction_results_for_a_batch(trained_export):
-  handler = model_handler.ImageClassifierHandler(trained_export,
-                                                 max_batch_size=16)
+def test_handler_returns_prediction_results_for_a_batch():
+  handler = fakes.FakeClassifierHandler(max_batch_size=16)
   assert handler.batch_elements_kwargs() == {'max_batch_size': 16}
   model = handler.load_model()
   # 7 images: model calls of 4, 2 and 1 images; the bad one is in the 2.
   images = [image for image, _ in _good_images(6)]
-  images.insert(5, b'\xff\xd8\xff')
+  images.insert(5, b'\xff\xd8\xff' + fakes.UNDECODABLE)
   results = list(handler.run_inference(images, model))
   assert [r.example for r in results] == images
-  assert all(r.model_id == trained_export for r in results)
+  assert all(r.model_id == 'fake://model' for r in results)
   assert [isinstance(r.inference, model_handler.DecodeFailure)
           for r in results] == [False] * 5 + [True, False]
+  # The call of 2 fails and is split in two calls of 1; then the last 1.
+  assert model.calls == [4, 2, 1, 1, 1]
   alone = model.predict(images[:5] + images[6:])
   np.testing.assert_allclose(
       np.stack([r.inference for i, r in enumerate(results) if i != 5]),
@@ -110,21 +120,21 @@ def test_loads_an_artifact_from_a_bucket(gcs_server, trained_export,
 def test_refuses_an_incomplete_artifact(trained_export, tmp_path):
   copy = str(tmp_path / 'export')
   shutil.copytree(trained_export, copy)
-  os.remove(os.path.join(copy, export.COMPLETE_MARKER))
+  os.remove(os.path.join(copy, artifact.COMPLETE_MARKER))
   handler = model_handler.ImageClassifierHandler(copy)
-  with pytest.raises(export.ArtifactError, match='incomplete'):
+  with pytest.raises(artifact.ArtifactError, match='incomplete'):
     handler.load_model()
 
 
-def test_runinference_keeps_each_uri_with_its_result(trained_export):
+def test_runinference_keeps_each_uri_with_its_result():
   good = _good_images(5)
   elements = [(f'digit-{i}.png', image) for i, (image, _) in enumerate(good)]
-  elements.append(('cut.jpg', image_files.truncated_jpeg(
-      image_files.digits(1)[0][0])))
+  truncated = image_files.truncated_jpeg(image_files.digits(1)[0][0])
+  elements.append(('cut.jpg', truncated))
   expected_labels = {f'digit-{i}.png': str(np.argmax(p)) for i, p in
-                     enumerate(model_handler.load_classifier(
-                         trained_export).predict([g for g, _ in good]))}
-  expected_labels['cut.jpg'] = model_handler.UNDECODABLE
+                     enumerate(fakes.FakeClassifier().predict(
+                         [g for g, _ in good]))}
+  expected_labels['cut.jpg'] = errors.UNDECODABLE
 
   def label(element):
     uri, result = element
@@ -132,8 +142,8 @@ def test_runinference_keeps_each_uri_with_its_result(trained_export):
       return uri, result.inference.kind
     return uri, str(np.argmax(result.inference))
 
-  handler = model_handler.ImageClassifierHandler(
-      trained_export, min_batch_size=len(elements),
+  handler = fakes.FakeClassifierHandler(
+      fail_on=[truncated], min_batch_size=len(elements),
       max_batch_size=len(elements))
   with test_pipeline.TestPipeline() as pipeline:
     labels = (pipeline

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from tests import disks
+from tests.helpers import disks
 from trainer import storage
 
 
@@ -28,11 +28,12 @@ def _exercise(root):
     f.write(b'x' * 100_000)
   assert storage.read_text(storage.join(root, 'a/one.txt')) == 'one'
   assert storage.read_json(storage.join(root, 'a/b/two.json')) == {'x': 2}
-  assert storage.size(storage.join(root, 'big.bin')) == 100_000
+  assert len(storage.read_bytes(storage.join(root, 'big.bin'))) == 100_000
   assert storage.exists(storage.join(root, 'a'))
   assert storage.isdir(storage.join(root, 'a/b'))
   assert not storage.exists(storage.join(root, 'nope'))
-  assert storage.listdir(root) == ['a', 'big.bin']
+  assert storage.scan_folder(root) == [
+      storage.FolderEntry('a', True), storage.FolderEntry('big.bin', False)]
   assert storage.list_files(storage.join(root, 'a')) == [
       storage.join(root, 'a/b/two.json'), storage.join(root, 'a/one.txt')]
   assert storage.glob(storage.join(root, 'a/*.txt')) == [

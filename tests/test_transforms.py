@@ -19,7 +19,9 @@ from batch_predict import inputs
 from batch_predict import model_handler
 from batch_predict import outputs
 from batch_predict import transforms
-from tests import image_files
+from tests.helpers import fakes
+from tests.helpers import image_files
+from trainer import errors as errors_lib
 from trainer import lease as lease_lib
 
 
@@ -105,13 +107,13 @@ def test_bad_input_catalogue_each_gets_its_error_and_good_images_are_scored(
   assert counters['bytes_read'] == on_disk
 
 
-def test_files_over_max_file_bytes_are_not_read(trained_export, tmp_path):
+def test_files_over_max_file_bytes_are_not_read(tmp_path):
   big = tmp_path / 'big.png'
   big.write_bytes(image_files.encode(np.zeros((200, 200), np.uint8), 'PNG') +
                   bytes(5000))
   small = tmp_path / 'small.png'
   small.write_bytes(image_files.encode(image_files.digits(1)[0][0], 'PNG'))
-  handler = model_handler.ImageClassifierHandler(trained_export)
+  handler = fakes.FakeClassifierHandler()
   with test_pipeline.TestPipeline() as pipeline:
     predictions, errors = (
         pipeline
@@ -122,19 +124,47 @@ def test_files_over_max_file_bytes_are_not_read(trained_export, tmp_path):
     util.assert_that(predictions | beam.Map(lambda r: r['uri']),
                      util.equal_to([str(small)]), label='CheckPredictions')
     util.assert_that(errors | beam.Map(lambda r: (r['uri'], r['kind'])),
-                     util.equal_to([(str(big), inputs.FILE_TOO_LARGE)]),
+                     util.equal_to([(str(big), errors_lib.FILE_TOO_LARGE)]),
                      label='CheckErrors')
 
 
-def test_model_is_loaded_once_per_process_and_shared_by_its_threads(
-    trained_export, tmp_path):
+def test_an_image_the_model_cannot_decode_costs_one_record_not_its_batch(
+    tmp_path):
+  png = image_files.encode(image_files.digits(1)[0][0], 'PNG')
+  # Its header is a good PNG's; the fake model's decoder refuses it.
+  contents = {f'{i}.png': png + bytes([i]) for i in range(7)}
+  contents['cut.png'] = png + fakes.UNDECODABLE
+  for name, content in contents.items():
+    (tmp_path / name).write_bytes(content)
+  labels = fakes.DIGITS
+  expected = {str(tmp_path / name): labels[int(np.argmax(
+      fakes.FakeClassifier().probabilities(content)))]
+              for name, content in contents.items() if name != 'cut.png'}
+  handler = fakes.FakeClassifierHandler(min_batch_size=8, max_batch_size=8)
+  with test_pipeline.TestPipeline() as pipeline:
+    predictions, errors = (
+        pipeline
+        | beam.Create(sorted(str(tmp_path / name) for name in contents))
+        | transforms.ClassifyImages(handler, labels, top_k=1,
+                                    max_file_bytes=10**6,
+                                    max_image_pixels=10**6))
+    util.assert_that(predictions | beam.Map(lambda r: (r['uri'], r['label'])),
+                     util.equal_to(list(expected.items())),
+                     label='CheckPredictions')
+    util.assert_that(
+        errors | beam.Map(lambda r: (r['uri'], r['kind'],
+                                     'Graph execution' in r['error'])),
+        util.equal_to([(str(tmp_path / 'cut.png'), errors_lib.UNDECODABLE,
+                        False)]), label='CheckErrors')
+
+
+def test_model_is_loaded_once_per_process_and_shared_by_its_threads(tmp_path):
   paths = []
   for index, (digit, _) in enumerate(image_files.digits(40)):
     path = tmp_path / f'{index}.png'
     path.write_bytes(image_files.encode(digit, 'PNG'))
     paths.append(str(path))
-  handler = model_handler.ImageClassifierHandler(trained_export,
-                                                 max_batch_size=4)
+  handler = fakes.FakeClassifierHandler(max_batch_size=4)
   pipeline = test_pipeline.TestPipeline(
       options=pipeline_options.PipelineOptions(
           ['--direct_running_mode=multi_threading', '--direct_num_workers=2']))
@@ -157,13 +187,13 @@ def test_model_is_loaded_once_per_process_and_shared_by_its_threads(
   assert batches >= 10  # Many batches, in two worker threads, one model.
 
 
-def test_progress_is_logged(trained_export, tmp_path, caplog):
+def test_progress_is_logged(tmp_path, caplog):
   paths = []
   for index, (digit, _) in enumerate(image_files.digits(4)):
     path = tmp_path / f'{index}.png'
     path.write_bytes(image_files.encode(digit, 'PNG'))
     paths.append(str(path))
-  handler = model_handler.ImageClassifierHandler(trained_export)
+  handler = fakes.FakeClassifierHandler()
   with caplog.at_level(logging.INFO, logger=transforms.__name__):
     with test_pipeline.TestPipeline() as pipeline:
       _ = (pipeline
@@ -280,8 +310,8 @@ def test_non_finite_model_outputs_become_error_records(tmp_path):
                                     max_image_pixels=10**6))
     util.assert_that(errors | beam.Map(lambda r: (r['uri'], r['kind'])),
                      util.equal_to([
-                         (str(paths[1]), model_handler.NON_FINITE_OUTPUT),
-                         (str(paths[2]), model_handler.NON_FINITE_OUTPUT)]),
+                         (str(paths[1]), errors_lib.NON_FINITE_OUTPUT),
+                         (str(paths[2]), errors_lib.NON_FINITE_OUTPUT)]),
                      label='CheckErrors')
     _ = predictions | 'WritePredictions' >> transforms.WriteRecords(
         prefix, outputs.PREDICTIONS, 1)
@@ -301,8 +331,9 @@ def test_list_images_gives_every_entry_of_a_hostile_folder_once(tmp_path):
   expected = image_files.write_hostile_folder(folder)
   # These the listing reports; the other entries are URIs, which reading
   # sorts out (test_pipeline.py runs the whole folder).
-  listing_errors = {os.path.join(folder, 'caf\\xe9.png'): inputs.INVALID_NAME,
-                    os.path.join(folder, 'sub', 'up'): inputs.LINK_LOOP}
+  listing_errors = {
+      os.path.join(folder, 'caf\\xe9.png'): errors_lib.INVALID_NAME,
+      os.path.join(folder, 'sub', 'up'): errors_lib.LINK_LOOP}
   assert set(listing_errors) < set(expected)
   with test_pipeline.TestPipeline() as pipeline:
     listed = pipeline | transforms.ListImages(inputs.resolve_input(folder))
@@ -321,7 +352,8 @@ def test_list_images_of_a_list_with_a_line_that_is_not_utf8(tmp_path):
     util.assert_that(listed, util.equal_to([
         str(tmp_path / 'a\u2028.png'),
         outputs.error_record(str(tmp_path / 'caf\\xe9.png'),
-                             inputs.INVALID_NAME, _invalid_name_message())]))
+                             errors_lib.INVALID_NAME,
+                             _invalid_name_message())]))
 
 
 def _invalid_name_message():

@@ -1,51 +1,44 @@
-"""The model artifact (Contract 2): writing it atomically and reading it back.
+"""Writing the model artifact (Contract 2) atomically.
 
-```
-EXPORT/model.keras     the Keras model (reload for fine-tuning / transfer)
-EXPORT/saved_model/    TF SavedModel; `serving_default` takes encoded image
-                       bytes [batch] and returns `probabilities` and `logits`
-EXPORT/metadata.json   labels, input shape, dataset, model, metrics, versions
-EXPORT/_COMPLETE       written last: the artifact is whole
-```
+The artifact's layout, names and reading side are `artifact.py`'s (the
+contract, which the scorer reads without this module's Keras and model
+code); this module writes what it describes:
 
-Decoding, resizing and normalisation live inside the SavedModel's signature
-(`preprocessing.decode_image`, the same code the input pipelines use), so
-training and scoring cannot drift. A second signature, `serving_pixels`,
-takes already-decoded float32 pixels.
-
-Readers check `_COMPLETE` first. Models are programs: load only artifacts you
-trust. `model.keras` is loaded with Keras `safe_mode=True` (no arbitrary
-Python); the SavedModel holds only a TensorFlow graph.
+* `_ServingModule`: the SavedModel's signatures. Decoding, resizing and
+  normalisation live inside `serving_default` (`preprocessing.decode_images`,
+  the same code the input pipelines use), so training and scoring cannot
+  drift; `serving_pixels` takes already-decoded float32 pixels.
+* `build_metadata`: metadata.json.
+* `export_model`: stages every file locally, then publishes the folder with
+  `_COMPLETE` last, so a reader never sees half an artifact.
+* `load_keras_model`: model.keras back, for fine-tuning and transfer
+  learning, with Keras `safe_mode=True` (no arbitrary Python).
 """
 
-import contextlib
 import datetime
 import os
 import platform
-import shutil
 import tempfile
 
 from absl import logging
 import keras
 import tensorflow as tf
 
+from trainer import artifact
 from trainer import checkpoints
 from trainer import models
 from trainer import storage
 from trainer.data import preprocessing
 
-MODEL_FILE = 'model.keras'
-SAVED_MODEL_DIR = 'saved_model'
-METADATA_FILE = 'metadata.json'
-COMPLETE_MARKER = '_COMPLETE'
-FORMAT_VERSION = 1
-SERVING_SIGNATURE = 'serving_default'
-PIXELS_SIGNATURE = 'serving_pixels'
-ENCODED_FORMATS = ('jpeg', 'png', 'gif', 'bmp')
-
-
-class ArtifactError(ValueError):
-  """An export is missing, incomplete or not one this code can read."""
+# Reading names, kept here only for the call sites in train.py, transfer.py
+# and task.py (and their tests), which say export.X until they are rewritten
+# to artifact.X; new code uses artifact.
+ArtifactError = artifact.ArtifactError
+COMPLETE_MARKER = artifact.COMPLETE_MARKER
+ENCODED_FORMATS = artifact.ENCODED_FORMATS
+is_complete = artifact.is_complete
+read_metadata = artifact.read_metadata
+load_serving = artifact.load_serving
 
 
 class _ServingModule(tf.Module):
@@ -90,14 +83,15 @@ def build_metadata(*, class_names, image_shape, dataset, model_name,
   """The metadata.json document of Contract 2."""
   height, width, channels = image_shape
   metadata = {
-      'format_version': FORMAT_VERSION,
+      'format_version': artifact.FORMAT_VERSION,
       'labels': list(class_names),
       'input': {'height': height, 'width': width, 'channels': channels,
-                'encoded_formats': list(ENCODED_FORMATS)},
+                'encoded_formats': list(artifact.ENCODED_FORMATS)},
       'signatures': {
-          SERVING_SIGNATURE: {'inputs': {'image_bytes': 'string [batch]'},
-                              'outputs': ['probabilities', 'logits']},
-          PIXELS_SIGNATURE: {
+          artifact.SERVING_SIGNATURE: {
+              'inputs': {'image_bytes': 'string [batch]'},
+              'outputs': ['probabilities', 'logits']},
+          artifact.PIXELS_SIGNATURE: {
               'inputs': {'images': f'float32 [batch, {height}, {width}, '
                                    f'{channels}] in [0, 1]'},
               'outputs': ['probabilities', 'logits']},
@@ -117,13 +111,13 @@ def write_artifact_files(model, directory, metadata):
   """Writes model.keras, saved_model/ and metadata.json into a local folder."""
   image_shape = (metadata['input']['height'], metadata['input']['width'],
                  metadata['input']['channels'])
-  model.save(os.path.join(directory, MODEL_FILE))
+  model.save(os.path.join(directory, artifact.MODEL_FILE))
   module = _ServingModule(model, image_shape)
   tf.saved_model.save(
-      module, os.path.join(directory, SAVED_MODEL_DIR),
-      signatures={SERVING_SIGNATURE: module.serve,
-                  PIXELS_SIGNATURE: module.serve_pixels})
-  storage.write_json(os.path.join(directory, METADATA_FILE), metadata)
+      module, os.path.join(directory, artifact.SAVED_MODEL_DIR),
+      signatures={artifact.SERVING_SIGNATURE: module.serve,
+                  artifact.PIXELS_SIGNATURE: module.serve_pixels})
+  storage.write_json(os.path.join(directory, artifact.METADATA_FILE), metadata)
 
 
 def export_model(model, export_dir, metadata):
@@ -162,7 +156,7 @@ def export_model(model, export_dir, metadata):
           f'{reason}. Free some space there (TMPDIR) and rerun.',
           hard_exit=True) from None
     try:
-      storage.publish_tree(staging, export_dir, COMPLETE_MARKER)
+      storage.publish_tree(staging, export_dir, artifact.COMPLETE_MARKER)
     except OSError as e:
       left = ('readers see no complete export until a rerun publishes it'
               if storage.is_gcs(export_dir) else
@@ -180,59 +174,7 @@ def _reason(error):
 
 
 # --------------------------------------------------------------------------
-# Reading.
-
-
-def is_complete(export_dir):
-  return storage.exists(storage.join(export_dir, COMPLETE_MARKER))
-
-
-def read_metadata(export_dir):
-  """Reads metadata.json of a complete artifact.
-
-  Raises:
-    ArtifactError: if the folder is not a complete artifact of a format this
-      code understands.
-  """
-  export_dir = storage.normalize(export_dir)
-  if not storage.exists(export_dir):
-    raise ArtifactError(f'{export_dir}: no such model directory.')
-  if not is_complete(export_dir):
-    raise ArtifactError(
-        f'{export_dir}: incomplete model artifact (no {COMPLETE_MARKER} '
-        'marker). Its writer may still be running or was killed; wait for '
-        'it, or re-run training. Point --model_dir at JOB_DIR/export.')
-  try:
-    metadata = storage.read_json(storage.join(export_dir, METADATA_FILE))
-  except (FileNotFoundError, ValueError) as e:
-    raise ArtifactError(f'{export_dir}: unreadable {METADATA_FILE}: {e}') from e
-  version = metadata.get('format_version')
-  if version != FORMAT_VERSION:
-    raise ArtifactError(
-        f'{export_dir}: artifact format_version {version!r}; this code reads '
-        f'version {FORMAT_VERSION}.')
-  return metadata
-
-
-@contextlib.contextmanager
-def local_copy(export_dir):
-  """Yields a local folder holding the (complete) artifact.
-
-  Local artifacts are used in place; gs:// ones are downloaded to a
-  temporary folder removed on exit (TensorFlow's own GCS reader cannot
-  reach an emulator, and a local copy loads faster on repeated use).
-  """
-  export_dir = storage.normalize(export_dir)
-  read_metadata(export_dir)  # Refuse incomplete artifacts before copying.
-  if not storage.is_gcs(export_dir):
-    yield export_dir
-    return
-  staging = tempfile.mkdtemp(prefix='model-')
-  try:
-    storage.download_tree(export_dir, staging)
-    yield staging
-  finally:
-    shutil.rmtree(staging, ignore_errors=True)
+# Reading model.keras back (Keras: the scorer never needs it).
 
 
 def load_keras_model(path):
@@ -242,26 +184,16 @@ def load_keras_model(path):
   arbitrary Python code embedded in the file.
 
   Raises:
-    ArtifactError: if the path is neither a complete export nor a .keras file.
+    artifact.ArtifactError: if the path is neither a complete export nor a
+      .keras file.
   """
   path = storage.normalize(path)
   if path.endswith('.keras'):
     if not storage.exists(path):
-      raise ArtifactError(f'{path}: no such file.')
+      raise artifact.ArtifactError(f'{path}: no such file.')
     with storage.local_file(path) as local:
       return keras.saving.load_model(local, safe_mode=True, compile=False)
-  with local_copy(path) as local:
-    return keras.saving.load_model(os.path.join(local, MODEL_FILE),
+  with artifact.local_copy(path) as local:
+    return keras.saving.load_model(os.path.join(local, artifact.MODEL_FILE),
                                    safe_mode=True, compile=False)
 
-
-def load_serving(local_export_dir, signature=SERVING_SIGNATURE):
-  """Loads a signature of a local artifact's SavedModel.
-
-  Returns:
-    (callable, loaded SavedModel): keep the second alive while using the
-    first. The callable takes keyword `image_bytes` (or `images`) and returns
-    a dict with `probabilities` and `logits`.
-  """
-  loaded = tf.saved_model.load(os.path.join(local_export_dir, SAVED_MODEL_DIR))
-  return loaded.signatures[signature], loaded

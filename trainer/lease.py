@@ -40,13 +40,14 @@ import uuid
 
 from absl import logging
 
+from trainer import errors
 from trainer import storage
 
 DEFAULT_HEARTBEAT_SECS = 30.0
 DEFAULT_STALE_AFTER_SECS = 180.0
 
 
-class LeaseError(RuntimeError):
+class LeaseError(errors.UserError, RuntimeError):
   """Another live process holds the lease, or this process lost it."""
 
   kind = 'lease_held'

@@ -21,33 +21,33 @@ nor change the label set behind the user's back, so:
 What was left out goes into a `Report`, logged once and written to
 metrics.json (`data`), with the counts by kind and the first paths.
 os.walk cannot do this: it follows links without loop protection or not at
-all, and says nothing about what it skips.
+all, and says nothing about what it skips. The walk itself, and what each
+entry is (its kind, by the same names and phrases as the scorer's error
+records), are `walk.py`'s; this module owns the dataset's rules on top.
 """
 
-import errno
 import os
 import stat
 
 from absl import logging
 
+from trainer import errors
 from trainer import storage
+from trainer import walk
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.gif', '.bmp')
-# Kinds of entries left out (metrics.json `data.skipped`).
-SPECIAL_FILE = 'special_file'
-DANGLING_LINK = 'dangling_link'
-LINK_LOOP = 'link_loop'
-PERMISSION_DENIED = 'permission_denied'
-INVALID_NAME = 'invalid_name'
-UNDECODABLE = 'undecodable'
-OTHER_EXTENSION = 'other_extension'
+# The kind data.py counts for images that do not decode (errors' name, kept
+# here for data.py's call sites).
+UNDECODABLE = errors.UNDECODABLE
 # Kinds that are not worth a warning: files the rule leaves out.
-_QUIET_KINDS = (OTHER_EXTENSION,)
+_QUIET_KINDS = (errors.OTHER_EXTENSION,)
 MAX_LISTED = 20
 
 
-class ListingError(ValueError):
+class ListingError(errors.UserError, ValueError):
   """The folder cannot be listed as a dataset without changing its classes."""
+
+  kind = 'invalid_dataset'
 
 
 class Report:
@@ -91,44 +91,12 @@ class Report:
           shown, more)
 
 
-def _is_utf8(name):
-  try:
-    name.encode('utf-8')
-  except UnicodeEncodeError:  # os.fsdecode's surrogate escapes.
-    return False
-  return True
-
-
-def _special_kind(mode):
-  if stat.S_ISFIFO(mode):
-    return 'a named pipe (FIFO)'
-  if stat.S_ISSOCK(mode):
-    return 'a socket'
-  if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-    return 'a device'
-  return 'not a regular file'
-
-
 def _stat(path):
-  """(os.stat result, None), or (None, (kind, reason)) if it cannot be."""
+  """(os.stat result, None), or (None, walk.Description) if it fails."""
   try:
     return os.stat(path), None
-  except FileNotFoundError:
-    target = os.readlink(path) if os.path.islink(path) else '?'
-    return None, (DANGLING_LINK, f'a symlink to {target}, which does not '
-                  'exist')
   except OSError as e:
-    if e.errno == errno.ELOOP:
-      return None, (LINK_LOOP, 'a symlink loop')
-    if e.errno == errno.EACCES:
-      return None, (PERMISSION_DENIED, 'permission denied')
-    return None, (PERMISSION_DENIED, e.strerror or str(e))
-
-
-def _scan(directory):
-  """Sorted (name, path) of a folder's entries; raises OSError."""
-  with os.scandir(directory) as entries:
-    return sorted((entry.name, entry.path) for entry in entries)
+    return None, walk.describe_error(path, e)
 
 
 def list_local_class_folders(data_dir, report):
@@ -142,15 +110,17 @@ def list_local_class_folders(data_dir, report):
       listed (see the module docstring).
   """
   classes, loose = [], 0
-  for name, path in _scan(data_dir):
+  with os.scandir(data_dir) as entries:
+    found = sorted((entry.name, entry.path) for entry in entries)
+  for name, path in found:
     status, problem = _stat(path)
     if problem is not None:
       raise ListingError(
-          f'data_dir {data_dir}: {name!r} is {problem[1]}; fix or remove it '
-          '(if it is a class folder, leaving it out would train on fewer '
+          f'data_dir {data_dir}: {name!r} is {problem.phrase}; fix or remove '
+          'it (if it is a class folder, leaving it out would train on fewer '
           'classes).')
     if stat.S_ISDIR(status.st_mode):
-      if not _is_utf8(name):
+      if not walk.is_utf8(name):
         raise ListingError(
             f'data_dir {data_dir}: the class folder name {name!r} is not '
             'valid UTF-8; rename it.')
@@ -160,7 +130,8 @@ def list_local_class_folders(data_dir, report):
     elif stat.S_ISREG(status.st_mode):
       loose += 1
     else:
-      report.skip(SPECIAL_FILE, name, _special_kind(status.st_mode))
+      report.skip(errors.SPECIAL_FILE, name,
+                  walk.describe_mode(status.st_mode))
   if loose:
     logging.warning('Ignoring %d files directly in %s: images must be in '
                     'one sub-folder per class.', loose, data_dir)
@@ -185,46 +156,64 @@ def list_local_images(class_name, folder, report, seen):
   Raises:
     ListingError: if the class folder itself cannot be read.
   """
-  pending = [(folder, class_name)]
   images = []
-  while pending:
-    directory, relative_dir = pending.pop()
-    try:
-      entries = _scan(directory)
-    except OSError as e:
-      if directory == folder:
-        raise ListingError(f'class folder {folder}: cannot be listed '
-                           f'({e.strerror}); fix its permissions.') from e
-      report.skip(PERMISSION_DENIED, relative_dir, e.strerror or str(e))
-      continue
-    for name, path in entries:
-      relative = f'{relative_dir}/{name}'
-      if not _is_utf8(name):
-        shown = os.fsencode(relative).decode('utf-8', 'backslashreplace')
-        report.skip(INVALID_NAME, shown, 'the name is not valid UTF-8; '
-                    'rename it')
-        continue
-      status, problem = _stat(path)
-      if problem is not None:
-        report.skip(problem[0], relative, problem[1])
-      elif stat.S_ISDIR(status.st_mode):
-        key = (status.st_dev, status.st_ino)
-        if key in seen:
-          report.skip(LINK_LOOP, relative, 'a folder already listed (a link '
-                      'loop, or a second link to the same folder)')
-          continue
-        seen.add(key)
-        if os.path.islink(path):
-          report.follow(relative, os.path.realpath(path))
-        pending.append((path, relative))
-      elif not stat.S_ISREG(status.st_mode):
-        report.skip(SPECIAL_FILE, relative, _special_kind(status.st_mode))
-      elif name.lower().endswith(IMAGE_EXTENSIONS):
+
+  def enter(subfolder):  # Folders named in another encoding are left out.
+    return _keep_name(subfolder, class_name, report)
+
+  for item in walk.walk(folder, enter=enter, seen=seen):
+    relative = f'{class_name}/{item.relative}' if item.relative else class_name
+    if isinstance(item, walk.Problem):
+      _skip_folder(item, folder, relative, report)
+    elif item.is_folder:
+      if os.path.islink(item.path):
+        report.follow(relative, os.path.realpath(item.path))
+    elif _keep_name(item, class_name, report):
+      image = _image_or_skip(item.path, relative, report)
+      if image:
         images.append(relative)
-      else:
-        report.skip(OTHER_EXTENSION, relative, 'not a '
-                    f'{"/".join(e[1:] for e in IMAGE_EXTENSIONS)} file')
   return sorted(images)
+
+
+def _keep_name(entry, class_name, report):
+  """Whether an entry's name is UTF-8; reports it if not."""
+  if walk.is_utf8(entry.relative):
+    return True
+  shown = walk.printable(f'{class_name}/{entry.relative}')
+  report.skip(errors.INVALID_NAME, shown, 'the name is not valid UTF-8; '
+              'rename it')
+  return False
+
+
+def _skip_folder(problem, folder, relative, report):
+  """Reports a sub-folder the walk left out; a class folder is fatal."""
+  if problem.kind == errors.LINK_LOOP:
+    report.skip(errors.LINK_LOOP, relative, 'a folder already listed (a link '
+                'loop, or a second link to the same folder)')
+  elif problem.path == folder:
+    raise ListingError(f'class folder {folder}: cannot be listed '
+                       f'({problem.error.strerror}); fix its permissions.'
+                      ) from problem.error
+  else:
+    report.skip(errors.PERMISSION_DENIED, relative,
+                problem.error.strerror or str(problem.error))
+
+
+def _image_or_skip(path, relative, report):
+  """Whether a (non-folder) entry is an image file to train on; reports the
+  others: special files, broken links, other extensions."""
+  status, problem = _stat(path)
+  if problem is not None:
+    report.skip(problem.kind, relative, problem.phrase)
+  elif not stat.S_ISREG(status.st_mode):
+    report.skip(errors.SPECIAL_FILE, relative,
+                walk.describe_mode(status.st_mode))
+  elif path.lower().endswith(IMAGE_EXTENSIONS):
+    return True
+  else:
+    report.skip(errors.OTHER_EXTENSION, relative, 'not a '
+                f'{"/".join(e[1:] for e in IMAGE_EXTENSIONS)} file')
+  return False
 
 
 def list_gcs_images(data_dir, report):
@@ -244,7 +233,7 @@ def list_gcs_images(data_dir, report):
     if relative.lower().endswith(IMAGE_EXTENSIONS):
       files.append(relative)
     elif not relative.endswith('/'):  # Folder placeholder objects: no files.
-      report.skip(OTHER_EXTENSION, relative, 'not an image file')
+      report.skip(errors.OTHER_EXTENSION, relative, 'not an image file')
   if loose:
     logging.warning('Ignoring %d files directly in %s: images must be in '
                     'one sub-folder per class.', loose, data_dir)
@@ -264,14 +253,10 @@ def list_image_folder(data_dir, report):
   if storage.is_gcs(data_dir):
     return list_gcs_images(data_dir, report)
   classes = list_local_class_folders(data_dir, report)
-  seen = {_identity(data_dir)} | {_identity(path) for _, path in classes}
+  seen = {walk.identity(data_dir)} | {walk.identity(path)
+                                      for _, path in classes}
   return {name: list_local_images(name, path, report, seen)
           for name, path in classes}
-
-
-def _identity(path):
-  status = os.stat(path)
-  return (status.st_dev, status.st_ino)
 
 
 def regular_files(paths, report, where):
@@ -287,9 +272,10 @@ def regular_files(paths, report, where):
       continue
     status, problem = _stat(path)
     if problem is not None:
-      report.skip(problem[0], path, problem[1])
+      report.skip(problem.kind, path, problem.phrase)
     elif not stat.S_ISREG(status.st_mode):
-      report.skip(SPECIAL_FILE, path, _special_kind(status.st_mode))
+      report.skip(errors.SPECIAL_FILE, path,
+                  walk.describe_mode(status.st_mode))
     else:
       kept.append(path)
   if len(kept) < len(paths):

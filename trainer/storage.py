@@ -16,6 +16,10 @@ so one code path serves a laptop, a Vertex AI job and a Dataflow worker.
 
 TensorFlow's own gs:// filesystem (tf.io.gfile, tf.data) cannot be pointed at
 an emulator, so this module never relies on it.
+
+It imports only the standard library and `trainer.errors` at import time
+(google-cloud-storage when a gs:// path is first used): the scorer and its
+workers load it without TensorFlow.
 """
 
 import contextlib
@@ -29,13 +33,18 @@ import tempfile
 from typing import NamedTuple
 import uuid
 
+from trainer import errors
+
 GCS_PREFIX = 'gs://'
 GCS_FUSE_ROOT = '/gcs/'
 _GLOB_CHARS = '*?['
 
 
-class StorageError(OSError):
-  """A storage operation failed in a way the user can act on."""
+class StorageError(errors.UserError, OSError):
+  """A storage operation failed in a way the user can act on (no
+  credentials for gs://)."""
+
+  kind = 'storage_unavailable'
 
 
 class WriteError(StorageError):
@@ -46,6 +55,8 @@ class WriteError(StorageError):
       the interpreter's final clean-up (a segmentation fault); the binary
       should end with os._exit once its own clean-up has run.
   """
+
+  kind = 'write_failed'
 
   def __init__(self, message, hard_exit=False):
     super().__init__(message)
@@ -183,16 +194,6 @@ def list_files(directory):
   return sorted(found)
 
 
-def listdir(directory):
-  """Returns the sorted names of the entries directly under `directory`."""
-  directory = normalize(directory)
-  if not is_gcs(directory):
-    return sorted(os.listdir(directory))
-  prefix = directory + '/'
-  names = {uri[len(prefix):].split('/', 1)[0] for uri, _ in _list_blobs(prefix)}
-  return sorted(n for n in names if n)
-
-
 def glob(pattern):
   """Returns the sorted paths of files matching a shell-style pattern.
 
@@ -247,15 +248,6 @@ def describe_os_error(error):
   if getattr(error, 'errno', None):
     return os.strerror(error.errno)
   return ' '.join(str(error).split())[:200]
-
-
-def size(path):
-  path = normalize(path)
-  if not is_gcs(path):
-    return os.path.getsize(path)
-  blob = _blob(path)
-  blob.reload()
-  return blob.size
 
 
 # --------------------------------------------------------------------------

@@ -1,8 +1,11 @@
-"""Good and bad image files for the scorer's tests, made with Pillow and zlib.
+"""Image files for the tests, made with Pillow and zlib.
 
+`encode_image`, `random_pixels` and `write_image_folder` make pixels, files
+and image-folder datasets; `digits` gives real test digits. For the scorer,
 `write_catalogue` writes the bad-input catalogue of the scoring issue beside
 real digits, so tests can check that each bad file gets its own error record
-and every good one is scored.
+and every good one is scored, and `write_hostile_folder` a folder of every
+kind of entry that is no image file.
 """
 
 import io
@@ -13,12 +16,49 @@ import zlib
 import numpy as np
 from PIL import Image
 
-from tests import conftest
-from trainer import data
+
+def encode_image(pixels, image_format, **options):
+  """Encodes uint8 pixels ([h, w] grey or [h, w, 3] colour) with Pillow."""
+  buffer = io.BytesIO()
+  Image.fromarray(pixels).save(buffer, image_format, **options)
+  return buffer.getvalue()
+
+
+def random_pixels(height, width, channels=3, seed=0):
+  rng = np.random.default_rng(seed)
+  shape = (height, width) if channels == 1 else (height, width, channels)
+  return rng.integers(0, 256, size=shape, dtype=np.uint8)
+
+
+def write_image_folder(root, classes, per_class, sizes=((28, 28),),
+                       modes=('L', 'RGB'), formats=('PNG', 'JPEG')):
+  """Writes an image folder of mixed sizes, grey/colour, PNG/JPEG.
+
+  Each class has a distinct mean brightness so that models can learn it.
+  Returns the list of (path, label).
+  """
+  written = []
+  for label, name in enumerate(classes):
+    os.makedirs(os.path.join(root, name), exist_ok=True)
+    for i in range(per_class):
+      height, width = sizes[i % len(sizes)]
+      mode = modes[i % len(modes)]
+      image_format = formats[i % len(formats)]
+      base = random_pixels(height, width, 3, seed=label * 1000 + i) // 4
+      pixels = (base + label * 60).astype(np.uint8)
+      if mode == 'L':
+        pixels = pixels[..., 0]
+      extension = 'jpg' if image_format == 'JPEG' else image_format.lower()
+      path = os.path.join(root, name, f'{name}-{i:03d}.{extension}')
+      with open(path, 'wb') as f:
+        f.write(encode_image(pixels, image_format))
+      written.append((path, label))
+  return written
 
 
 def digits(count, offset=0):
   """`count` real test digits: (uint8 pixels [28, 28], label) pairs."""
+  from trainer import data  # pylint: disable=g-import-not-at-top
   source = data.load_mnist_sample(0.1, 0.1)
   pixels, labels = next(source.examples('test').skip(offset).batch(count)
                         .as_numpy_iterator())
@@ -36,7 +76,7 @@ def encode(pixels, image_format, mode=None, **options):
 
 def sixteen_bit_png(digit):
   """The digit as a 16-bit grey PNG (values scaled by 257, so exact)."""
-  return conftest.encode_image(digit.astype(np.uint16) * 257, 'PNG')
+  return encode_image(digit.astype(np.uint16) * 257, 'PNG')
 
 
 def cmyk_jpeg(digit):
@@ -48,7 +88,7 @@ def rgb_jpeg(digit):
 
 
 def animated_gif(frames=3, size=28):
-  images = [Image.fromarray(conftest.random_pixels(size, size, 1, seed=i))
+  images = [Image.fromarray(random_pixels(size, size, 1, seed=i))
             for i in range(frames)]
   buffer = io.BytesIO()
   images[0].save(buffer, 'GIF', save_all=True, append_images=images[1:])

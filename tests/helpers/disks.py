@@ -1,0 +1,42 @@
+"""Running out of space for real: a small tmpfs, or a file size limit.
+
+`small_disk(path, megabytes)` mounts a tmpfs of that size (root in a
+container that allows mounts, as here and in CI's container); elsewhere the
+test is skipped. `file_size_limit(bytes)` is a preexec_fn for subprocesses
+that makes every write beyond that size fail with EFBIG (RLIMIT_FSIZE, with
+SIGXFSZ ignored so the write fails instead of killing the process): it
+works without privileges.
+"""
+
+import contextlib
+import os
+import resource
+import signal
+import subprocess
+
+import pytest
+
+
+@contextlib.contextmanager
+def small_disk(path, megabytes):
+  """Mounts a tmpfs of `megabytes` at `path` for the duration (or skips)."""
+  os.makedirs(path, exist_ok=True)
+  mounted = subprocess.run(
+      ['mount', '-t', 'tmpfs', '-o', f'size={megabytes}m', 'tmpfs', path],
+      capture_output=True, text=True, check=False)
+  if mounted.returncode != 0:
+    pytest.skip(f'cannot mount a tmpfs here: {mounted.stderr.strip()}')
+  try:
+    yield path
+  finally:
+    subprocess.run(['umount', '-l', path], check=False)
+
+
+def file_size_limit(limit_bytes):
+  """A preexec_fn: files written by the child cannot grow past the limit."""
+
+  def limit():
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # Kept across exec.
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+
+  return limit

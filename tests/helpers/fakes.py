@@ -1,0 +1,74 @@
+"""A fake classifier, for the scorer's tests where the model is not the point.
+
+`FakeClassifier` has the interface of `model_handler.Classifier` (`labels`,
+`predict(image_bytes)`): each image's probabilities follow from its bytes
+alone (the same bytes always score the same, in any batch), and a call
+fails as the artifact's decoder fails it, with one
+`tf.errors.InvalidArgumentError` for the whole batch, when any image holds
+`UNDECODABLE` or is one of `fail_on`. `FakeClassifierHandler` is the real
+`model_handler.ImageClassifierHandler` loading a `FakeClassifier` instead of
+an artifact, so RunInference, batching and the transforms run as they do in
+production, without training or loading a model.
+"""
+
+import zlib
+
+import numpy as np
+import tensorflow as tf
+
+from batch_predict import model_handler
+
+# Bytes that make an image "undecodable" to the fake model.
+UNDECODABLE = b'FAKE-UNDECODABLE'
+DIGITS = tuple(str(digit) for digit in range(10))
+# What TensorFlow says when the SavedModel's decoder refuses an image.
+_DECODER_ERROR = ('Graph execution error:\n\nDetected at node DecodeImage '
+                  'defined at (most recent call last):\n'
+                  '<stack traces unavailable>\nInvalid JPEG data or crop '
+                  'window.\n\t [[{{node DecodeImage}}]] [Op:__inference_serve]')
+
+
+class FakeClassifier:
+  """Probabilities from a hash of each image's bytes; fails on marked ones.
+
+  Attributes:
+    labels: the class names.
+    calls: the size of every batch `predict` was called with.
+  """
+
+  def __init__(self, labels=DIGITS, fail_on=()):
+    self.labels = tuple(labels)
+    self._fail_on = frozenset(fail_on)
+    self.calls = []
+
+  def probabilities(self, image):
+    """The probabilities one image always gets."""
+    rng = np.random.default_rng(zlib.crc32(bytes(image)))
+    logits = rng.normal(size=len(self.labels))
+    exp = np.exp(logits - logits.max())
+    return (exp / exp.sum()).astype(np.float32)
+
+  def predict(self, image_bytes):
+    """Encoded images -> float32 probabilities [len(image_bytes), classes].
+
+    Raises:
+      tf.errors.InvalidArgumentError: if any image is marked undecodable.
+    """
+    images = [bytes(image) for image in image_bytes]
+    self.calls.append(len(images))
+    if any(UNDECODABLE in image or image in self._fail_on
+           for image in images):
+      raise tf.errors.InvalidArgumentError(None, None, _DECODER_ERROR)
+    return np.stack([self.probabilities(image) for image in images])
+
+
+class FakeClassifierHandler(model_handler.ImageClassifierHandler):
+  """The scorer's model handler, loading a `FakeClassifier`."""
+
+  def __init__(self, labels=DIGITS, fail_on=(), **batch_sizes):
+    super().__init__('fake://model', **batch_sizes)
+    self._labels = tuple(labels)
+    self._fail_on = tuple(fail_on)
+
+  def load_model(self):
+    return FakeClassifier(self._labels, self._fail_on)

@@ -1,0 +1,96 @@
+"""The artifact contract's reading side: layout, metadata, completeness, and
+the whole-artifact check the scorer runs before any work."""
+
+import os
+import shutil
+
+import pytest
+
+from tests import helpers
+from trainer import artifact
+from trainer import export
+from trainer import storage
+
+
+def test_artifact_layout_and_metadata(trained_export):
+  assert sorted(os.listdir(trained_export)) == [
+      artifact.COMPLETE_MARKER, 'metadata.json', 'model.keras', 'saved_model']
+  metadata = artifact.read_metadata(trained_export)
+  assert metadata['labels'] == [str(d) for d in range(10)]
+  assert metadata['input'] == {'height': 28, 'width': 28, 'channels': 1,
+                               'encoded_formats': ['jpeg', 'png', 'gif',
+                                                   'bmp']}
+  assert metadata['dataset'] == 'mnist_sample'
+  assert metadata['model'] == 'deep_mnist'
+  assert 0 <= metadata['metrics']['test_accuracy'] <= 1
+  assert set(metadata['versions']) >= {'tensorflow', 'keras', 'trainer'}
+
+
+def test_incomplete_artifact_is_refused(trained_export, tmp_path):
+  copy = str(tmp_path / 'export')
+  shutil.copytree(trained_export, copy)
+  os.remove(os.path.join(copy, artifact.COMPLETE_MARKER))
+  with pytest.raises(artifact.ArtifactError, match='incomplete'):
+    artifact.read_metadata(copy)
+  with pytest.raises(artifact.ArtifactError, match='incomplete'):
+    export.load_keras_model(copy)
+  with pytest.raises(artifact.ArtifactError, match='no such model directory'):
+    artifact.read_metadata(str(tmp_path / 'missing'))
+
+
+
+def test_an_unknown_format_version_is_refused(trained_export, tmp_path):
+  copy = str(tmp_path / 'export')
+  os.makedirs(copy)
+  for name in (artifact.METADATA_FILE, artifact.COMPLETE_MARKER):
+    shutil.copy(os.path.join(trained_export, name), copy)
+  path = os.path.join(copy, artifact.METADATA_FILE)
+  metadata = helpers.read_json(path)
+  metadata['format_version'] = artifact.FORMAT_VERSION + 1
+  storage.write_json(path, metadata)
+  with pytest.raises(artifact.ArtifactError, match='format_version 2'):
+    artifact.read_metadata(copy)
+
+
+def test_check_returns_the_labels_of_a_whole_artifact(trained_export):
+  assert artifact.check(trained_export) == tuple(str(d) for d in range(10))
+
+
+def _remove_saved_model(export_dir):
+  shutil.rmtree(os.path.join(export_dir, artifact.SAVED_MODEL_DIR))
+
+
+def _rename_the_signature(export_dir):
+  """A SavedModel whose only signature has another name."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  module = tf.Module()
+  module.serve = tf.function(
+      lambda image_bytes: {'probabilities': tf.zeros([1, 10])},
+      input_signature=[tf.TensorSpec([None], tf.string, name='image_bytes')])
+  target = os.path.join(export_dir, artifact.SAVED_MODEL_DIR)
+  shutil.rmtree(target)
+  tf.saved_model.save(module, target, signatures={'other': module.serve})
+
+
+def _change_the_labels(export_dir):
+  path = os.path.join(export_dir, artifact.METADATA_FILE)
+  metadata = helpers.read_json(path)
+  metadata['labels'] = ['cat', 'dog', 'bird']
+  storage.write_json(path, metadata)
+
+
+@pytest.mark.parametrize('damage,words', [
+    (_remove_saved_model, 'no SavedModel that loads in saved_model/'),
+    (_rename_the_signature, "has no 'serving_default' signature"),
+    (_change_the_labels, 'returns 10 probabilities but metadata.json lists 3 '
+     'labels'),
+])
+def test_check_refuses_a_broken_artifact_in_one_line(trained_export, tmp_path,
+                                                     damage, words):
+  copy = str(tmp_path / 'export')
+  shutil.copytree(trained_export, copy)
+  damage(copy)
+  with pytest.raises(artifact.ArtifactError, match=words) as raised:
+    artifact.check(copy)
+  assert '\n' not in str(raised.value)
+  assert raised.value.kind == artifact.ArtifactError.kind

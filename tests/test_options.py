@@ -1,0 +1,61 @@
+"""The scoring command's flags: Beam's --dry_run read right, unknown flags
+refused, and checking the options leaves them as they were."""
+
+from apache_beam.options import pipeline_options
+import pytest
+
+from batch_predict import options as options_lib
+from tests.helpers import image_files
+
+
+@pytest.mark.parametrize('argv,expected,dry_run', [
+    (['--top_k=2'], ['--top_k=2'], False),
+    (['--dry_run=True', '--top_k=2'], ['--top_k=2', '--dry_run=True'], True),
+    (['--dry_run=yes'], ['--dry_run=True'], True),
+    (['--dry_run', '1', '--top_k=2'], ['--top_k=2', '--dry_run=True'], True),
+    (['--dry_run=False', '--top_k=2'], ['--top_k=2'], False),
+    (['--dry_run=True', '--dry_run=no'], [], False),  # The last one wins.
+    (['--dry_run='], [], False),
+])
+def test_dry_run_is_normalised_before_beam_reads_it(argv, expected, dry_run):
+  normalized, is_dry_run = options_lib.normalize_dry_run(argv)
+  assert (normalized, is_dry_run) == (expected, dry_run)
+  # Beam's runners test the string: only a dry run leaves one to test.
+  test_options = pipeline_options.PipelineOptions(normalized).view_as(
+      pipeline_options.TestOptions)
+  assert bool(test_options.dry_run) == dry_run
+
+
+def test_a_dry_run_value_that_is_neither_true_nor_false_is_refused():
+  with pytest.raises(options_lib.ConfigError,
+                     match='--dry_run=maybe: use --dry_run=True or False'):
+    options_lib.normalize_dry_run(['--dry_run=maybe'])
+
+
+def test_unknown_flags_are_found_among_beams_and_the_scorers():
+  assert options_lib.unknown_flags([
+      '--model_dir=m', '--runner=DirectRunner', '--top_k=2',
+      '--direct_num_workers=2', '--num_shards', '3']) == []
+  assert options_lib.unknown_flags(['--top-k=3', '--top_k=1', '--outptu=x',
+                                    'positional']) == ['--outptu', '--top-k']
+  # Beam's parser does not take abbreviations either: --top is no --top_k.
+  assert options_lib.unknown_flags(['--top=3']) == ['--top']
+
+
+def test_checking_the_options_leaves_them_as_they_were(trained_export,
+                                                       tmp_path):
+  image = tmp_path / 'digit.png'
+  image.write_bytes(image_files.encode(image_files.digits(1)[0][0], 'PNG'))
+  argv, _ = options_lib.normalize_dry_run([
+      f'--model_dir={trained_export}', f'--input={image}',
+      f'--output={tmp_path / "scores" / "run"}', '--dry_run=False',
+      '--max_batch_size=8'])
+  options = pipeline_options.PipelineOptions(argv)
+  before = options.get_all_options()
+  config = options_lib.build_config(options, argv)
+  assert options.get_all_options() == before
+  assert config.min_batch_size == config.max_batch_size == 8
+  assert config.labels == tuple(str(d) for d in range(10))
+  assert not options_lib.is_remote_runner(options)
+  assert options_lib.is_remote_runner(pipeline_options.PipelineOptions(
+      ['--runner=apache_beam.runners.dataflow.DataflowRunner']))

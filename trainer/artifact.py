@@ -1,0 +1,195 @@
+"""The model artifact's contract (Contract 2), and reading an artifact.
+
+```
+EXPORT/model.keras     the Keras model (reload for fine-tuning / transfer)
+EXPORT/saved_model/    TF SavedModel; `serving_default` takes encoded image
+                       bytes [batch] and returns `probabilities` and `logits`;
+                       `serving_pixels` takes float32 pixels in [0, 1]
+EXPORT/metadata.json   labels, input shape, dataset, model, metrics, versions,
+                       format_version
+EXPORT/_COMPLETE       written last: the artifact is whole
+```
+
+This module owns what the writer (`export.py`) and every reader share: the
+file names, the marker, the metadata's `FORMAT_VERSION`, the signature
+names and `ArtifactError`; and the reading side: `read_metadata` (which
+refuses an artifact without `_COMPLETE`), `local_copy`, `load_serving`,
+`load`, and `check`, the whole-artifact check the scorer runs before any
+work (the SavedModel loads, and returns one probability per label of
+metadata.json).
+
+It imports no Keras, and TensorFlow only inside the functions that load the
+SavedModel: the scorer and its Dataflow workers read an artifact without the
+trainer's model code, as TF Serving reads `saved_model.pb` without the code
+that trained it. Writing an artifact needs Keras, so it is `export.py`'s.
+
+Models are programs: load only artifacts you trust. The SavedModel holds
+only a TensorFlow graph.
+"""
+
+import contextlib
+import os
+import shutil
+import tempfile
+from typing import NamedTuple
+
+from trainer import errors
+from trainer import storage
+
+MODEL_FILE = 'model.keras'
+SAVED_MODEL_DIR = 'saved_model'
+METADATA_FILE = 'metadata.json'
+COMPLETE_MARKER = '_COMPLETE'
+FORMAT_VERSION = 1
+SERVING_SIGNATURE = 'serving_default'
+PIXELS_SIGNATURE = 'serving_pixels'
+# What `serving_default` decodes (metadata.json `input.encoded_formats`).
+ENCODED_FORMATS = ('jpeg', 'png', 'gif', 'bmp')
+
+
+class ArtifactError(errors.UserError, ValueError):
+  """An export is missing, incomplete or not one this code can read."""
+
+  kind = 'invalid_artifact'
+
+
+def is_complete(export_dir):
+  """Whether `export_dir` (local or gs://) holds the `_COMPLETE` marker."""
+  return storage.exists(storage.join(export_dir, COMPLETE_MARKER))
+
+
+def read_metadata(export_dir):
+  """Reads metadata.json of a complete artifact.
+
+  Raises:
+    ArtifactError: if the folder is not a complete artifact of a format this
+      code understands.
+  """
+  export_dir = storage.normalize(export_dir)
+  if not storage.exists(export_dir):
+    raise ArtifactError(f'{export_dir}: no such model directory.')
+  if not is_complete(export_dir):
+    raise ArtifactError(
+        f'{export_dir}: incomplete model artifact (no {COMPLETE_MARKER} '
+        'marker). Its writer may still be running or was killed; wait for '
+        'it, or re-run training. Point --model_dir at JOB_DIR/export.')
+  try:
+    metadata = storage.read_json(storage.join(export_dir, METADATA_FILE))
+  except (FileNotFoundError, ValueError) as e:
+    raise ArtifactError(f'{export_dir}: unreadable {METADATA_FILE}: {e}') from e
+  version = metadata.get('format_version')
+  if version != FORMAT_VERSION:
+    raise ArtifactError(
+        f'{export_dir}: artifact format_version {version!r}; this code reads '
+        f'version {FORMAT_VERSION}.')
+  return metadata
+
+
+@contextlib.contextmanager
+def local_copy(export_dir):
+  """Yields a local folder holding the (complete) artifact.
+
+  Local artifacts are used in place; gs:// ones are downloaded to a
+  temporary folder removed on exit (TensorFlow's own GCS reader cannot
+  reach an emulator, and a local copy loads faster on repeated use).
+
+  Raises:
+    ArtifactError: if the artifact is not complete (before any copying).
+  """
+  export_dir = storage.normalize(export_dir)
+  read_metadata(export_dir)
+  if not storage.is_gcs(export_dir):
+    yield export_dir
+    return
+  staging = tempfile.mkdtemp(prefix='model-')
+  try:
+    storage.download_tree(export_dir, staging)
+    yield staging
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def load_serving(local_export_dir, signature=SERVING_SIGNATURE):
+  """Loads a signature of a local artifact's SavedModel.
+
+  Returns:
+    (callable, loaded SavedModel): keep the second alive while using the
+    first. The callable takes keyword `image_bytes` (or `images`) and returns
+    a dict with `probabilities` and `logits`.
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  loaded = tf.saved_model.load(os.path.join(local_export_dir, SAVED_MODEL_DIR))
+  return loaded.signatures[signature], loaded
+
+
+class Loaded(NamedTuple):
+  """An artifact's serving signature, loaded, and its metadata."""
+  serve: object
+  saved_model: object  # Keeps the signature's variables alive.
+  metadata: dict
+
+  @property
+  def labels(self):
+    return tuple(self.metadata['labels'])
+
+  @property
+  def output_size(self):
+    """How many probabilities `serve` returns per image."""
+    return self.serve.structured_outputs['probabilities'].shape[-1]
+
+
+def load(model_dir):
+  """Loads a complete artifact (local or gs://) for serving.
+
+  The SavedModel's variables are read into memory, so the local copy of a
+  gs:// artifact is removed before this returns.
+
+  Raises:
+    ArtifactError: one line naming the problem (incomplete, no SavedModel
+      that loads, no serving signature).
+  """
+  with local_copy(model_dir) as local:
+    metadata = read_metadata(local)
+    try:
+      serve, saved_model = load_serving(local)
+    except (OSError, ValueError) as e:  # No (or an unreadable) SavedModel.
+      raise ArtifactError(
+          f'{model_dir}: no SavedModel that loads in {SAVED_MODEL_DIR}/ '
+          f'({_first_line(e)}); re-export the model from its job dir.') from e
+    except KeyError as e:
+      raise ArtifactError(
+          f'{model_dir}: the SavedModel has no {SERVING_SIGNATURE!r} '
+          'signature; re-export the model from its job dir.') from e
+  return Loaded(serve, saved_model, metadata)
+
+
+def _first_line(error):
+  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+  return lines[0] if lines else type(error).__name__
+
+
+def check(model_dir):
+  """Checks a whole artifact before any work: it loads and is consistent.
+
+  Loads the SavedModel (for gs://, from a local copy) and compares the size
+  of its `serving_default` output with the labels in metadata.json, so that
+  a broken artifact stops a run before any output is touched, not in a
+  worker after the old outputs are gone.
+
+  Args:
+    model_dir: the artifact's folder (local, gs:// or /gcs/).
+
+  Returns:
+    The labels, in the model's output order.
+
+  Raises:
+    ArtifactError: one line naming the problem (incomplete, no SavedModel,
+      no serving signature, label count mismatch).
+  """
+  loaded = load(model_dir)
+  if loaded.output_size != len(loaded.labels):
+    raise ArtifactError(
+        f'{model_dir}: the SavedModel returns {loaded.output_size} '
+        f'probabilities but {METADATA_FILE} lists {len(loaded.labels)} '
+        'labels: the artifact is inconsistent; re-export it from its job dir.')
+  return loaded.labels
