@@ -11,20 +11,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 import pytest  # pylint: disable=g-import-not-at-top
 
 from tests import helpers  # pylint: disable=g-import-not-at-top
-from tests.helpers import image_files  # pylint: disable=g-import-not-at-top
 
-# The other half of issue 13's test files still say conftest.X for these
-# helpers, which are tests.helpers' now: kept only until their call sites
-# are rewritten at the merge. New code uses tests.helpers.
-REPO = helpers.REPO
-FASHION_MNIST_DIR = helpers.FASHION_MNIST_DIR
-fashion_mnist_available = helpers.fashion_mnist_available
-requires_fashion_mnist = helpers.requires_fashion_mnist
-run_module = helpers.run_module
-read_json = helpers.read_json
-encode_image = image_files.encode_image
-random_pixels = image_files.random_pixels
-write_image_folder = image_files.write_image_folder
 
 
 @pytest.fixture

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from batch_predict import pipeline
-from tests import conftest
-from trainer import data
-from trainer import export
-from trainer import samples
+from trainer.data import samples
 from trainer import storage
+from tests import helpers
+from trainer import artifact
+from trainer.data import sources
 
 
 def _idx_bytes(array):
@@ -24,7 +24,7 @@ def _idx_bytes(array):
 
 def _upload_digits_as_idx(folder, n_train=1200, n_test=300):
   """The bundled digits, in MNIST's own IDX .gz format, in a bucket."""
-  source = data.load_mnist_sample(0.0, 0.2)
+  source = sources.load_mnist_sample(0.0, 0.2)
   for split, prefix, count in (('train', 'train', n_train),
                                ('test', 't10k', n_test)):
     images, labels = next(source.examples(split).batch(count)
@@ -41,7 +41,7 @@ def test_train_export_and_score_with_buckets_only(gcs_server,
   bucket = 'gs://test-bucket'
   _upload_digits_as_idx(f'{bucket}/data/digits')
   # Vertex's Cloud Storage FUSE path names the same bucket.
-  conftest.run_module(
+  helpers.run_module(
       'trainer.task', '--dataset=mnist', f'--data_dir={bucket}/data/digits',
       '--job_dir=/gcs/test-bucket/runs/digits', '--model=deep_mnist',
       '--epochs=2', '--batch_size=64')
@@ -50,12 +50,12 @@ def test_train_export_and_score_with_buckets_only(gcs_server,
            for uri in storage.list_files(job_dir)}
   assert names == {'checkpoints', 'config.yaml', 'export', 'logs',
                    'metrics.json', 'training_curves.png'}
-  assert export.is_complete(f'{job_dir}/export')
+  assert artifact.is_complete(f'{job_dir}/export')
   metrics = storage.read_json(f'{job_dir}/metrics.json')
   assert metrics['examples'] == {'train': 1080, 'validation': 120,
                                  'test': 300}
 
-  conftest.run_module(
+  helpers.run_module(
       'trainer.write_samples', '--dataset=mnist',
       f'--data_dir={bucket}/data/digits', f'--output_dir={bucket}/samples',
       '--count=300')

@@ -158,7 +158,7 @@ def test_training_differences_ignore_placement_and_how_it_runs():
 def test_every_shipped_config_file_is_valid():
   import glob  # pylint: disable=g-import-not-at-top
   import os  # pylint: disable=g-import-not-at-top
-  from tests.conftest import REPO  # pylint: disable=g-import-not-at-top
+  from tests.helpers import REPO  # pylint: disable=g-import-not-at-top
   files = sorted(glob.glob(os.path.join(REPO, 'config', '*.yaml')))
   assert files
   for path in files:

@@ -14,15 +14,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests import conftest
-from tests import processes
-from trainer import export
+from tests.helpers import processes
 from trainer import make_tfrecords_lib
 from trainer.data import folder
 from trainer.data import pipeline
 from trainer.data import preprocessing
 from trainer.data import sources
 from trainer.data import tfrecords
+from tests.helpers import image_files
+from tests import helpers
+from trainer import artifact
 
 # --------------------------------------------------------------------------
 # Every worker reads its own shard, cut before decoding.
@@ -53,7 +54,7 @@ def test_array_source_shards_are_disjoint_and_cover_the_split():
 
 def test_image_folder_workers_never_open_each_others_files(tmp_path):
   root = str(tmp_path / 'images')
-  conftest.write_image_folder(root, ['a', 'b'], per_class=12)
+  image_files.write_image_folder(root, ['a', 'b'], per_class=12)
   source = folder.load_image_folder(root, (28, 28, 1), 0.0, 0.0)
   shards = _assert_shards_partition(source, 'train', 2)
   # Remove one file from worker 1's share after listing: worker 0's pipeline
@@ -71,7 +72,7 @@ def test_image_folder_workers_never_open_each_others_files(tmp_path):
 @pytest.mark.slow
 def test_tfrecord_shards_by_file_with_enough_files_else_by_record(tmp_path):
   root = str(tmp_path / 'images')
-  conftest.write_image_folder(root, ['a', 'b'], per_class=20)
+  image_files.write_image_folder(root, ['a', 'b'], per_class=20)
   shards_dir = str(tmp_path / 'shards')
   counts = make_tfrecords_lib.convert_image_folder(
       root, shards_dir, num_shards=6, validation_fraction=0.2,
@@ -116,11 +117,11 @@ def test_a_sharded_pipeline_is_not_sharded_again_by_tf_distribute():
 
 def _mirrored_run(tmp_path, devices):
   job_dir = tmp_path / f'devices{devices}'
-  process = conftest.run_module(
+  process = helpers.run_module(
       'tests.logical_devices', str(devices), f'--job_dir={job_dir}',
       '--strategy=mirrored', '--model=softmax', '--epochs=2',
       '--train_examples=1000')
-  return conftest.read_json(str(job_dir / 'metrics.json')), process.stderr
+  return helpers.read_json(str(job_dir / 'metrics.json')), process.stderr
 
 
 @pytest.mark.slow
@@ -204,7 +205,7 @@ def test_two_workers_train_resume_and_only_the_chief_writes(tmp_path):
     _stop_all(started)
   (chief, chief_log), (_, worker_log) = started
 
-  metrics = conftest.read_json(str(job_dir / 'metrics.json'))
+  metrics = helpers.read_json(str(job_dir / 'metrics.json'))
   assert (metrics['workers'], metrics['replicas']) == (2, 2)
   assert metrics['examples']['validation'] == 129
   assert metrics['resumed_from_epoch'] == killed_at
@@ -218,7 +219,7 @@ def test_two_workers_train_resume_and_only_the_chief_writes(tmp_path):
   assert sorted(os.listdir(job_dir)) == ['checkpoints', 'config.yaml',
                                          'export', 'logs', 'metrics.json',
                                          'training_curves.png']
-  assert export.is_complete(str(job_dir / 'export'))
+  assert artifact.is_complete(str(job_dir / 'export'))
   # Event files are named events.out.tfevents.TIME.HOST.PID.N.v2.
   writers = {re.search(r'\.(\d+)\.\d+\.v2$', name).group(1)
              for _, _, names in os.walk(job_dir / 'logs') for name in names
@@ -253,7 +254,7 @@ def test_two_workers_train_resume_and_only_the_chief_writes(tmp_path):
 def test_a_malformed_cluster_fails_at_once_naming_the_variable(tmp_path, env,
                                                               message):
   job_dir = tmp_path / 'job'
-  process = conftest.run_module('trainer.task', f'--job_dir={job_dir}',
+  process = helpers.run_module('trainer.task', f'--job_dir={job_dir}',
                                 env=env, check=False, timeout=120)
   assert process.returncode != 0
   assert message in process.stderr
@@ -264,7 +265,7 @@ def test_a_malformed_cluster_fails_at_once_naming_the_variable(tmp_path, env,
 @pytest.mark.slow
 def test_a_one_machine_strategy_in_a_cluster_is_refused(tmp_path):
   cluster = {'chief': ['127.0.0.1:1'], 'worker': ['127.0.0.1:2']}
-  process = conftest.run_module(
+  process = helpers.run_module(
       'trainer.task', f'--job_dir={tmp_path / "job"}', '--strategy=default',
       env={'TF_CONFIG': processes.tf_config(cluster, 'chief', 0)},
       check=False, timeout=120)

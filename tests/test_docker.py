@@ -3,11 +3,11 @@
 import os
 import re
 
-from tests import conftest
+from tests import helpers
 
 
 def _read(name):
-  with open(os.path.join(conftest.REPO, name)) as f:
+  with open(os.path.join(helpers.REPO, name)) as f:
     return f.read()
 
 
@@ -59,7 +59,7 @@ def test_trainer_target_is_the_default_non_root_and_runs_the_trainer():
   trainer = stages['trainer']
   assert re.search(r'^USER\s+(?!root\b|0\b)\w+', trainer, flags=re.M)
   assert 'ENTRYPOINT ["python", "-m", "trainer.task"]' in trainer
-  assert os.path.exists(os.path.join(conftest.REPO, 'trainer', 'task.py'))
+  assert os.path.exists(os.path.join(helpers.REPO, 'trainer', 'task.py'))
 
 
 def test_dataflow_target_keeps_the_beam_boot_entry_point():

@@ -9,14 +9,14 @@ import tensorflow as tf
 from tests.helpers import image_files
 from tests.helpers import photos
 from trainer import artifact
-from trainer import data
 from trainer import export
 from trainer import models
-from trainer import samples
+from trainer.data import samples
+from trainer.data import sources
 
 
 def _test_digits(count=64):
-  source = data.load_mnist_sample(0.1, 0.1)
+  source = sources.load_mnist_sample(0.1, 0.1)
   pixels, labels = next(source.examples('test').batch(count)
                         .as_numpy_iterator())
   return pixels, labels

@@ -6,11 +6,11 @@ import sys
 
 import pytest
 
-from tests import conftest
 from trainer import config as config_lib
-from trainer import export
 from trainer import job_dir as job_dir_lib
 from trainer import storage
+from tests import helpers
+from trainer import artifact
 
 
 def _config(tmp_path, **overrides):
@@ -42,7 +42,7 @@ def _leave_a_run(tmp_path, config, finished):
   if finished:
     storage.write_json(layout.metrics_path, {'test_accuracy': 0.9})
     storage.write_text(storage.join(layout.export_dir,
-                                    export.COMPLETE_MARKER), '')
+                                    artifact.COMPLETE_MARKER), '')
   return layout
 
 
@@ -96,6 +96,6 @@ def test_the_layout_and_the_config_import_no_tensorflow():
   code = ('import sys; from trainer import job_dir, task; '
           'print(sorted(m for m in ("tensorflow", "keras") if m in '
           'sys.modules))')
-  out = subprocess.run([sys.executable, '-c', code], cwd=conftest.REPO,
+  out = subprocess.run([sys.executable, '-c', code], cwd=helpers.REPO,
                        capture_output=True, text=True, check=True).stdout
   assert out.strip() == '[]'

@@ -4,17 +4,18 @@ import os
 
 import pytest
 
-from tests import conftest
-from tests.data import datasets
+from tests.helpers import datasets
 from trainer import make_tfrecords_lib
 from trainer.data import folder
 from trainer.data import sources
 from trainer.data import tfrecords
+from tests.helpers import image_files
+from tests import helpers
 
 
 def test_tfrecord_round_trip_from_an_image_folder(tmp_path):
   root = str(tmp_path / 'images')
-  written = conftest.write_image_folder(root, ['x', 'y', 'z'], per_class=20,
+  written = image_files.write_image_folder(root, ['x', 'y', 'z'], per_class=20,
                                         sizes=((28, 28), (40, 30)))
   with open(os.path.join(root, 'x', 'bad.jpg'), 'wb') as f:
     f.write(b'\xff\xd8 not really')
@@ -39,7 +40,7 @@ def test_tfrecord_round_trip_from_an_image_folder(tmp_path):
 
 @pytest.mark.slow
 def test_the_command_ends_a_folder_to_fix_in_one_line(tmp_path):
-  process = conftest.run_module(
+  process = helpers.run_module(
       'trainer.make_tfrecords', f'--image_dir={tmp_path}/none',
       f'--output_dir={tmp_path}/shards', check=False, timeout=120)
   assert process.returncode == 2

@@ -26,12 +26,12 @@ from batch_predict import pipeline
 from tests import helpers
 from tests.helpers import image_files
 from tests.helpers import processes
-from trainer import data
 from trainer import artifact
 from trainer import errors as errors_lib
 from trainer import lease as lease_lib
-from trainer import samples
+from trainer.data import samples
 from trainer import storage
+from trainer.data import idx
 
 
 def _uris(records):
@@ -363,7 +363,7 @@ def test_scored_files_give_the_trainers_own_test_accuracy(tmp_path):
       '--epochs=1', '--model=softmax')
   trainer_accuracy = helpers.read_json(
       os.path.join(job_dir, 'metrics.json'))['test_accuracy']
-  source = data.load_idx('fashion_mnist', helpers.FASHION_MNIST_DIR, 0.1)
+  source = idx.load_idx('fashion_mnist', helpers.FASHION_MNIST_DIR, 0.1)
   for image_format in samples.FORMATS:
     samples.write_samples(source, 'test', str(tmp_path / 'samples'),
                           image_format=image_format)

@@ -3,10 +3,12 @@
 import numpy as np
 import pytest
 
-from tests import conftest
 from trainer import export
 from trainer import models
 from trainer import precision
+from tests.helpers import image_files
+from tests import helpers
+from trainer import artifact
 
 
 @pytest.mark.parametrize('gpus, flags, expected', [
@@ -58,17 +60,17 @@ def test_as_float32_keeps_the_weights_and_computes_in_float32():
 @pytest.mark.slow
 def test_bfloat16_training_exports_a_float32_artifact(tmp_path):
   job_dir = tmp_path / 'job'
-  conftest.run_module(
+  helpers.run_module(
       'trainer.task', f'--job_dir={job_dir}', '--model=deep_mnist',
       '--mixed_precision=mixed_bfloat16', '--epochs=1', '--steps_per_epoch=3',
       '--train_examples=512')
-  metrics = conftest.read_json(job_dir / 'metrics.json')
+  metrics = helpers.read_json(job_dir / 'metrics.json')
   assert metrics['mixed_precision'] == 'mixed_bfloat16'
   model = export.load_keras_model(str(job_dir / 'export'))
   assert {layer.dtype_policy.name for layer in model.layers} == {'float32'}
-  serve, _ = export.load_serving(str(job_dir / 'export'))
-  pixels = conftest.random_pixels(28, 28, 1)
-  probabilities = serve(image_bytes=[conftest.encode_image(pixels, 'PNG')])[
+  serve, _ = artifact.load_serving(str(job_dir / 'export'))
+  pixels = image_files.random_pixels(28, 28, 1)
+  probabilities = serve(image_bytes=[image_files.encode_image(pixels, 'PNG')])[
       'probabilities']
   assert probabilities.dtype.name == 'float32'
   np.testing.assert_allclose(

@@ -17,6 +17,7 @@ from trainer import publish
 from trainer import run_context
 from trainer import storage
 from trainer.data import sources
+from trainer import artifact
 
 _HISTORY = [{'epoch': 1, 'loss': 1.0, 'accuracy': 0.5}]
 
@@ -65,8 +66,8 @@ def publishing(tmp_path):
 def test_the_chief_publishes_the_export_chart_and_metrics(publishing):
   run, layout = publishing
   run()
-  assert export.is_complete(layout.export_dir)
-  assert export.read_metadata(layout.export_dir)['metrics'] == {
+  assert artifact.is_complete(layout.export_dir)
+  assert artifact.read_metadata(layout.export_dir)['metrics'] == {
       'test_accuracy': 0.5}
   assert os.path.exists(layout.chart_path)
   assert storage.read_json(layout.metrics_path)['history'] == _HISTORY

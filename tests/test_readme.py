@@ -4,12 +4,12 @@ import os
 import re
 import shlex
 
-from tests import conftest
 from trainer import config as config_lib
+from tests import helpers
 
 
 def _read(name):
-  with open(os.path.join(conftest.REPO, name)) as f:
+  with open(os.path.join(helpers.REPO, name)) as f:
     return f.read()
 
 
@@ -61,18 +61,18 @@ def test_trainer_commands_use_real_flags_and_config_files():
       name, _, value = arg[2:].partition('=')
       assert name in known, f'README uses unknown flag --{name}'
       if name == 'config':
-        assert os.path.exists(os.path.join(conftest.REPO, value)), value
+        assert os.path.exists(os.path.join(helpers.REPO, value)), value
   assert seen >= 5
 
 
 def test_config_files_named_in_the_readme_exist():
   for path in set(re.findall(r'config/[\w/]+\.yaml', _read('README.md'))):
-    assert os.path.exists(os.path.join(conftest.REPO, path)), path
+    assert os.path.exists(os.path.join(helpers.REPO, path)), path
 
 
 def test_every_shipped_config_is_mentioned_or_extends_one_that_is():
   readme = _read('README.md')
-  config_dir = os.path.join(conftest.REPO, 'config')
+  config_dir = os.path.join(helpers.REPO, 'config')
   for name in os.listdir(config_dir):
     if name.endswith('.yaml') and f'config/{name}' not in readme:
       values = config_lib.load_file(os.path.join(config_dir, name))

@@ -11,9 +11,9 @@ import sys
 
 import pytest
 
-from tests import conftest
 from trainer import config as config_lib
 from trainer import registry
+from tests import helpers
 
 
 @pytest.mark.parametrize('name', registry.MODELS)
@@ -60,6 +60,6 @@ def test_the_registry_and_the_config_import_no_tensorflow():
   code = ('import sys; from trainer import config, registry; '
           'print(sorted(m for m in ("tensorflow", "keras", "numpy") '
           'if m in sys.modules))')
-  out = subprocess.run([sys.executable, '-c', code], cwd=conftest.REPO,
+  out = subprocess.run([sys.executable, '-c', code], cwd=helpers.REPO,
                        capture_output=True, text=True, check=True).stdout
   assert out.strip() == '[]'

@@ -9,6 +9,7 @@ import pytest
 
 from trainer import curves
 from trainer import hptuning
+from tests import helpers
 
 HISTORY = [
     {'epoch': 1, 'loss': 1.0, 'accuracy': 0.6, 'val_loss': 0.9,
@@ -67,25 +68,23 @@ def test_missing_hypertune_package_is_explained(monkeypatch):
 def test_vertex_tuning_study_matches_the_trainer_flags():
   import os  # pylint: disable=g-import-not-at-top
   import yaml  # pylint: disable=g-import-not-at-top
-  from tests import conftest  # pylint: disable=g-import-not-at-top
   from trainer import config as config_lib  # pylint: disable=g-import-not-at-top
-  with open(os.path.join(conftest.REPO, 'config/vertex/hptuning_job.yaml')) as f:
+  with open(os.path.join(helpers.REPO, 'config/vertex/hptuning_job.yaml')) as f:
     job = yaml.safe_load(f)
   for parameter in job['studySpec']['parameters']:
     assert parameter['parameterId'] in config_lib.FIELDS
   args = job['trialJobSpec']['workerPoolSpecs'][0]['containerSpec']['args']
   config_file = next(a.split('=', 1)[1] for a in args
                      if a.startswith('--config='))
-  values = config_lib.load_file(os.path.join(conftest.REPO, config_file))
+  values = config_lib.load_file(os.path.join(helpers.REPO, config_file))
   metric = job['studySpec']['metrics'][0]['metricId']
   assert values['hypertune_metric'] == metric
 
 
 @pytest.mark.slow
 def test_trainer_reports_the_tuning_metric_to_vertex(tmp_path):
-  from tests import conftest  # pylint: disable=g-import-not-at-top
   metrics_file = tmp_path / 'hypertune' / 'output.metrics'
-  conftest.run_module(
+  helpers.run_module(
       'trainer.task', f'--job_dir={tmp_path}/job', '--model=softmax',
       '--epochs=2', '--steps_per_epoch=2', '--train_examples=256',
       '--hypertune_metric=val_accuracy',

@@ -8,15 +8,15 @@ import pytest
 
 import tensorflow as tf
 
-from tests import conftest
-from tests import processes
+from tests.helpers import processes
 from trainer import config as config_lib
-from trainer import export
 from trainer import job_dir as job_dir_lib
 from trainer import run_context
 from trainer import storage
 from trainer import train
 from trainer.data import pipeline
+from tests import helpers
+from trainer import artifact
 
 EPOCHS = 3
 
@@ -71,11 +71,11 @@ def test_a_killed_run_resumes_at_the_epoch_it_was_in(tmp_path, signum):
     assert status == 128 + signal.SIGTERM, processes.read_log(log)[-3000:]
     assert 'Stopped on SIGTERM' in processes.read_log(log)
 
-  conftest.run_module('trainer.task', *_args(job_dir))
+  helpers.run_module('trainer.task', *_args(job_dir))
 
-  metrics = conftest.read_json(str(job_dir / 'metrics.json'))
+  metrics = helpers.read_json(str(job_dir / 'metrics.json'))
   _assert_resumed(metrics, killed_at)
-  assert export.is_complete(str(job_dir / 'export'))
+  assert artifact.is_complete(str(job_dir / 'export'))
 
 
 @pytest.mark.slow
@@ -97,10 +97,10 @@ def test_sigterm_on_a_gcs_job_dir_pushes_the_backup_and_resumes(gcs_server,
   assert 1 <= killed_at < EPOCHS
   assert not storage.exists(f'{job_dir}/metrics.json')
 
-  conftest.run_module('trainer.task', *_args(job_dir))
+  helpers.run_module('trainer.task', *_args(job_dir))
 
   _assert_resumed(storage.read_json(f'{job_dir}/metrics.json'), killed_at)
-  assert export.is_complete(f'{job_dir}/export')
+  assert artifact.is_complete(f'{job_dir}/export')
 
 
 @pytest.mark.slow
@@ -113,7 +113,7 @@ def test_another_model_on_a_reused_checkpoint_dir_fails_then_start_fresh(
   shutil.copytree(os.path.join(trained_job_dir, 'checkpoints'), shared)
   args = [f'--job_dir={tmp_path / "job"}', f'--checkpoint_dir={shared}',
           '--epochs=2', '--train_examples=1000', '--model=softmax']
-  process = conftest.run_module('trainer.task', *args, check=False)
+  process = helpers.run_module('trainer.task', *args, check=False)
   assert process.returncode == 2
   assert f'Cannot resume from {shared}/backup' in process.stderr
   assert "model: 'deep_mnist' -> 'softmax'" in process.stderr
@@ -121,8 +121,8 @@ def test_another_model_on_a_reused_checkpoint_dir_fails_then_start_fresh(
   assert 'Epoch 1/' not in process.stderr
   assert not (tmp_path / 'job' / 'metrics.json').exists()
 
-  conftest.run_module('trainer.task', *args, '--start_fresh')
-  metrics = conftest.read_json(str(tmp_path / 'job' / 'metrics.json'))
+  helpers.run_module('trainer.task', *args, '--start_fresh')
+  metrics = helpers.read_json(str(tmp_path / 'job' / 'metrics.json'))
   assert metrics['resumed_from_epoch'] == 0 and metrics['model'] == 'softmax'
   assert processes.saved_epoch(shared) == 2
 

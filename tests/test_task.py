@@ -9,10 +9,11 @@ import sys
 import pytest
 import yaml
 
-from tests import conftest
-from tests import disks
-from tests import processes
-from trainer import export
+from tests.helpers import disks
+from tests.helpers import processes
+from tests.helpers import image_files
+from tests import helpers
+from trainer import artifact
 
 
 def test_default_command_leaves_every_output_of_contract_1(trained_job_dir):
@@ -23,12 +24,12 @@ def test_default_command_leaves_every_output_of_contract_1(trained_job_dir):
                    'metrics.json', 'training_curves.png']
   with open(os.path.join(trained_job_dir, 'training_curves.png'), 'rb') as f:
     assert f.read(4) == b'\x89PNG'
-  metrics = conftest.read_json(os.path.join(trained_job_dir, 'metrics.json'))
+  metrics = helpers.read_json(os.path.join(trained_job_dir, 'metrics.json'))
   assert metrics['epochs'] == 2
   assert 0.5 < metrics['test_accuracy'] <= 1.0
   assert metrics['test_loss'] > 0
   assert [entry['epoch'] for entry in metrics['history']] == [1, 2]
-  assert export.is_complete(os.path.join(trained_job_dir, 'export'))
+  assert artifact.is_complete(os.path.join(trained_job_dir, 'export'))
   events = [f for _, _, files in os.walk(os.path.join(trained_job_dir, 'logs'))
             for f in files if f.startswith('events.out.tfevents')]
   assert events, 'TensorBoard event files expected under logs/'
@@ -39,7 +40,7 @@ def test_default_command_leaves_every_output_of_contract_1(trained_job_dir):
 @pytest.mark.slow
 def test_rerunning_a_finished_job_does_not_retrain(trained_job_dir):
   before = os.path.getmtime(os.path.join(trained_job_dir, 'metrics.json'))
-  process = conftest.run_module(
+  process = helpers.run_module(
       'trainer.task', f'--job_dir={trained_job_dir}', '--epochs=2',
       '--train_examples=1000', '--model=deep_mnist')
   assert 'already holds a finished run' in process.stderr
@@ -49,7 +50,7 @@ def test_rerunning_a_finished_job_does_not_retrain(trained_job_dir):
 
 @pytest.mark.slow
 def test_rerunning_with_another_configuration_is_refused(trained_job_dir):
-  process = conftest.run_module(
+  process = helpers.run_module(
       'trainer.task', f'--job_dir={trained_job_dir}', '--epochs=3',
       '--train_examples=1000', '--model=deep_mnist', check=False)
   assert process.returncode != 0
@@ -69,7 +70,7 @@ def test_rerunning_with_another_configuration_is_refused(trained_job_dir):
 def test_bad_flags_fail_fast_with_a_readable_message(tmp_path, args,
                                                       message):
   job_dir = str(tmp_path / 'job')
-  process = conftest.run_module('trainer.task', f'--job_dir={job_dir}',
+  process = helpers.run_module('trainer.task', f'--job_dir={job_dir}',
                                 *args, check=False, timeout=120)
   assert process.returncode != 0
   assert message in process.stderr
@@ -80,7 +81,7 @@ def test_bad_flags_fail_fast_with_a_readable_message(tmp_path, args,
 def test_config_file_with_an_unknown_key_names_it(tmp_path):
   path = tmp_path / 'bad.yaml'
   path.write_text('epochs: 2\nlearning_rat: 0.1\n')
-  process = conftest.run_module('trainer.task', f'--job_dir={tmp_path}/j',
+  process = helpers.run_module('trainer.task', f'--job_dir={tmp_path}/j',
                                 f'--config={path}', check=False, timeout=120)
   assert process.returncode != 0
   assert 'learning_rat: unknown key' in process.stderr
@@ -89,7 +90,7 @@ def test_config_file_with_an_unknown_key_names_it(tmp_path):
 
 @pytest.mark.slow
 def test_missing_data_fails_before_training_naming_the_file(tmp_path):
-  process = conftest.run_module(
+  process = helpers.run_module(
       'trainer.task', f'--job_dir={tmp_path}/j', '--dataset=fashion_mnist',
       f'--data_dir={tmp_path}/empty', check=False, timeout=120)
   assert process.returncode == 2
@@ -100,14 +101,14 @@ def test_missing_data_fails_before_training_naming_the_file(tmp_path):
 @pytest.mark.slow
 def test_vertex_environment_sets_the_output_folders(tmp_path):
   model_dir = tmp_path / 'vertex' / 'model'
-  process = conftest.run_module(
+  process = helpers.run_module(
       'trainer.task', '--epochs=1', '--steps_per_epoch=2',
       '--train_examples=256', '--model=softmax',
       env={'AIP_MODEL_DIR': str(model_dir) + '/',
            'AIP_CHECKPOINT_DIR': str(tmp_path / 'vertex' / 'ckpt') + '/',
            'AIP_TENSORBOARD_LOG_DIR': str(tmp_path / 'vertex' / 'tb') + '/'})
   assert process.returncode == 0
-  assert export.is_complete(str(model_dir))
+  assert artifact.is_complete(str(model_dir))
   assert os.path.exists(tmp_path / 'vertex' / 'metrics.json')
   assert os.path.isdir(tmp_path / 'vertex' / 'ckpt')
   assert os.listdir(tmp_path / 'vertex' / 'tb')
@@ -140,7 +141,7 @@ def _error_lines(stderr):
 @pytest.mark.slow
 def test_a_diverging_run_stops_with_one_line_and_publishes_nothing(tmp_path):
   job_dir = tmp_path / 'job'
-  process = conftest.run_module(
+  process = helpers.run_module(
       'trainer.task', f'--job_dir={job_dir}', '--learning_rate=1e6',
       '--model=deep_mnist', '--epochs=2', '--steps_per_epoch=10',
       '--train_examples=500', check=False)
@@ -163,19 +164,19 @@ def test_a_test_fraction_of_zero_evaluates_on_validation_and_says_so(
   job_dir = tmp_path / 'job'
   args = [f'--job_dir={job_dir}', '--test_fraction=0', '--model=softmax',
           '--epochs=1', '--steps_per_epoch=5', '--train_examples=500']
-  process = conftest.run_module('trainer.task', *args)
+  process = helpers.run_module('trainer.task', *args)
   assert 'the held-out figures are the validation split' in process.stderr
   metrics = _strict_json(job_dir / 'metrics.json')
   assert metrics['evaluated_on'] == 'validation'
   assert metrics['test_accuracy'] is None and metrics['test_loss'] is None
   assert 0 <= metrics['val_accuracy'] <= 1
   assert metrics['examples'] == {'train': 500, 'validation': 500, 'test': 0}
-  assert export.is_complete(str(job_dir / 'export'))
-  metadata = export.read_metadata(str(job_dir / 'export'))
+  assert artifact.is_complete(str(job_dir / 'export'))
+  metadata = artifact.read_metadata(str(job_dir / 'export'))
   assert metadata['metrics']['evaluated_on'] == 'validation'
   for path in _json_files(job_dir):
     _strict_json(path)
-  again = conftest.run_module('trainer.task', *args)
+  again = helpers.run_module('trainer.task', *args)
   assert 'already holds a finished run' in again.stderr
 
 
@@ -183,16 +184,16 @@ def test_a_test_fraction_of_zero_evaluates_on_validation_and_says_so(
 def test_a_tiny_image_folder_fails_before_training_or_trains_as_told(
     tmp_path):
   root = tmp_path / 'images'
-  conftest.write_image_folder(str(root), ['a', 'b'], per_class=3)
+  image_files.write_image_folder(str(root), ['a', 'b'], per_class=3)
   args = [f'--job_dir={tmp_path / "job"}', '--dataset=image_folder',
           f'--data_dir={root}', '--model=softmax', '--epochs=1',
           '--image_size=16']
-  refused = conftest.run_module('trainer.task', *args, check=False)
+  refused = helpers.run_module('trainer.task', *args, check=False)
   assert refused.returncode == 2
   [line] = _error_lines(refused.stderr)
   assert 'split is empty' in line and '_fraction=0' in line
   assert 'Epoch 1/' not in refused.stderr
-  conftest.run_module('trainer.task', *args, '--validation_fraction=0',
+  helpers.run_module('trainer.task', *args, '--validation_fraction=0',
                       '--test_fraction=0')
   metrics = _strict_json(tmp_path / 'job' / 'metrics.json')
   assert metrics['examples'] == {'train': 6, 'validation': 0, 'test': 0}
@@ -203,8 +204,8 @@ def test_a_tiny_image_folder_fails_before_training_or_trains_as_told(
 def test_a_hostile_image_folder_trains_on_what_metrics_json_reports(
     tmp_path):
   root = tmp_path / 'images'
-  conftest.write_image_folder(str(root), ['ant', 'cat'], per_class=10)
-  conftest.write_image_folder(str(tmp_path / 'elsewhere'), ['bee'],
+  image_files.write_image_folder(str(root), ['ant', 'cat'], per_class=10)
+  image_files.write_image_folder(str(tmp_path / 'elsewhere'), ['bee'],
                               per_class=10)
   os.symlink(tmp_path / 'elsewhere' / 'bee', root / 'bee')
   os.mkfifo(root / 'cat' / 'pipe.png')
@@ -214,7 +215,7 @@ def test_a_hostile_image_folder_trains_on_what_metrics_json_reports(
           '--image_size=16', '--validation_fraction=0.2',
           '--test_fraction=0.2']
   # A FIFO that was opened would block the run until this timeout.
-  process = conftest.run_module('trainer.task', *args, timeout=300)
+  process = helpers.run_module('trainer.task', *args, timeout=300)
   assert 'Followed the symlinked folder bee' in process.stderr
   assert 'cat/pipe.png (a named pipe (FIFO))' in process.stderr
   assert 'cat/corrupt.png (Invalid PNG' in process.stderr
@@ -222,11 +223,11 @@ def test_a_hostile_image_folder_trains_on_what_metrics_json_reports(
   assert sum(metrics['examples'].values()) == 30
   assert metrics['data']['skipped'] == {'special_file': 1, 'undecodable': 1}
   assert list(metrics['data']['followed_links']) == ['bee']
-  assert export.read_metadata(str(tmp_path / 'job' / 'export'))[
+  assert artifact.read_metadata(str(tmp_path / 'job' / 'export'))[
       'labels'] == ['ant', 'bee', 'cat']
   # An empty class folder is refused, before training, naming it.
   (root / 'dog').mkdir()
-  process = conftest.run_module(
+  process = helpers.run_module(
       'trainer.task', *args, f'--job_dir={tmp_path / "job2"}', check=False,
       timeout=300)
   assert process.returncode == 2
@@ -248,7 +249,7 @@ def test_a_second_trainer_on_a_live_job_dir_is_refused_before_any_work(
                          or processes.saved_epoch(str(job_dir / 'checkpoints'))
                          >= 1, [first], 'the first epoch', logs=[log])
     for extra in ([], ['--break_lease']):  # A live local holder stays.
-      second = conftest.run_module('trainer.task', *args, *extra,
+      second = helpers.run_module('trainer.task', *args, *extra,
                                    check=False, timeout=120)
       assert second.returncode == 2
       [line] = _error_lines(second.stderr)
@@ -262,18 +263,18 @@ def test_a_second_trainer_on_a_live_job_dir_is_refused_before_any_work(
     if first.poll() is None:
       first.kill()
   killed_at = processes.saved_epoch(str(job_dir / 'checkpoints'))
-  conftest.run_module('trainer.task', *args)
+  helpers.run_module('trainer.task', *args)
   metrics = _strict_json(job_dir / 'metrics.json')
   assert metrics['resumed_from_epoch'] == killed_at
   assert not (job_dir / '_LEASE').exists()
 
 
 def _run_trainer(*args, env=None, preexec_fn=None, timeout=600):
-  full_env = dict(os.environ, PYTHONPATH=conftest.REPO,
+  full_env = dict(os.environ, PYTHONPATH=helpers.REPO,
                   TF_CPP_MIN_LOG_LEVEL='2')
   full_env.update(env or {})
   return subprocess.run([sys.executable, '-m', 'trainer.task', *args],
-                        cwd=conftest.REPO, env=full_env, capture_output=True,
+                        cwd=helpers.REPO, env=full_env, capture_output=True,
                         text=True, timeout=timeout, preexec_fn=preexec_fn)
 
 
@@ -318,7 +319,7 @@ def test_disk_full_during_the_export_ends_in_one_line_and_cleans_up(
   process = _run_trainer(f'--job_dir={job_dir}', *_DEEP,
                          f'--export_dir={tmp_path / "export"}')
   assert process.returncode == 0, process.stderr[-3000:]
-  assert export.is_complete(str(tmp_path / 'export'))
+  assert artifact.is_complete(str(tmp_path / 'export'))
 
 
 @pytest.mark.slow

@@ -13,12 +13,12 @@ import tensorflow as tf
 
 from trainer import callbacks
 from trainer import config as config_lib
-from trainer import export
 from trainer import models
 from trainer import preemption
 from trainer import run_context
 from trainer import storage
 from trainer import train
+from trainer import artifact
 
 _TINY = {'model': 'softmax', 'epochs': 1, 'steps_per_epoch': 2,
          'batch_size': 32, 'train_examples': 256}
@@ -47,7 +47,7 @@ def test_a_run_leaves_every_output_and_a_rerun_does_nothing(tmp_path,
                                  'test': 500}
   assert storage.read_json(layout.metrics_path)['history'] == (
       metrics['history'])
-  assert export.is_complete(layout.export_dir)
+  assert artifact.is_complete(layout.export_dir)
   # The configuration saved is the one the run used.
   assert config_lib.build(config_lib.load_file(layout.config_path)) == (
       context.config)
@@ -69,7 +69,7 @@ def test_without_a_test_split_the_run_says_what_it_evaluated_on(
   assert metrics['evaluated_on'] == evaluated_on
   assert metrics['test_accuracy'] is None and metrics['test_loss'] is None
   assert (metrics.get('val_accuracy') is not None) == bool(evaluated_on)
-  saved = export.read_metadata(context.layout.export_dir)['metrics']
+  saved = artifact.read_metadata(context.layout.export_dir)['metrics']
   assert saved['evaluated_on'] == evaluated_on
 
 
@@ -110,6 +110,6 @@ def test_a_transfer_run_resolves_its_config_once_and_fine_tunes(tmp_path):
       (1, 'head'), (2, 'fine_tune')]
   saved = config_lib.load_file(context.layout.config_path)
   assert (saved['image_size'], saved['channels']) == (28, 1)
-  details = export.read_metadata(context.layout.export_dir)['transfer']
+  details = artifact.read_metadata(context.layout.export_dir)['transfer']
   assert len(details['fine_tuned_layers']) == 1
   assert details['base_model'] == base

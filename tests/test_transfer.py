@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests import conftest
 from trainer import config as config_lib
 from trainer import export
 from trainer import job_dir as job_dir_lib
@@ -19,6 +18,9 @@ from trainer import storage
 from trainer import train
 from trainer import transfer
 from trainer.data import preprocessing
+from tests.helpers import image_files
+from tests import helpers
+from trainer import artifact
 
 
 def _set_distinct_weights(model, seed):
@@ -146,7 +148,7 @@ def test_base_without_convolution_fails_the_command_before_any_work(
     tmp_path):
   path = _save_base(str(tmp_path), 'softmax.keras', 'softmax')
   job_dir = str(tmp_path / 'job')
-  process = conftest.run_module('trainer.task', f'--job_dir={job_dir}',
+  process = helpers.run_module('trainer.task', f'--job_dir={job_dir}',
                                 f'--base_model={path}', check=False,
                                 timeout=300)
   assert process.returncode == 2
@@ -163,7 +165,7 @@ def test_missing_or_incomplete_bases_are_named(tmp_path, cnn_base):
   # A job dir instead of its export: the error points at the export.
   job_dir = tmp_path / 'job'
   (job_dir / 'export').mkdir(parents=True)
-  (job_dir / 'export' / export.COMPLETE_MARKER).write_text('')
+  (job_dir / 'export' / artifact.COMPLETE_MARKER).write_text('')
   with pytest.raises(config_lib.ConfigError,
                      match=f'not a complete export.*Did you mean '
                      f'--base_model={job_dir}/export'):
@@ -210,7 +212,7 @@ def test_prepare_takes_the_base_input_shape_and_checks_fine_tune_layers(
 ])
 def test_shipped_transfer_configs_resolve_against_a_real_base(
     cnn_base, name, overrides, shape):
-  values = config_lib.load_file(os.path.join(conftest.REPO, 'config', name))
+  values = config_lib.load_file(os.path.join(helpers.REPO, 'config', name))
   if values['base_model'] not in registry.BACKBONES:
     overrides['base_model'] = cnn_base  # Stands in for the trained base.
   config = config_lib.build(values, dict(overrides, job_dir='/tmp/j'))
@@ -333,7 +335,7 @@ def test_imagenet_weights_offline_say_how_to_pass_a_local_file(monkeypatch):
 
 
 def _run_transfer(job_dir, *args):
-  conftest.run_module('trainer.task', f'--job_dir={job_dir}', '--epochs=1',
+  helpers.run_module('trainer.task', f'--job_dir={job_dir}', '--epochs=1',
                       *args)
   return os.path.join(job_dir, 'export')
 
@@ -352,18 +354,18 @@ def test_transfer_run_reuses_every_extractor_weight_and_trains_a_new_head(
   assert model.get_layer(models.LOGITS_LAYER).kernel.shape == (7 * 7 * 64, 10)
   assert not [layer for layer in model.layers
               if isinstance(layer, keras.layers.Dense) and layer.units == 256]
-  metadata = export.read_metadata(export_dir)
+  metadata = artifact.read_metadata(export_dir)
   assert metadata['labels'] == [str(digit) for digit in range(10)]
   assert metadata['model'] == 'transfer_cnn_bn'
   assert metadata['input'] == {'height': 28, 'width': 28, 'channels': 1,
-                               'encoded_formats': list(export.ENCODED_FORMATS)}
+                               'encoded_formats': list(artifact.ENCODED_FORMATS)}
   details = metadata['transfer']
   assert details['base_model'] == cnn_base
   assert details['base_input'] == {'height': 28, 'width': 28, 'channels': 1}
   assert details['extractor_layers_with_weights'] == 8
   assert details['frozen_layers_with_weights'] == 8
   assert details['fine_tuned_layers'] == []
-  metrics = conftest.read_json(str(tmp_path / 'job' / 'metrics.json'))
+  metrics = helpers.read_json(str(tmp_path / 'job' / 'metrics.json'))
   assert [(e['epoch'], e['phase']) for e in metrics['history']] == [
       (1, 'head')]
 
@@ -371,9 +373,9 @@ def test_transfer_run_reuses_every_extractor_weight_and_trains_a_new_head(
 def _encoded_test_images():
   """Colour and grey JPEG/PNG images of sizes the base never saw."""
   return [
-      conftest.encode_image(conftest.random_pixels(40, 30, 3, seed=1), 'JPEG'),
-      conftest.encode_image(conftest.random_pixels(17, 50, 1, seed=2), 'PNG'),
-      conftest.encode_image(conftest.random_pixels(28, 28, 3, seed=3), 'PNG'),
+      image_files.encode_image(image_files.random_pixels(40, 30, 3, seed=1), 'JPEG'),
+      image_files.encode_image(image_files.random_pixels(17, 50, 1, seed=2), 'PNG'),
+      image_files.encode_image(image_files.random_pixels(28, 28, 3, seed=3), 'PNG'),
   ]
 
 
@@ -381,7 +383,7 @@ def _encoded_test_images():
 def test_fine_tuning_changes_exactly_the_top_layers_and_serves_like_any_model(
     tmp_path, cnn_base):
   folder = tmp_path / 'photos'
-  conftest.write_image_folder(str(folder), ['cat', 'dog', 'fox'], 12,
+  image_files.write_image_folder(str(folder), ['cat', 'dog', 'fox'], 12,
                               sizes=((40, 30), (20, 20)))
   export_dir = _run_transfer(
       str(tmp_path / 'job'), f'--base_model={cnn_base}',
@@ -392,19 +394,19 @@ def test_fine_tuning_changes_exactly_the_top_layers_and_serves_like_any_model(
   top_two = _conv_names(original)[-2:]
   assert sorted(_changed_layers(
       original, model.get_layer(transfer.EXTRACTOR_LAYER))) == sorted(top_two)
-  metadata = export.read_metadata(export_dir)
+  metadata = artifact.read_metadata(export_dir)
   assert metadata['labels'] == ['cat', 'dog', 'fox']
   # Colour photos of any size were converted to the grey 28x28 base input.
   assert (metadata['input']['height'], metadata['input']['channels']) == (28, 1)
   assert metadata['transfer']['dataset_input'] == 'any size, grey or colour'
   assert metadata['transfer']['fine_tuned_layers'] == top_two
   assert metadata['transfer']['frozen_layers_with_weights'] == 6
-  metrics = conftest.read_json(str(tmp_path / 'job' / 'metrics.json'))
+  metrics = helpers.read_json(str(tmp_path / 'job' / 'metrics.json'))
   assert [(e['epoch'], e['phase']) for e in metrics['history']] == [
       (1, 'head'), (2, 'fine_tune')]
 
   encoded = _encoded_test_images()
-  serve, _ = export.load_serving(export_dir)
+  serve, _ = artifact.load_serving(export_dir)
   served = serve(image_bytes=tf.constant(encoded))['probabilities'].numpy()
   pixels = tf.stack([preprocessing.decode_image(image, 28, 28, 1)
                      for image in encoded])
@@ -417,7 +419,7 @@ def test_fine_tuning_changes_exactly_the_top_layers_and_serves_like_any_model(
 def test_mobilenet_v2_backbone_from_a_local_weights_file(tmp_path):
   weights, expected = _mobilenet_weights_file(str(tmp_path))
   folder = tmp_path / 'photos'
-  conftest.write_image_folder(str(folder), ['a', 'b'], 10,
+  image_files.write_image_folder(str(folder), ['a', 'b'], 10,
                               sizes=((48, 40), (20, 20)))
   export_dir = _run_transfer(
       str(tmp_path / 'job'), '--base_model=mobilenet_v2',
@@ -429,10 +431,10 @@ def test_mobilenet_v2_backbone_from_a_local_weights_file(tmp_path):
   assert len(frozen) == len(expected)
   for got, want in zip(frozen, expected):
     np.testing.assert_array_equal(got, want)
-  metadata = export.read_metadata(export_dir)
+  metadata = artifact.read_metadata(export_dir)
   assert metadata['input']['channels'] == 3
   assert metadata['transfer']['base_weights'] == weights
-  serve, _ = export.load_serving(export_dir)
+  serve, _ = artifact.load_serving(export_dir)
   served = serve(image_bytes=tf.constant(_encoded_test_images()))
   assert served['probabilities'].shape == (3, 2)
 

@@ -30,15 +30,6 @@ from trainer import models
 from trainer import storage
 from trainer.data import preprocessing
 
-# Reading names, kept here only for the call sites in train.py, transfer.py
-# and task.py (and their tests), which say export.X until they are rewritten
-# to artifact.X; new code uses artifact.
-ArtifactError = artifact.ArtifactError
-COMPLETE_MARKER = artifact.COMPLETE_MARKER
-ENCODED_FORMATS = artifact.ENCODED_FORMATS
-is_complete = artifact.is_complete
-read_metadata = artifact.read_metadata
-load_serving = artifact.load_serving
 
 
 class _ServingModule(tf.Module):

@@ -32,6 +32,7 @@ import enum
 from absl import logging
 import yaml
 
+from trainer import artifact
 from trainer import config as config_lib
 from trainer import curves
 from trainer import storage
@@ -93,12 +94,6 @@ class Layout:
     return storage.join(self.job_dir, curves.CHART_FILE)
 
 
-def _export_is_complete(export_dir):
-  # export.py imports Keras, and task.py imports this module before any
-  # TensorFlow work: so it is imported here, when a run looks at its job dir.
-  from trainer import export  # pylint: disable=g-import-not-at-top
-  return export.is_complete(export_dir)
-
 
 def previous_run_state(layout, config):
   """Looks at what an earlier run with this job dir left behind.
@@ -110,7 +105,7 @@ def previous_run_state(layout, config):
     config_lib.ConfigError: if earlier outputs come from a configuration
       that trains something else.
   """
-  finished = storage.exists(layout.metrics_path) and _export_is_complete(
+  finished = storage.exists(layout.metrics_path) and artifact.is_complete(
       layout.export_dir)
   has_backup = storage.exists(storage.join(layout.checkpoint_dir,
                                            RESUME_RECORD))

@@ -103,10 +103,6 @@ def build_config(flag_values, environ):
 
 # Exit status of errors a user can act on (bad flags, bad data, full disk).
 _USER_ERROR_STATUS = 2
-# Errors a user can fix. storage.StorageError and lease.LeaseError derive
-# from errors.UserError on the branch that owns them (issue 13); until the
-# two meet they are named here too.
-_USER_ERRORS = (errors.UserError, storage.StorageError, lease_lib.LeaseError)
 
 
 def main(argv):
@@ -115,7 +111,7 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   try:
     run_command(flags.FLAGS, os.environ)
-  except _USER_ERRORS as e:
+  except errors.UserError as e:
     _exit_with_error(e)
   except OSError as e:  # Writing a small output (the lease, config.yaml...).
     _exit_with_error(f'Cannot write {e.filename or "an output"}: '

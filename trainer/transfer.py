@@ -40,6 +40,7 @@ from trainer import export
 from trainer import models
 from trainer import registry
 from trainer import storage
+from trainer import artifact
 
 # The name of the nested model holding the reused layers in a transfer model.
 EXTRACTOR_LAYER = 'feature_extractor'
@@ -122,14 +123,14 @@ def _load_trained(path, image_size, channels):
   """A base from our export or a .keras file."""
   path = storage.normalize(path)
   if (not path.endswith('.keras') and storage.isdir(path) and
-      not export.is_complete(path)):
+      not artifact.is_complete(path)):
     raise _error('base_model', f'{path} is not a complete export (no '
-                 f'{export.COMPLETE_MARKER} marker).{_base_model_hint(path)}')
+                 f'{artifact.COMPLETE_MARKER} marker).{_base_model_hint(path)}')
   try:
     model = export.load_keras_model(path)
     labels = None
     if not path.endswith('.keras'):
-      labels = tuple(export.read_metadata(path)['labels'])
+      labels = tuple(artifact.read_metadata(path)['labels'])
   except (ValueError, OSError, TypeError, zipfile.BadZipFile) as e:
     raise _error('base_model', f'cannot use {path} as a base: {e}'
                  f'{_base_model_hint(path)}') from e
@@ -173,7 +174,7 @@ def _base_model_hint(path):
   if path.endswith('.keras'):
     return ''
   nested = storage.join(path, 'export')
-  if export.is_complete(nested):
+  if artifact.is_complete(nested):
     return f' Did you mean --base_model={nested}?'
   return (' --base_model takes a complete export (JOB_DIR/export), a .keras '
           f'file or a backbone name ({", ".join(registry.BACKBONES)}).')

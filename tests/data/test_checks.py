@@ -3,9 +3,9 @@
 import numpy as np
 import tensorflow as tf
 
-from tests import conftest
 from trainer.data import checks
 from trainer.data import preprocessing
+from tests.helpers import image_files
 
 
 def _pairs(encoded):
@@ -25,7 +25,7 @@ def _decode_batch(encoded):
 
 
 def test_decode_all_finds_exactly_the_elements_that_fail():
-  good = conftest.encode_image(conftest.random_pixels(8, 8, 1), 'PNG')
+  good = image_files.encode_image(image_files.random_pixels(8, 8, 1), 'PNG')
   # More than one batch, with bad elements in both.
   encoded = [good] * (checks.CHECK_BATCH + 10)
   for bad in (3, checks.CHECK_BATCH + 4):

@@ -6,17 +6,17 @@ import shutil
 import numpy as np
 import pytest
 
-from tests import conftest
-from tests import photos
-from tests.data import datasets
+from tests.helpers import photos
+from tests.helpers import datasets
 from trainer import data
 from trainer.data import folder
 from trainer.data import sources
+from tests.helpers import image_files
 
 
 def test_image_folder_mixed_grey_colour_small_large(tmp_path):
   root = str(tmp_path / 'images')
-  written = conftest.write_image_folder(
+  written = image_files.write_image_folder(
       root, ['cat', 'ant', 'bee'], per_class=12,
       sizes=((10, 14), (300, 200), (64, 64)), modes=('L', 'RGB', 'RGBA'),
       formats=('PNG', 'JPEG', 'GIF', 'BMP'))
@@ -43,9 +43,9 @@ def test_image_folder_mixed_grey_colour_small_large(tmp_path):
 
 def test_image_folder_split_is_stable_when_files_are_added(tmp_path):
   root = str(tmp_path / 'images')
-  conftest.write_image_folder(root, ['a', 'b'], per_class=30)
+  image_files.write_image_folder(root, ['a', 'b'], per_class=30)
   _, before = folder.split_image_folder(root, 0.2, 0.2)
-  conftest.write_image_folder(str(tmp_path / 'more'), ['a', 'b'],
+  image_files.write_image_folder(str(tmp_path / 'more'), ['a', 'b'],
                               per_class=60)
   for name in ('a', 'b'):
     for f in os.listdir(tmp_path / 'more' / name):
@@ -75,7 +75,7 @@ def test_image_folder_errors(tmp_path, layout, problem):
 def test_undecodable_files_in_an_image_folder_are_left_out_and_counted(
     tmp_path):
   root = str(tmp_path / 'images')
-  conftest.write_image_folder(root, ['a', 'b'], per_class=10)
+  image_files.write_image_folder(root, ['a', 'b'], per_class=10)
   with open(os.path.join(root, 'a', 'broken.png'), 'wb') as f:
     f.write(b'not a png')
   source = folder.load_image_folder(root, (28, 28, 1), 0.0, 0.0)
@@ -93,8 +93,8 @@ def _hostile_folder(tmp_path):
   """ant/ (plain), bee -> elsewhere (a symlinked class), cat/ with a FIFO,
   a corrupt PNG, a dangling link, a link loop, notes and a bad name."""
   root = tmp_path / 'images'
-  conftest.write_image_folder(str(root), ['ant', 'cat'], per_class=10)
-  conftest.write_image_folder(str(tmp_path / 'elsewhere'), ['bee'],
+  image_files.write_image_folder(str(root), ['ant', 'cat'], per_class=10)
+  image_files.write_image_folder(str(tmp_path / 'elsewhere'), ['bee'],
                               per_class=10)
   os.symlink(tmp_path / 'elsewhere' / 'bee', root / 'bee')
   os.mkfifo(root / 'cat' / 'pipe.png')
@@ -104,7 +104,7 @@ def _hostile_folder(tmp_path):
   (root / 'cat' / 'notes.txt').write_text('not an image')
   with open(os.path.join(os.fsencode(root / 'cat'), b'bad-\xff.png'),
             'wb') as f:
-    f.write(conftest.encode_image(conftest.random_pixels(28, 28, 1), 'PNG'))
+    f.write(image_files.encode_image(image_files.random_pixels(28, 28, 1), 'PNG'))
   return str(root)
 
 
@@ -145,7 +145,7 @@ def test_a_hostile_image_folder_trains_on_what_it_reports(tmp_path):
 def test_a_class_that_would_vanish_stops_the_run_before_training(
     tmp_path, make, problem):
   root = tmp_path / 'images'
-  conftest.write_image_folder(str(root), ['ant', 'cat'], per_class=4)
+  image_files.write_image_folder(str(root), ['ant', 'cat'], per_class=4)
   make(root)
   with pytest.raises(data.DataError, match=problem):
     folder.load_image_folder(str(root), (28, 28, 1), 0.0, 0.0)

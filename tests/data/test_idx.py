@@ -8,15 +8,15 @@ import struct
 import numpy as np
 import pytest
 
-from tests import conftest
 from trainer import data
 from trainer.data import idx
 from trainer.data import pipeline
+from tests import helpers
 
 
-@conftest.requires_fashion_mnist
+@helpers.requires_fashion_mnist
 def test_fashion_mnist_full_counts_and_labels():
-  source = idx.load_idx('fashion_mnist', conftest.FASHION_MNIST_DIR, 0.1)
+  source = idx.load_idx('fashion_mnist', helpers.FASHION_MNIST_DIR, 0.1)
   assert source.info.sizes == {'train': 54000, 'validation': 6000,
                                'test': 10000}
   assert source.info.class_names[0] == 'T-shirt/top'
@@ -147,10 +147,10 @@ def test_broken_idx_files_fail_naming_the_file_and_the_problem(
   assert problem in message
 
 
-@conftest.requires_fashion_mnist
+@helpers.requires_fashion_mnist
 def test_truncated_real_fashion_mnist_file_is_caught(tmp_path):
-  for name in os.listdir(conftest.FASHION_MNIST_DIR):
-    shutil.copy(os.path.join(conftest.FASHION_MNIST_DIR, name), tmp_path)
+  for name in os.listdir(helpers.FASHION_MNIST_DIR):
+    shutil.copy(os.path.join(helpers.FASHION_MNIST_DIR, name), tmp_path)
   path = tmp_path / 't10k-images-idx3-ubyte.gz'
   path.write_bytes(path.read_bytes()[:-5000])
   with pytest.raises(data.DataError, match='t10k-images-idx3-ubyte.gz'):

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from tests.data import datasets
+from tests.helpers import datasets
 from trainer.data import pipeline
 from trainer.data import sources
 

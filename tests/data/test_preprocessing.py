@@ -7,9 +7,9 @@ from PIL import Image
 import pytest
 import tensorflow as tf
 
-from tests import conftest
-from tests import photos
+from tests.helpers import photos
 from trainer.data import preprocessing
+from tests.helpers import image_files
 
 # JPEG re-encoding of turned pixels and two decoders (Pillow's and
 # TensorFlow's) differ by a few levels at sharp edges; a wrong turn differs
@@ -95,7 +95,7 @@ def test_a_segment_length_past_the_end_of_the_file_is_harmless():
 
 
 def test_rgba_png_is_composited_onto_white():
-  colour = conftest.random_pixels(20, 30, 3, seed=1)
+  colour = image_files.random_pixels(20, 30, 3, seed=1)
   alpha = np.tile(np.linspace(0, 255, 30).astype(np.uint8), (20, 1))
   alpha[:5] = 0  # Fully transparent rows: pure background.
   encoded = photos.png(np.dstack([colour, alpha]))
@@ -129,12 +129,12 @@ def test_grey_alpha_and_palette_transparency_are_composited():
 
 
 def test_a_mixed_batch_decodes_each_image_as_it_would_alone():
-  digit = conftest.random_pixels(28, 28, 1, seed=3)
-  colour = conftest.random_pixels(33, 21, 3, seed=4)
+  digit = image_files.random_pixels(28, 28, 1, seed=3)
+  colour = image_files.random_pixels(33, 21, 3, seed=4)
   rgba = np.dstack([colour, np.full((33, 21), 128, np.uint8)])
   batch = [
       photos.png(digit), photos.png(rgba), photos.rotated_jpeg(colour, 6),
-      conftest.encode_image(colour, 'GIF'), conftest.encode_image(colour,
+      image_files.encode_image(colour, 'GIF'), image_files.encode_image(colour,
                                                                   'BMP'),
       photos.upright_jpeg(colour), photos.png(rgba), photos.rotated_jpeg(
           colour, 3, b'MM'),

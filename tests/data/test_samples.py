@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests import conftest
 from trainer.data import samples
 from trainer.data import sources
+from tests import helpers
 
 
 def test_written_files_hold_the_split_pixels_and_name_their_labels(tmp_path):
@@ -29,7 +29,7 @@ def test_the_command_ends_a_bad_flag_or_missing_data_in_one_line(tmp_path):
       (['--dataset=mnist'], "data_dir: dataset 'mnist' needs --data_dir."),
       (['--dataset=mnist', f'--data_dir={tmp_path}/none'],
        'train-images-idx3-ubyte.gz: file not found')):
-    process = conftest.run_module(
+    process = helpers.run_module(
         'trainer.write_samples', f'--output_dir={tmp_path}/out', *args,
         check=False, timeout=120)
     assert process.returncode == 2

@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
-from tests import conftest
-from tests.data import datasets
+from tests.helpers import datasets
 from trainer import data
 from trainer.data import folder
 from trainer.data import sources
+from tests.helpers import image_files
 
 
 def test_mnist_sample_splits_are_deterministic_disjoint_and_shuffled():
@@ -36,7 +36,7 @@ def test_train_examples_limits_only_the_training_split():
 
 def test_an_empty_split_asked_for_is_refused_with_the_way_out(tmp_path):
   root = tmp_path / 'images'
-  conftest.write_image_folder(str(root), ['a', 'b'], per_class=3)
+  image_files.write_image_folder(str(root), ['a', 'b'], per_class=3)
   options = dict(dataset='image_folder', data_dir=str(root),
                  image_shape=(64, 64, 3), validation_fraction=0.1,
                  test_fraction=0.1)

@@ -5,20 +5,20 @@ import os
 import pytest
 import tensorflow as tf
 
-from tests import conftest
-from tests.data import datasets
+from tests.helpers import datasets
 from trainer import data
 from trainer.data import sources
 from trainer.data import tfrecords
+from tests.helpers import image_files
 
 
 def test_tfrecord_glob_is_split_by_record_position(tmp_path):
   path = str(tmp_path / 'all.tfrecord')
   with tf.io.TFRecordWriter(path) as writer:
     for i in range(200):
-      pixels = conftest.random_pixels(28, 28, 1, seed=i)
+      pixels = image_files.random_pixels(28, 28, 1, seed=i)
       example = tfrecords.make_example(
-          conftest.encode_image(pixels, 'PNG'), i % 2, 'ab'[i % 2], str(i))
+          image_files.encode_image(pixels, 'PNG'), i % 2, 'ab'[i % 2], str(i))
       writer.write(example.SerializeToString())
   (tmp_path / 'labels.txt').write_text('a\nb\n')
   source = tfrecords.load_tfrecord(str(tmp_path / '*.tfrecord'), (28, 28, 1),
@@ -50,7 +50,7 @@ def test_tfrecord_label_out_of_range_fails_before_training(tmp_path):
   for split in sources.SPLITS:
     with tf.io.TFRecordWriter(str(tmp_path / f'{split}-0')) as writer:
       writer.write(tfrecords.make_example(
-          conftest.encode_image(conftest.random_pixels(28, 28, 1), 'PNG'), 5,
+          image_files.encode_image(image_files.random_pixels(28, 28, 1), 'PNG'), 5,
           'five', 'f').SerializeToString())
   (tmp_path / 'labels.txt').write_text('a\nb\n')
   with pytest.raises(data.DataError,

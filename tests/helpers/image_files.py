@@ -58,8 +58,8 @@ def write_image_folder(root, classes, per_class, sizes=((28, 28),),
 
 def digits(count, offset=0):
   """`count` real test digits: (uint8 pixels [28, 28], label) pairs."""
-  from trainer import data  # pylint: disable=g-import-not-at-top
-  source = data.load_mnist_sample(0.1, 0.1)
+  from trainer.data import sources  # pylint: disable=g-import-not-at-top
+  source = sources.load_mnist_sample(0.1, 0.1)
   pixels, labels = next(source.examples('test').skip(offset).batch(count)
                         .as_numpy_iterator())
   return [(p[..., 0], int(label)) for p, label in zip(pixels, labels)]

@@ -7,9 +7,9 @@ import threading
 import numpy as np
 import tensorflow as tf
 
-from tests import conftest
 from trainer.data import pipeline
 from trainer.data import tfrecords
+from tests.helpers import image_files
 
 
 def batches(source, split, image_shape, batch_size=64):
@@ -62,7 +62,7 @@ def write_records(path, payloads):
 def record(label, seed=0, encoded=None):
   """A serialized tf.train.Example of a random 28x28 PNG (or `encoded`)."""
   if encoded is None:
-    encoded = conftest.encode_image(conftest.random_pixels(28, 28, 1,
+    encoded = image_files.encode_image(image_files.random_pixels(28, 28, 1,
                                                            seed=seed), 'PNG')
   return tfrecords.make_example(encoded, label, 'ab'[label],
                                 str(seed)).SerializeToString()

@@ -1,4 +1,0 @@
-"""Moved to tests/helpers/disks.py; this alias goes once the other half of
-issue 13's test files import it from there (at the merge)."""
-
-from tests.helpers.disks import *  # pylint: disable=wildcard-import,unused-wildcard-import
