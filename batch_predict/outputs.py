@@ -50,7 +50,7 @@ _SCORE_DIGITS = 6
 _TEMPORARY_SUFFIX = r'(\.tmp-[0-9a-f]{32})?'
 
 
-def prediction_record(uri, probabilities, labels, top_k):
+def prediction_record(uri, probabilities, labels, top_k, fields=()):
   """The predictions record of one image.
 
   Args:
@@ -58,22 +58,31 @@ def prediction_record(uri, probabilities, labels, top_k):
     probabilities: one probability per class, in `labels` order.
     labels: the class names.
     top_k: how many classes to list, most probable first.
+    fields: (name, value) pairs the input came with (a manifest's other
+      columns), passed through unchanged after the record's own fields.
 
   Returns:
-    {"uri", "label", "score", "top_k": [{"label", "score"}, ...]}.
+    {"uri", "label", "score", "top_k": [{"label", "score"}, ...], ...}.
   """
   # A stable sort keeps ties in label order, so outputs are reproducible.
   best = np.argsort(-np.asarray(probabilities), kind='stable')[:top_k]
   ranked = [{'label': labels[i], 'score': round(float(probabilities[i]),
                                                 _SCORE_DIGITS)}
             for i in best]
-  return {'uri': uri, 'label': ranked[0]['label'], 'score': ranked[0]['score'],
-          'top_k': ranked}
+  record = {'uri': uri, 'label': ranked[0]['label'],
+            'score': ranked[0]['score'], 'top_k': ranked}
+  record.update(fields)
+  return record
 
 
-def error_record(uri, kind, message):
-  """The errors record of one input: what is wrong, in words, and its kind."""
-  return {'uri': uri, 'error': message, 'kind': kind}
+def error_record(uri, kind, message, fields=()):
+  """The errors record of one input: what is wrong, in words, and its kind.
+
+  `fields` are the input's own (name, value) pairs, passed through.
+  """
+  record = {'uri': uri, 'error': message, 'kind': kind}
+  record.update(fields)
+  return record
 
 
 def to_json_line(record):

@@ -59,6 +59,7 @@ import numpy as np
 
 from batch_predict import image_header
 from batch_predict import inputs
+from batch_predict import items
 from batch_predict import model_handler
 from batch_predict import outputs
 from trainer import errors
@@ -73,16 +74,17 @@ _NON_FINITE_MESSAGE = (
     'it from a good checkpoint, then score again.')
 
 
-def _error_record(error, uri=None):
+def _error_record(error, item=None):
   """The error record of a UserError about one input.
 
   Args:
     error: an `errors.UserError` (its `uri`, if it has one, wins: a listing
       error's is the printable one).
-    uri: the input's URI.
+    item: the input's `items.Item` (its URI and the fields it came with).
   """
-  return outputs.error_record(getattr(error, 'uri', None) or uri, error.kind,
-                              str(error))
+  uri = getattr(error, 'uri', None) or (item.uri if item else None)
+  return outputs.error_record(uri, error.kind, str(error),
+                              item.fields if item else ())
 
 
 class _PerElementFn(beam.DoFn):
@@ -91,9 +93,9 @@ class _PerElementFn(beam.DoFn):
   The one place where an `errors.UserError` raised for one element (by
   reading, the header check, the model's output) becomes that element's
   error record; anything else raised fails the bundle, as a bug or a
-  passing failure should (the runner retries it). Elements are a URI, or a
-  tuple whose first item is one. Subclasses define `apply`, and `on_error`
-  to count what failed.
+  passing failure should (the runner retries it). Elements are
+  `items.Item`s, or (Item, value) pairs. Subclasses define `apply`, and
+  `on_error` to count what failed.
   """
 
   def apply(self, element):
@@ -107,8 +109,8 @@ class _PerElementFn(beam.DoFn):
       result = self.apply(element)
     except errors.UserError as e:
       self.on_error(e)
-      uri = element if isinstance(element, str) else element[0]
-      yield beam.pvalue.TaggedOutput(outputs.ERRORS, _error_record(e, uri))
+      item = element if isinstance(element, items.Item) else element[0]
+      yield beam.pvalue.TaggedOutput(outputs.ERRORS, _error_record(e, item))
       return
     yield result
 
@@ -120,16 +122,19 @@ def _entries_on_line(line, list_folder):
     yield _error_record(e)
     return
   if uri is not None:
-    yield uri
+    yield items.Item(uri)
 
 
 def _list_local(pattern):
-  for item in inputs.list_local(pattern):
-    yield _error_record(item) if isinstance(item, errors.UserError) else item
+  for entry in inputs.list_local(pattern):
+    if isinstance(entry, errors.UserError):
+      yield _error_record(entry)
+    else:
+      yield items.Item(entry)
 
 
 class ListImages(beam.PTransform):
-  """PBegin -> the URI of every input named by `--input`.
+  """PBegin -> an `items.Item` for every input named by `--input`.
 
   An entry that cannot be carried on as a URI (a name that is not UTF-8, a
   folder that cannot be listed, a symlink loop) arrives as its error record
@@ -146,7 +151,8 @@ class ListImages(beam.PTransform):
     if kind == inputs.GLOB and storage.is_gcs(path):
       return (pbegin
               | 'MatchFiles' >> fileio.MatchFiles(path)
-              | 'TakePaths' >> beam.Map(lambda metadata: metadata.path))
+              | 'TakePaths' >> beam.Map(
+                  lambda metadata: items.Item(metadata.path)))
     if kind == inputs.GLOB:
       # Walked lazily by one worker; ReadImages redistributes the entries.
       return (pbegin
@@ -161,14 +167,15 @@ class ListImages(beam.PTransform):
               | 'ParseLines' >> beam.FlatMap(_entries_on_line,
                                              storage.dirname(path)))
     if kind == inputs.SINGLE_FILE:
-      return pbegin | 'OneFile' >> beam.Create([path])
+      return pbegin | 'OneFile' >> beam.Create([items.Item(path)])
     raise ValueError(f'Unknown input kind {kind!r}.')
 
 
 class _ReadImageFn(_PerElementFn):
-  """uri -> (uri, bytes), or an error record on the errors output.
+  """Item (or URI) -> the Item with its bytes, or an error record.
 
-  An error record from the listing goes straight to the errors output.
+  An error record from the listing goes straight to the errors output; an
+  item that already holds its bytes (a TFRecord's) is not read again.
   """
 
   def __init__(self, max_file_bytes):
@@ -180,16 +187,19 @@ class _ReadImageFn(_PerElementFn):
     if isinstance(element, dict):  # An error record from the listing.
       yield beam.pvalue.TaggedOutput(outputs.ERRORS, element)
       return
-    yield from super().process(element)
+    yield from super().process(items.as_item(element))
 
   def apply(self, element):
-    data = inputs.read_image_file(element, self._max_file_bytes)
+    if element.data is not None:
+      return element
+    data = inputs.read_image_file(element.uri, self._max_file_bytes)
     self._bytes_read.inc(len(data))
-    return element, data
+    return element._replace(data=data)
 
 
 class ReadImages(beam.PTransform):
-  """URIs -> (uri, bytes) and error records, read in parallel.
+  """Items (or URIs) -> Items with their bytes, and error records, read in
+  parallel.
 
   Returns a pair of PCollections: (images, errors).
   """
@@ -210,19 +220,20 @@ class ReadImages(beam.PTransform):
 
 
 class _CheckImageFn(_PerElementFn):
-  """(uri, bytes) -> itself if the model can score it, else an error record."""
+  """Item -> itself, with its pixel count, if the model can score it; else
+  an error record."""
 
   def __init__(self, max_image_pixels):
     super().__init__()
     self._max_image_pixels = max_image_pixels
 
   def apply(self, element):
-    image_header.check_image(element[1], self._max_image_pixels)
-    return element
+    info = image_header.check_image(element.data, self._max_image_pixels)
+    return element._replace(pixels=info.pixels)
 
 
 class CheckImages(beam.PTransform):
-  """(uri, bytes) -> the images the model can score, and error records.
+  """Items -> the images the model can score, and error records.
 
   Checks headers only (see `image_header`): nothing is decoded. Returns a
   pair of PCollections: (images, errors).
@@ -263,7 +274,8 @@ class _ProgressLog:
 
 
 class _ToRecordsFn(_PerElementFn):
-  """(uri, PredictionResult) -> a predictions record, or an errors record."""
+  """(Item key, PredictionResult) -> a predictions record, or an errors
+  record."""
 
   def __init__(self, labels, top_k, progress_interval_secs):
     super().__init__()
@@ -282,7 +294,7 @@ class _ToRecordsFn(_PerElementFn):
     self._progress.record(0, 1)
 
   def apply(self, element):
-    uri, result = element
+    item, result = element
     inference = result.inference
     if isinstance(inference, model_handler.DecodeFailure):
       raise errors.UserError(inference.message, inference.kind)
@@ -295,11 +307,13 @@ class _ToRecordsFn(_PerElementFn):
       raise errors.UserError(_NON_FINITE_MESSAGE, errors.NON_FINITE_OUTPUT)
     self._images_scored.inc()
     self._progress.record(1, 0)
-    return outputs.prediction_record(uri, inference, self._labels, self._top_k)
+    return outputs.prediction_record(item.uri, inference, self._labels,
+                                     self._top_k, item.fields)
 
 
 class ScoreImages(beam.PTransform):
-  """(uri, bytes) -> prediction records and error records, with RunInference.
+  """Items with bytes -> prediction records and error records, with
+  RunInference.
 
   Returns a pair of PCollections: (predictions, errors).
   """
@@ -323,7 +337,9 @@ class ScoreImages(beam.PTransform):
   def expand(self, images):
     results = (
         images
-        # Keyed, so each URI stays with its result through batching.
+        # Keyed by the item without its bytes, so each input's URI, label
+        # and fields stay with its result through batching.
+        | 'KeyByItem' >> beam.Map(lambda item: (item.key(), item.data))
         | 'RunInference' >> base.RunInference(
             base.KeyedModelHandler(self._handler))
         | 'ToRecords' >> beam.ParDo(_ToRecordsFn(
@@ -348,7 +364,8 @@ class _CountErrorsFn(beam.DoFn):
 
 
 class ClassifyImages(beam.PTransform):
-  """URIs -> (predictions, errors): every URI in exactly one of the two."""
+  """Items (or URIs) -> (predictions, errors): every input in exactly one of
+  the two."""
 
   def __init__(self, handler, labels, *, top_k, max_file_bytes,
                max_image_pixels, progress_interval_secs=30):

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from batch_predict import inputs
+from batch_predict import items
 from batch_predict import model_handler
 from batch_predict import outputs
 from batch_predict import transforms
@@ -208,6 +209,14 @@ def test_progress_is_logged(tmp_path, caplog):
   assert 'images/s' in progress[-1]
 
 
+class _Uris(beam.PTransform):
+  """Listed Items -> their URIs; error records pass as they are."""
+
+  def expand(self, listed):
+    return listed | beam.Map(
+        lambda item: item.uri if isinstance(item, items.Item) else item)
+
+
 def test_list_images_reads_a_uri_list(tmp_path):
   listing = tmp_path / 'lists' / 'images.txt'
   listing.parent.mkdir()
@@ -215,7 +224,7 @@ def test_list_images_reads_a_uri_list(tmp_path):
                      '/gcs/bucket/b.png\nhttp://example.com/c.png\n')
   with test_pipeline.TestPipeline() as pipeline:
     uris = pipeline | transforms.ListImages(
-        inputs.InputSource(inputs.URI_LIST, str(listing)))
+        inputs.InputSource(inputs.URI_LIST, str(listing))) | _Uris()
     util.assert_that(uris, util.equal_to([
         str(tmp_path / 'lists' / 'relative.png'), '/abs/a.png',
         'gs://bucket/b.png', 'http://example.com/c.png']))
@@ -227,7 +236,7 @@ def test_list_images_of_a_folder_is_recursive(tmp_path):
     (tmp_path / name).write_bytes(b'x')
   source = inputs.resolve_input(str(tmp_path))
   with test_pipeline.TestPipeline() as pipeline:
-    uris = pipeline | transforms.ListImages(source)
+    uris = pipeline | transforms.ListImages(source) | _Uris()
     util.assert_that(uris, util.equal_to([
         str(tmp_path / 'a.png'), str(tmp_path / 'sub/b.jpg'),
         str(tmp_path / 'sub/deeper/c.gif')]))
@@ -339,7 +348,7 @@ def test_list_images_gives_every_entry_of_a_hostile_folder_once(tmp_path):
     listed = pipeline | transforms.ListImages(inputs.resolve_input(folder))
     util.assert_that(listed | beam.Map(
         lambda item: (item['uri'], item['kind']) if isinstance(item, dict)
-        else (item, None)), util.equal_to(
+        else (item.uri, None)), util.equal_to(
             [(uri, listing_errors.get(uri)) for uri in expected]))
 
 
@@ -348,7 +357,7 @@ def test_list_images_of_a_list_with_a_line_that_is_not_utf8(tmp_path):
   listing.write_bytes(b'a\xe2\x80\xa8.png\ncaf\xe9.png\r\n# caf\xe9\n')
   with test_pipeline.TestPipeline() as pipeline:
     listed = pipeline | transforms.ListImages(inputs.resolve_input(
-        str(listing)))
+        str(listing))) | _Uris()
     util.assert_that(listed, util.equal_to([
         str(tmp_path / 'a\u2028.png'),
         outputs.error_record(str(tmp_path / 'caf\\xe9.png'),
@@ -385,3 +394,38 @@ def test_publishing_refuses_once_the_lease_was_taken_over(tmp_path):
   assert os.path.exists(staged)
   assert list(publish.process([staged])) == [str(earlier)]  # No lease held.
   assert earlier.read_text() == '{"uri": "new"}\n'
+
+
+def test_each_input_keeps_its_fields_and_bytes_it_came_with(tmp_path):
+  good = tmp_path / 'good.png'
+  good.write_bytes(image_files.encode(image_files.digits(1)[0][0], 'PNG'))
+  inline = image_files.encode(image_files.digits(2)[1][0], 'PNG')
+  handler = fakes.FakeClassifierHandler()
+  elements = [
+      items.Item(str(good), fields=(('id', 7), ('shop', 'north'))),
+      # Already holding its bytes (a TFRecord's): never read from a file.
+      items.Item('shards/a.tfrecord#3', data=inline, label='1',
+                 fields=(('id', 8),)),
+      items.Item(str(tmp_path / 'gone.png'), fields=(('id', 9),)),
+  ]
+  with test_pipeline.TestPipeline() as pipeline:
+    predictions, errors = (
+        pipeline
+        | beam.Create(elements)
+        | transforms.ClassifyImages(handler, list(fakes.DIGITS), top_k=1,
+                                    max_file_bytes=10**6,
+                                    max_image_pixels=10**6))
+    util.assert_that(
+        predictions | 'Predicted' >> beam.Map(
+            lambda r: (r['uri'], r['id'], r.get('shop'), sorted(r))),
+        util.equal_to([
+            (str(good), 7, 'north',
+             ['id', 'label', 'score', 'shop', 'top_k', 'uri']),
+            ('shards/a.tfrecord#3', 8, None,
+             ['id', 'label', 'score', 'top_k', 'uri'])]),
+        label='CheckPredictions')
+    util.assert_that(
+        errors | 'Failed' >> beam.Map(lambda r: (r['uri'], r['kind'],
+                                                 r['id'])),
+        util.equal_to([(str(tmp_path / 'gone.png'), errors_lib.NOT_FOUND,
+                        9)]), label='CheckErrors')

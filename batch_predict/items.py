@@ -1,0 +1,41 @@
+"""One input on its way through the scoring pipeline.
+
+Listing makes an `Item` for every input it finds (or an error record for an
+entry it cannot carry on as one); reading fills in its bytes, the header
+check its size; the model scores its bytes, keyed by the item without them,
+so that everything the input came with reaches its output record:
+
+* `uri`: the input's id in every record (the file's URI; for a TFRecord
+  input `image/key`, `image/filename` or `SHARD#INDEX`).
+* `data`: the encoded image, once read (TFRecord inputs carry it from the
+  start; None before reading, and in the key the model's result carries).
+* `label`: the true label's name when the input is labelled (the parent
+  folder with `--labels_from_folders`, a manifest's `label` column, a
+  TFRecord's `image/class/label`), else None. It feeds evaluation and
+  embeddings; it is not one of the prediction record's fields (whose
+  `label` is the predicted class).
+* `fields`: a manifest row's other columns, as (name, value) pairs in the
+  manifest's order; they come back unchanged in the input's record.
+* `pixels`: width x height from the header check (0 before it), which
+  bounds a batch's decoded size.
+"""
+
+from typing import NamedTuple, Optional
+
+
+class Item(NamedTuple):
+  """One input: see the module docstring."""
+  uri: str
+  data: Optional[bytes] = None
+  label: Optional[str] = None
+  fields: tuple = ()
+  pixels: int = 0
+
+  def key(self):
+    """The item without its bytes: what travels with the model's result."""
+    return self._replace(data=None)
+
+
+def as_item(element):
+  """A URI (str) or an Item -> an Item."""
+  return element if isinstance(element, Item) else Item(element)
