@@ -38,6 +38,9 @@ import heapq
 
 import numpy as np
 
+# The report's file where it stands alone (trainer.evaluate); the
+# scorer's is PREFIX-evaluation.json.
+REPORT_FILE = 'evaluation.json'
 NUM_BINS = 15
 MAX_TOP_K = 5
 MAX_MISCLASSIFIED = 25
