@@ -5,6 +5,12 @@ PREFIX-predictions-SSSSS-of-NNNNN.jsonl  {"uri", "label", "score", "top_k": [{"l
 PREFIX-errors-SSSSS-of-NNNNN.jsonl       {"uri", "error", "kind"}
 ```
 
+A labelled input (`--labels_from_folders`, a manifest's `label` column, a
+TFRecord's `image/class/label`) adds `"true_label": "<class name>"` to its
+record, after the fields above: the record's `label` is the predicted class
+(Contract 3), so the true one needs a name of its own. A manifest's other
+columns follow, unchanged.
+
 Each record goes to the shard `crc32(uri) % NNNNN`, and every shard is
 written whole, even when empty, so a finished run always has NNNNN files of
 each. Every line is strict JSON (`storage.to_json`: never NaN or Infinity).
@@ -50,7 +56,11 @@ _SCORE_DIGITS = 6
 _TEMPORARY_SUFFIX = r'(\.tmp-[0-9a-f]{32})?'
 
 
-def prediction_record(uri, probabilities, labels, top_k, fields=()):
+TRUE_LABEL = 'true_label'
+
+
+def prediction_record(uri, probabilities, labels, top_k, fields=(),
+                      true_label=None):
   """The predictions record of one image.
 
   Args:
@@ -60,9 +70,11 @@ def prediction_record(uri, probabilities, labels, top_k, fields=()):
     top_k: how many classes to list, most probable first.
     fields: (name, value) pairs the input came with (a manifest's other
       columns), passed through unchanged after the record's own fields.
+    true_label: the input's true label (`items.Item.label`), or None.
 
   Returns:
-    {"uri", "label", "score", "top_k": [{"label", "score"}, ...], ...}.
+    {"uri", "label", "score", "top_k": [{"label", "score"}, ...]
+    [, "true_label"], ...}.
   """
   # A stable sort keeps ties in label order, so outputs are reproducible.
   best = np.argsort(-np.asarray(probabilities), kind='stable')[:top_k]
@@ -71,16 +83,22 @@ def prediction_record(uri, probabilities, labels, top_k, fields=()):
             for i in best]
   record = {'uri': uri, 'label': ranked[0]['label'],
             'score': ranked[0]['score'], 'top_k': ranked}
-  record.update(fields)
-  return record
+  return _add_input_fields(record, fields, true_label)
 
 
-def error_record(uri, kind, message, fields=()):
+def error_record(uri, kind, message, fields=(), true_label=None):
   """The errors record of one input: what is wrong, in words, and its kind.
 
-  `fields` are the input's own (name, value) pairs, passed through.
+  `fields` are the input's own (name, value) pairs, passed through, after
+  its `true_label` if it has one.
   """
-  record = {'uri': uri, 'error': message, 'kind': kind}
+  return _add_input_fields({'uri': uri, 'error': message, 'kind': kind},
+                           fields, true_label)
+
+
+def _add_input_fields(record, fields, true_label):
+  if true_label is not None:
+    record[TRUE_LABEL] = true_label
   record.update(fields)
   return record
 

@@ -54,7 +54,8 @@ def build_pipeline(pipeline, config):
       max_batch_size=config.max_batch_size)
   predictions, error_records = (
       pipeline
-      | 'ListImages' >> transforms.ListImages(config.source)
+      | 'ListImages' >> transforms.ListImages(
+          config.source, config.labels_from_folders)
       | 'ClassifyImages' >> transforms.ClassifyImages(
           handler, config.labels, top_k=config.top_k,
           max_file_bytes=config.max_file_bytes,

@@ -84,7 +84,8 @@ def _error_record(error, item=None):
   """
   uri = getattr(error, 'uri', None) or (item.uri if item else None)
   return outputs.error_record(uri, error.kind, str(error),
-                              item.fields if item else ())
+                              item.fields if item else (),
+                              item.label if item else None)
 
 
 class _PerElementFn(beam.DoFn):
@@ -133,6 +134,12 @@ def _list_local(pattern):
       yield items.Item(entry)
 
 
+def _with_folder_label(element, root):
+  if not isinstance(element, items.Item):
+    return element  # An error record from the listing.
+  return element._replace(label=inputs.folder_label(element.uri, root))
+
+
 class ListImages(beam.PTransform):
   """PBegin -> an `items.Item` for every input named by `--input`.
 
@@ -141,12 +148,26 @@ class ListImages(beam.PTransform):
   (a dict) instead; `ReadImages` passes those on to the errors.
   """
 
-  def __init__(self, source):
-    """Args: source: an `inputs.InputSource`."""
+  def __init__(self, source, labels_from_folders=False):
+    """Lists an input.
+
+    Args:
+      source: an `inputs.InputSource`.
+      labels_from_folders: label each item with its class folder's name
+        (`inputs.folder_label`).
+    """
     super().__init__()
     self._source = source
+    self._labels_from_folders = labels_from_folders
 
   def expand(self, pbegin):
+    listed = self._list(pbegin)
+    if not self._labels_from_folders:
+      return listed
+    return listed | 'LabelFromFolder' >> beam.Map(
+        _with_folder_label, inputs.folder_root(self._source))
+
+  def _list(self, pbegin):
     kind, path = self._source
     if kind == inputs.GLOB and storage.is_gcs(path):
       return (pbegin
@@ -308,7 +329,7 @@ class _ToRecordsFn(_PerElementFn):
     self._images_scored.inc()
     self._progress.record(1, 0)
     return outputs.prediction_record(item.uri, inference, self._labels,
-                                     self._top_k, item.fields)
+                                     self._top_k, item.fields, item.label)
 
 
 class ScoreImages(beam.PTransform):
