@@ -166,7 +166,17 @@ def find_shards(prefix, names=OUTPUT_NAMES):
           if not entry.is_folder and regex.fullmatch(entry.name)]
 
 
-def publish(prefix, run_id, staged_paths, names, num_shards):
+# Single files a run may publish beside its shards (`--evaluate`):
+# PREFIX-evaluation.json and PREFIX-evaluation.png.
+EVALUATION_FILES = ('evaluation.json', 'evaluation.png')
+
+
+def single_file_path(prefix, suffix):
+  """E.g. `PREFIX-evaluation.json`."""
+  return f'{prefix}-{suffix}'
+
+
+def publish(prefix, run_id, staged_paths, names, num_shards, files=()):
   """Moves a run's staged shards to their final names, then cleans up.
 
   Called once, after every shard of `names` was written to the run's
@@ -179,6 +189,9 @@ def publish(prefix, run_id, staged_paths, names, num_shards):
     staged_paths: the paths the shard writers reported.
     names: the outputs to publish (OUTPUT_NAMES, or one of them).
     num_shards: shards per output.
+    files: suffixes of single files (EVALUATION_FILES) this run may write:
+      each is moved to `single_file_path` if the run staged it; an earlier
+      run's copy is deleted if not, so no stale file describes new shards.
 
   Returns:
     The final paths, sorted.
@@ -204,9 +217,28 @@ def publish(prefix, run_id, staged_paths, names, num_shards):
     except FileNotFoundError:
       if not storage.exists(final):  # Else moved by an earlier attempt.
         raise
+  finals.extend(_publish_files(prefix, staging, set(staged_paths), files))
   _remove_stale_shards(prefix, names, keep=set(finals))
   remove_staging_folders(prefix, run_id)
-  return finals
+  return sorted(finals)
+
+
+def _publish_files(prefix, staging, staged_paths, files):
+  """Moves the staged single files into place; deletes stale ones."""
+  published = []
+  for suffix in files:
+    final = single_file_path(prefix, suffix)
+    staged = storage.join(staging, storage.basename(final))
+    if staged in staged_paths:
+      try:
+        storage.move(staged, final)
+      except FileNotFoundError:
+        if not storage.exists(final):  # Else moved by an earlier attempt.
+          raise
+      published.append(final)
+    elif storage.exists(final):
+      storage.delete(final)
+  return published
 
 
 def _remove_stale_shards(prefix, names, keep):
@@ -231,6 +263,9 @@ def remove_staging_folders(prefix, run_id=None):
   folder = storage.dirname(prefix)
   regex = _staging_name_regex(prefix)
   shard_regex = _shard_name_regex(prefix, OUTPUT_NAMES, temporary=True)
+  single_files = re.compile('(' + '|'.join(
+      re.escape(storage.basename(single_file_path(prefix, suffix)))
+      for suffix in EVALUATION_FILES) + ')' + _TEMPORARY_SUFFIX)
   for entry in storage.scan_folder(folder):
     if not (entry.is_folder and regex.fullmatch(entry.name)):
       continue
@@ -239,7 +274,8 @@ def remove_staging_folders(prefix, run_id=None):
       continue
     staging = storage.join(folder, entry.name)
     for inside in storage.scan_folder(staging):
-      if not inside.is_folder and shard_regex.fullmatch(inside.name):
+      if not inside.is_folder and (shard_regex.fullmatch(inside.name) or
+                                   single_files.fullmatch(inside.name)):
         storage.delete(storage.join(staging, inside.name))
     storage.remove_folder_if_empty(staging)
 
