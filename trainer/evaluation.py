@@ -14,7 +14,7 @@ in a Beam combiner) all count with `Counts` and report with
   confidence being the top probability): per bin the count, the sum of the
   confidences and the number of correct predictions;
 * the MAX_MISCLASSIFIED most confident mistakes (id, true, predicted,
-  score), kept in a fixed order (score descending, then id ascending) so
+  score), kept in a fixed order (score descending, then id as text) so
   that any split of the examples and any order of merging give the same list.
 
 `merge` adds another `Counts` in, so partial results of Beam workers (or of
