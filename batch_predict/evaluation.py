@@ -137,7 +137,8 @@ class Evaluate(beam.PTransform):
 
   def expand(self, inputs):
     scored, error_records = inputs
-    error_count = error_records | 'CountErrors' >> beam.combiners.Count.Globally()
+    error_count = (error_records
+                   | 'CountErrors' >> beam.combiners.Count.Globally())
     return (scored
             | 'Combine' >> beam.CombineGlobally(EvaluateFn(self._labels))
             | 'Stage' >> beam.ParDo(_StageReportFn(self._prefix, self._run_id),

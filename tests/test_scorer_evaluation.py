@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from batch_predict import evaluation as scorer_evaluation
+from batch_predict import options as options_lib
 from batch_predict import outputs
 from batch_predict import pipeline
 from tests import helpers
@@ -97,7 +98,6 @@ def test_the_pipelines_report_equals_trainer_evaluates_on_the_same_files(
 
 def test_evaluate_without_labels_is_refused_before_any_work(
     trained_export, tmp_path):
-  from batch_predict import options as options_lib  # pylint: disable=g-import-not-at-top
   (tmp_path / 'digit.png').write_bytes(b'not read')
   with pytest.raises(options_lib.ConfigError, match='--labels_from_folders'):
     pipeline.run([f'--model_dir={trained_export}', f'--input={tmp_path}',
