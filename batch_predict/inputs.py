@@ -28,6 +28,15 @@ the trainer's too, plus what to do about it here); network errors on gs://
 propagate, so the runner retries. `/gcs/bucket/...` (Vertex AI's mount) is
 read as `gs://bucket/...`.
 
+With `--labels_from_folders` an input's label (`items.Item.label`) is the
+name of its class folder (`folder_label`): for a folder input (`DIR`, or
+the glob `DIR/**`) the folder right below `DIR` that holds it, as the
+trainer's `image_folder` dataset reads `DIR/<class>/...`, so files nested
+deeper keep their class; for any other input (a glob, a list, one image)
+the folder that holds the file. Files directly in a folder input's `DIR`
+have no class and are unlabelled. The label names are the sorted class
+folder names (`class_folder_names`).
+
 A file name that is not valid UTF-8 cannot be carried through the pipeline
 or written as JSON as it is: its record has a printable URI, the name with
 each byte that is not UTF-8 written as a backslash escape (`caf\\xe9.png`),
@@ -210,6 +219,54 @@ def _check_glob_matches(pattern, nothing):
     raise InputError(f'--input={pattern}: cannot list files: {e}') from e
   if not result.metadata_list:
     raise InputError(f'--input={pattern}: {nothing}.')
+
+
+# --------------------------------------------------------------------------
+# Labels from class folders.
+
+
+def folder_root(source):
+  """The folder of a folder input (`DIR/**`), whose sub-folders are the
+  classes; None for any other input."""
+  kind, path = source
+  if kind == GLOB and path.endswith('/**') and not storage.has_glob(
+      path[:-len('/**')]):
+    return path[:-len('/**')]
+  return None
+
+
+def folder_label(uri, root=None):
+  """An input's label with `--labels_from_folders` (see the module's
+  docstring): its class folder's name, or None if it has none.
+
+  Args:
+    uri: the input's URI.
+    root: the folder input's folder (`folder_root`), or None.
+  """
+  if root is not None:
+    relative = uri[len(root):].lstrip('/') if uri.startswith(
+        root + '/') else None
+    if relative is None or '/' not in relative:
+      return None
+    return relative.split('/', 1)[0]
+  parent = storage.dirname(uri)
+  if storage.is_gcs(parent) and '/' not in parent[len(storage.GCS_PREFIX):]:
+    return None  # A file at the top of a bucket: no folder.
+  return storage.basename(parent) or None
+
+
+def class_folder_names(root):
+  """The sorted names of the folders directly in `root`: the label names.
+
+  Local symlinked folders count (the walk follows them); on gs:// the
+  prefixes one level down.
+  """
+  if storage.is_gcs(root):
+    return tuple(sorted(entry.name for entry in storage.scan_folder(root)
+                        if entry.is_folder))
+  with os.scandir(root) as entries:
+    return tuple(sorted(entry.name for entry in entries
+                        if entry.is_dir() and walk.is_utf8(entry.name)))
 
 
 # --------------------------------------------------------------------------

@@ -12,8 +12,8 @@ so that everything the input came with reaches its output record:
 * `label`: the true label's name when the input is labelled (the parent
   folder with `--labels_from_folders`, a manifest's `label` column, a
   TFRecord's `image/class/label`), else None. It feeds evaluation and
-  embeddings; it is not one of the prediction record's fields (whose
-  `label` is the predicted class).
+  embeddings, and is the records' `true_label` (their `label` is the
+  predicted class).
 * `fields`: a manifest row's other columns, as (name, value) pairs in the
   manifest's order; they come back unchanged in the input's record.
 * `pixels`: width x height from the header check (0 before it), which

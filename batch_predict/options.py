@@ -106,6 +106,19 @@ class ScoringOptions(pipeline_options.PipelineOptions):
     parser.add_argument(
         '--progress_interval_secs', type=float, default=30.0,
         help='How often each worker logs how many images it has scored.')
+    parser.add_argument(
+        '--labels_from_folders', action='store_true', default=False,
+        help='Label each image with its class folder\'s name, as the '
+        'trainer\'s image_folder dataset reads DIR/<class>/...: for a folder '
+        '--input the folder right below it, else the folder holding the '
+        'file. The label is the record\'s `true_label`.')
+    parser.add_argument(
+        '--evaluate', action='store_true', default=False,
+        help='With labelled inputs (--labels_from_folders): also write '
+        'PREFIX-evaluation.json (per-class precision/recall/F1, confusion '
+        'matrix, top-k accuracy, calibration, the most confident mistakes) '
+        'and PREFIX-evaluation.png. Unlabelled images and errors are '
+        'counted, not evaluated.')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,6 +136,11 @@ class ScoringConfig:
   num_shards: int
   progress_interval_secs: float
   break_lease: bool = False
+  labels_from_folders: bool = False
+  # The label names of a labelled folder input: its sorted class folders
+  # (empty when not known before the run).
+  label_names: tuple = ()
+  evaluate: bool = False
   # Names this run's staging folder (outputs.staging_folder).
   run_id: str = dataclasses.field(default_factory=outputs.new_run_id)
 
@@ -229,10 +247,19 @@ def build_config(options, argv=None):
   if flags.top_k > len(labels):
     raise ConfigError(f'--top_k={flags.top_k} is more than the model\'s '
                       f'{len(labels)} classes.')
+  source = inputs.resolve_input(flags.input, flags.input_format)
+  labels_from_folders = bool(flags.labels_from_folders)
+  if flags.evaluate and not labels_from_folders and source.kind in (
+      inputs.GLOB, inputs.URI_LIST, inputs.SINGLE_FILE):
+    raise ConfigError('--evaluate needs labelled inputs: add '
+                      '--labels_from_folders (class folders hold the images).')
+  root = inputs.folder_root(source)
   return ScoringConfig(
-      model_dir=model_dir,
-      source=inputs.resolve_input(flags.input, flags.input_format),
-      output=output, labels=labels, break_lease=bool(flags.break_lease),
+      model_dir=model_dir, source=source, output=output, labels=labels,
+      break_lease=bool(flags.break_lease),
+      labels_from_folders=labels_from_folders, evaluate=bool(flags.evaluate),
+      label_names=(inputs.class_folder_names(root)
+                   if labels_from_folders and root else ()),
       **numbers)
 
 

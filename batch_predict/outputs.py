@@ -5,6 +5,12 @@ PREFIX-predictions-SSSSS-of-NNNNN.jsonl  {"uri", "label", "score", "top_k": [{"l
 PREFIX-errors-SSSSS-of-NNNNN.jsonl       {"uri", "error", "kind"}
 ```
 
+A labelled input (`--labels_from_folders`, a manifest's `label` column, a
+TFRecord's `image/class/label`) adds `"true_label": "<class name>"` to its
+record, after the fields above: the record's `label` is the predicted class
+(Contract 3), so the true one needs a name of its own. A manifest's other
+columns follow, unchanged.
+
 Each record goes to the shard `crc32(uri) % NNNNN`, and every shard is
 written whole, even when empty, so a finished run always has NNNNN files of
 each. Every line is strict JSON (`storage.to_json`: never NaN or Infinity).
@@ -50,7 +56,11 @@ _SCORE_DIGITS = 6
 _TEMPORARY_SUFFIX = r'(\.tmp-[0-9a-f]{32})?'
 
 
-def prediction_record(uri, probabilities, labels, top_k, fields=()):
+TRUE_LABEL = 'true_label'
+
+
+def prediction_record(uri, probabilities, labels, top_k, fields=(),
+                      true_label=None):
   """The predictions record of one image.
 
   Args:
@@ -60,9 +70,11 @@ def prediction_record(uri, probabilities, labels, top_k, fields=()):
     top_k: how many classes to list, most probable first.
     fields: (name, value) pairs the input came with (a manifest's other
       columns), passed through unchanged after the record's own fields.
+    true_label: the input's true label (`items.Item.label`), or None.
 
   Returns:
-    {"uri", "label", "score", "top_k": [{"label", "score"}, ...], ...}.
+    {"uri", "label", "score", "top_k": [{"label", "score"}, ...]
+    [, "true_label"], ...}.
   """
   # A stable sort keeps ties in label order, so outputs are reproducible.
   best = np.argsort(-np.asarray(probabilities), kind='stable')[:top_k]
@@ -71,16 +83,22 @@ def prediction_record(uri, probabilities, labels, top_k, fields=()):
             for i in best]
   record = {'uri': uri, 'label': ranked[0]['label'],
             'score': ranked[0]['score'], 'top_k': ranked}
-  record.update(fields)
-  return record
+  return _add_input_fields(record, fields, true_label)
 
 
-def error_record(uri, kind, message, fields=()):
+def error_record(uri, kind, message, fields=(), true_label=None):
   """The errors record of one input: what is wrong, in words, and its kind.
 
-  `fields` are the input's own (name, value) pairs, passed through.
+  `fields` are the input's own (name, value) pairs, passed through, after
+  its `true_label` if it has one.
   """
-  record = {'uri': uri, 'error': message, 'kind': kind}
+  return _add_input_fields({'uri': uri, 'error': message, 'kind': kind},
+                           fields, true_label)
+
+
+def _add_input_fields(record, fields, true_label):
+  if true_label is not None:
+    record[TRUE_LABEL] = true_label
   record.update(fields)
   return record
 
@@ -148,7 +166,17 @@ def find_shards(prefix, names=OUTPUT_NAMES):
           if not entry.is_folder and regex.fullmatch(entry.name)]
 
 
-def publish(prefix, run_id, staged_paths, names, num_shards):
+# Single files a run may publish beside its shards (`--evaluate`):
+# PREFIX-evaluation.json and PREFIX-evaluation.png.
+EVALUATION_FILES = ('evaluation.json', 'evaluation.png')
+
+
+def single_file_path(prefix, suffix):
+  """E.g. `PREFIX-evaluation.json`."""
+  return f'{prefix}-{suffix}'
+
+
+def publish(prefix, run_id, staged_paths, names, num_shards, files=()):
   """Moves a run's staged shards to their final names, then cleans up.
 
   Called once, after every shard of `names` was written to the run's
@@ -161,6 +189,9 @@ def publish(prefix, run_id, staged_paths, names, num_shards):
     staged_paths: the paths the shard writers reported.
     names: the outputs to publish (OUTPUT_NAMES, or one of them).
     num_shards: shards per output.
+    files: suffixes of single files (EVALUATION_FILES) this run may write:
+      each is moved to `single_file_path` if the run staged it; an earlier
+      run's copy is deleted if not, so no stale file describes new shards.
 
   Returns:
     The final paths, sorted.
@@ -186,9 +217,28 @@ def publish(prefix, run_id, staged_paths, names, num_shards):
     except FileNotFoundError:
       if not storage.exists(final):  # Else moved by an earlier attempt.
         raise
+  finals.extend(_publish_files(prefix, staging, set(staged_paths), files))
   _remove_stale_shards(prefix, names, keep=set(finals))
   remove_staging_folders(prefix, run_id)
-  return finals
+  return sorted(finals)
+
+
+def _publish_files(prefix, staging, staged_paths, files):
+  """Moves the staged single files into place; deletes stale ones."""
+  published = []
+  for suffix in files:
+    final = single_file_path(prefix, suffix)
+    staged = storage.join(staging, storage.basename(final))
+    if staged in staged_paths:
+      try:
+        storage.move(staged, final)
+      except FileNotFoundError:
+        if not storage.exists(final):  # Else moved by an earlier attempt.
+          raise
+      published.append(final)
+    elif storage.exists(final):
+      storage.delete(final)
+  return published
 
 
 def _remove_stale_shards(prefix, names, keep):
@@ -213,6 +263,9 @@ def remove_staging_folders(prefix, run_id=None):
   folder = storage.dirname(prefix)
   regex = _staging_name_regex(prefix)
   shard_regex = _shard_name_regex(prefix, OUTPUT_NAMES, temporary=True)
+  single_files = re.compile('(' + '|'.join(
+      re.escape(storage.basename(single_file_path(prefix, suffix)))
+      for suffix in EVALUATION_FILES) + ')' + _TEMPORARY_SUFFIX)
   for entry in storage.scan_folder(folder):
     if not (entry.is_folder and regex.fullmatch(entry.name)):
       continue
@@ -221,7 +274,8 @@ def remove_staging_folders(prefix, run_id=None):
       continue
     staging = storage.join(folder, entry.name)
     for inside in storage.scan_folder(staging):
-      if not inside.is_folder and shard_regex.fullmatch(inside.name):
+      if not inside.is_folder and (shard_regex.fullmatch(inside.name) or
+                                   single_files.fullmatch(inside.name)):
         storage.delete(storage.join(staging, inside.name))
     storage.remove_folder_if_empty(staging)
 

@@ -29,6 +29,7 @@ from apache_beam.metrics import metric
 from apache_beam.options import pipeline_options
 from apache_beam.runners import runner
 
+from batch_predict import evaluation
 from batch_predict import model_handler
 from batch_predict import options as options_lib
 from batch_predict import outputs
@@ -52,22 +53,32 @@ def build_pipeline(pipeline, config):
   handler = model_handler.ImageClassifierHandler(
       config.model_dir, min_batch_size=config.min_batch_size,
       max_batch_size=config.max_batch_size)
-  predictions, error_records = (
+  classified = (
       pipeline
-      | 'ListImages' >> transforms.ListImages(config.source)
+      | 'ListImages' >> transforms.ListImages(
+          config.source, config.labels_from_folders)
       | 'ClassifyImages' >> transforms.ClassifyImages(
           handler, config.labels, top_k=config.top_k,
           max_file_bytes=config.max_file_bytes,
           max_image_pixels=config.max_image_pixels,
-          progress_interval_secs=config.progress_interval_secs))
+          progress_interval_secs=config.progress_interval_secs,
+          evaluate=config.evaluate))
+  predictions, error_records = classified[:2]
   staged = (
       predictions | 'WritePredictions' >> transforms.WriteShards(
           config.output, outputs.PREDICTIONS, config.num_shards,
           config.run_id),
       error_records | 'WriteErrors' >> transforms.WriteShards(
           config.output, outputs.ERRORS, config.num_shards, config.run_id))
+  if config.evaluate:
+    staged += ((classified[2], error_records) | 'Evaluate' >>
+               evaluation.Evaluate(config.labels, config.output,
+                                   config.run_id),)
+  # Every run names the evaluation files: one without --evaluate removes an
+  # earlier run's, which would describe other predictions.
   _ = staged | 'PublishOutputs' >> transforms.PublishOutputs(
-      config.output, config.run_id, outputs.OUTPUT_NAMES, config.num_shards)
+      config.output, config.run_id, outputs.OUTPUT_NAMES, config.num_shards,
+      outputs.EVALUATION_FILES)
   return predictions, error_records
 
 

@@ -66,6 +66,8 @@ from trainer import errors
 from trainer import storage
 
 NAMESPACE = model_handler.METRICS_NAMESPACE
+# ScoreImages' third output with evaluate=True: (uri, label, probabilities).
+SCORED = 'scored'
 
 _LOGGER = logging.getLogger(__name__)
 _NON_FINITE_MESSAGE = (
@@ -84,7 +86,8 @@ def _error_record(error, item=None):
   """
   uri = getattr(error, 'uri', None) or (item.uri if item else None)
   return outputs.error_record(uri, error.kind, str(error),
-                              item.fields if item else ())
+                              item.fields if item else (),
+                              item.label if item else None)
 
 
 class _PerElementFn(beam.DoFn):
@@ -133,6 +136,12 @@ def _list_local(pattern):
       yield items.Item(entry)
 
 
+def _with_folder_label(element, root):
+  if not isinstance(element, items.Item):
+    return element  # An error record from the listing.
+  return element._replace(label=inputs.folder_label(element.uri, root))
+
+
 class ListImages(beam.PTransform):
   """PBegin -> an `items.Item` for every input named by `--input`.
 
@@ -141,12 +150,26 @@ class ListImages(beam.PTransform):
   (a dict) instead; `ReadImages` passes those on to the errors.
   """
 
-  def __init__(self, source):
-    """Args: source: an `inputs.InputSource`."""
+  def __init__(self, source, labels_from_folders=False):
+    """Lists an input.
+
+    Args:
+      source: an `inputs.InputSource`.
+      labels_from_folders: label each item with its class folder's name
+        (`inputs.folder_label`).
+    """
     super().__init__()
     self._source = source
+    self._labels_from_folders = labels_from_folders
 
   def expand(self, pbegin):
+    listed = self._list(pbegin)
+    if not self._labels_from_folders:
+      return listed
+    return listed | 'LabelFromFolder' >> beam.Map(
+        _with_folder_label, inputs.folder_root(self._source))
+
+  def _list(self, pbegin):
     kind, path = self._source
     if kind == inputs.GLOB and storage.is_gcs(path):
       return (pbegin
@@ -277,14 +300,24 @@ class _ToRecordsFn(_PerElementFn):
   """(Item key, PredictionResult) -> a predictions record, or an errors
   record."""
 
-  def __init__(self, labels, top_k, progress_interval_secs):
+  def __init__(self, labels, top_k, progress_interval_secs, evaluate=False):
     super().__init__()
     self._labels = tuple(labels)
     self._top_k = top_k
     self._progress_interval_secs = progress_interval_secs
+    self._evaluate = evaluate
     self._images_scored = beam.metrics.Metrics.counter(NAMESPACE,
                                                        'images_scored')
     self._progress = None
+
+  def process(self, element):
+    for output in super().process(element):
+      yield output
+      if self._evaluate and not isinstance(output, beam.pvalue.TaggedOutput):
+        # A scored image, for --evaluate: (uri, true label, probabilities).
+        item, result = element
+        yield beam.pvalue.TaggedOutput(SCORED, (
+            item.uri, item.label, np.asarray(result.inference, np.float32)))
 
   def setup(self):
     self._progress = _ProgressLog(self._progress_interval_secs)
@@ -308,17 +341,20 @@ class _ToRecordsFn(_PerElementFn):
     self._images_scored.inc()
     self._progress.record(1, 0)
     return outputs.prediction_record(item.uri, inference, self._labels,
-                                     self._top_k, item.fields)
+                                     self._top_k, item.fields, item.label)
 
 
 class ScoreImages(beam.PTransform):
   """Items with bytes -> prediction records and error records, with
   RunInference.
 
-  Returns a pair of PCollections: (predictions, errors).
+  Returns a pair of PCollections: (predictions, errors); with
+  `evaluate=True` a triple, (predictions, errors, scored): the SCORED tuples
+  `batch_predict.evaluation.Evaluate` counts.
   """
 
-  def __init__(self, handler, labels, top_k, progress_interval_secs=30):
+  def __init__(self, handler, labels, top_k, progress_interval_secs=30,
+               evaluate=False):
     """Sets up scoring.
 
     Args:
@@ -327,12 +363,15 @@ class ScoreImages(beam.PTransform):
       labels: the class names, in the model's output order.
       top_k: how many classes each prediction lists.
       progress_interval_secs: how often each worker logs its progress.
+      evaluate: also output (uri, true label, probabilities) per scored
+        image.
     """
     super().__init__()
     self._handler = handler
     self._labels = labels
     self._top_k = top_k
     self._progress_interval_secs = progress_interval_secs
+    self._evaluate = evaluate
 
   def expand(self, images):
     results = (
@@ -343,8 +382,11 @@ class ScoreImages(beam.PTransform):
         | 'RunInference' >> base.RunInference(
             base.KeyedModelHandler(self._handler))
         | 'ToRecords' >> beam.ParDo(_ToRecordsFn(
-            self._labels, self._top_k, self._progress_interval_secs))
-        .with_outputs(outputs.ERRORS, main='predictions'))
+            self._labels, self._top_k, self._progress_interval_secs,
+            self._evaluate))
+        .with_outputs(outputs.ERRORS, SCORED, main='predictions'))
+    if self._evaluate:
+      return results.predictions, results[outputs.ERRORS], results[SCORED]
     return results.predictions, results[outputs.ERRORS]
 
 
@@ -365,10 +407,11 @@ class _CountErrorsFn(beam.DoFn):
 
 class ClassifyImages(beam.PTransform):
   """Items (or URIs) -> (predictions, errors): every input in exactly one of
-  the two."""
+  the two. With `evaluate=True`, (predictions, errors, scored): see
+  ScoreImages."""
 
   def __init__(self, handler, labels, *, top_k, max_file_bytes,
-               max_image_pixels, progress_interval_secs=30):
+               max_image_pixels, progress_interval_secs=30, evaluate=False):
     super().__init__()
     self._handler = handler
     self._labels = labels
@@ -376,19 +419,21 @@ class ClassifyImages(beam.PTransform):
     self._max_file_bytes = max_file_bytes
     self._max_image_pixels = max_image_pixels
     self._progress_interval_secs = progress_interval_secs
+    self._evaluate = evaluate
 
   def expand(self, uris):
     images, read_errors = uris | 'ReadImages' >> ReadImages(
         self._max_file_bytes)
     images, header_errors = images | 'CheckImages' >> CheckImages(
         self._max_image_pixels)
-    predictions, decode_errors = images | 'ScoreImages' >> ScoreImages(
+    scored = images | 'ScoreImages' >> ScoreImages(
         self._handler, self._labels, self._top_k,
-        self._progress_interval_secs)
+        self._progress_interval_secs, self._evaluate)
+    predictions, decode_errors = scored[:2]
     error_records = ((read_errors, header_errors, decode_errors)
                      | 'MergeErrors' >> beam.Flatten()
                      | 'CountErrors' >> beam.ParDo(_CountErrorsFn()))
-    return predictions, error_records
+    return (predictions, error_records) + tuple(scored[2:])
 
 
 
@@ -470,19 +515,20 @@ class WriteShards(beam.PTransform):
 class _PublishFn(beam.DoFn):
   """[every staged path] -> moves them to their final names; yields those."""
 
-  def __init__(self, prefix, run_id, names, num_shards):
+  def __init__(self, prefix, run_id, names, num_shards, files=()):
     super().__init__()
     self._prefix = prefix
     self._run_id = run_id
     self._names = tuple(names)
     self._num_shards = num_shards
+    self._files = tuple(files)
 
   def process(self, staged_paths):
     held = _LEASES_HELD.get(outputs.lease_path(self._prefix))
     if held is not None:
       held.check()  # Taken over by another scorer: publish nothing.
     yield from outputs.publish(self._prefix, self._run_id, staged_paths,
-                               self._names, self._num_shards)
+                               self._names, self._num_shards, self._files)
 
 
 class PublishOutputs(beam.PTransform):
@@ -491,21 +537,25 @@ class PublishOutputs(beam.PTransform):
   The paths are collected into one list, so publishing runs once, after
   every shard of every output is staged; `outputs.publish` then moves them
   into place and removes stale shards of this prefix and the staging folder.
+  `files` are the single files (`outputs.EVALUATION_FILES`) published with
+  them when staged, removed when not.
   """
 
-  def __init__(self, prefix, run_id, names, num_shards):
+  def __init__(self, prefix, run_id, names, num_shards, files=()):
     super().__init__()
     self._prefix = prefix
     self._run_id = run_id
     self._names = tuple(names)
     self._num_shards = num_shards
+    self._files = tuple(files)
 
   def expand(self, staged):
     return (staged
             | 'MergeStaged' >> beam.Flatten()
             | 'CollectStaged' >> beam.combiners.ToList()
             | 'Publish' >> beam.ParDo(_PublishFn(
-                self._prefix, self._run_id, self._names, self._num_shards)))
+                self._prefix, self._run_id, self._names, self._num_shards,
+                self._files)))
 
 
 class WriteRecords(beam.PTransform):

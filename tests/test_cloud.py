@@ -48,8 +48,9 @@ def test_train_export_and_score_with_buckets_only(gcs_server,
   job_dir = f'{bucket}/runs/digits'
   names = {uri[len(job_dir) + 1:].split('/')[0]
            for uri in storage.list_files(job_dir)}
-  assert names == {'checkpoints', 'config.yaml', 'export', 'logs',
-                   'metrics.json', 'training_curves.png'}
+  assert names == {'checkpoints', 'config.yaml', 'evaluation.png', 'export',
+                   'logs', 'metrics.json', 'misclassified.png',
+                   'training_curves.png'}
   assert artifact.is_complete(f'{job_dir}/export')
   metrics = storage.read_json(f'{job_dir}/metrics.json')
   assert metrics['examples'] == {'train': 1080, 'validation': 120,

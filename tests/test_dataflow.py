@@ -21,8 +21,12 @@ from tests.helpers import image_files
 from trainer import storage
 
 # The trainer's modules the scorer may import: light ones, shared by both
-# commands (README, Development).
+# commands (README, Development). trainer.evaluation (numpy) and
+# trainer.evaluation_charts (matplotlib, imported only to draw) are the one
+# definition of the evaluation report, which --evaluate shares with the
+# trainer.
 _SHARED_TRAINER_MODULES = {'trainer', 'trainer.artifact', 'trainer.errors',
+                           'trainer.evaluation', 'trainer.evaluation_charts',
                            'trainer.lease', 'trainer.storage', 'trainer.walk'}
 # A worker unpickles the pipeline's steps (and, with save_main_session, the
 # main module, batch_predict.pipeline), importing their modules.
@@ -32,6 +36,7 @@ sys.path.insert(0, {helpers.REPO!r})
 import batch_predict.pipeline, batch_predict.transforms
 import batch_predict.model_handler, batch_predict.options
 import batch_predict.inputs, batch_predict.outputs, batch_predict.image_header
+import batch_predict.evaluation
 project = {{name: os.path.relpath(module.__file__, {helpers.REPO!r})
            for name, module in sys.modules.items()
            if name.split('.')[0] in ('trainer', 'batch_predict')}}
@@ -55,7 +60,7 @@ def test_the_scorer_imports_no_keras_and_only_the_shared_trainer_modules():
                      if name.split('.')[0] == 'trainer'}
   assert trainer_modules == _SHARED_TRAINER_MODULES
   for heavy in ('keras', 'tensorflow', 'trainer.models', 'trainer.export',
-                'trainer.train', 'trainer.data'):
+                'trainer.train', 'trainer.data', 'matplotlib'):
     assert heavy not in imported['modules'], heavy
   assert {'batch_predict.pipeline', 'batch_predict.transforms',
           'batch_predict.model_handler'} <= set(imported['project'])

@@ -216,9 +216,9 @@ def test_two_workers_train_resume_and_only_the_chief_writes(tmp_path):
 
   # Only the chief wrote into the job dir: one export, one config, and
   # TensorBoard files only from the chief's process.
-  assert sorted(os.listdir(job_dir)) == ['checkpoints', 'config.yaml',
-                                         'export', 'logs', 'metrics.json',
-                                         'training_curves.png']
+  assert sorted(os.listdir(job_dir)) == [
+      'checkpoints', 'config.yaml', 'evaluation.png', 'export', 'logs',
+      'metrics.json', 'misclassified.png', 'training_curves.png']
   assert artifact.is_complete(str(job_dir / 'export'))
   # Event files are named events.out.tfevents.TIME.HOST.PID.N.v2.
   writers = {re.search(r'\.(\d+)\.\d+\.v2$', name).group(1)

@@ -285,3 +285,28 @@ def test_uri_list_lines_keep_unicode_and_report_bytes_that_are_not_utf8():
   assert raised.value.kind == errors.INVALID_NAME
   assert raised.value.uri == '/data/lists/caf\\xe9.png'
   assert 'not valid UTF-8' in str(raised.value)
+
+
+@pytest.mark.parametrize('uri,root,label', [
+    ('/data/cat/x.png', '/data', 'cat'),
+    ('/data/cat/kittens/x.png', '/data', 'cat'),  # Nested: still its class.
+    ('/data/x.png', '/data', None),  # Directly in the folder: no class.
+    ('/data/cat/x.png', None, 'cat'),
+    ('/data/cat/kittens/x.png', None, 'kittens'),
+    ('gs://bucket/dog/x.png', None, 'dog'),
+    ('gs://bucket/x.png', None, None),  # Top of a bucket: no folder.
+    ('gs://bucket/pets/dog/x.png', 'gs://bucket/pets', 'dog'),
+])
+def test_folder_label_is_the_class_folder(uri, root, label):
+  assert inputs.folder_label(uri, root) == label
+
+
+def test_folder_inputs_have_a_root_and_sorted_class_folder_names(tmp_path):
+  for name in ('zebra/a.png', 'ant/b.png', 'ant/deeper/c.png', 'loose.png'):
+    (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / name).write_bytes(b'x')
+  source = inputs.resolve_input(str(tmp_path))
+  assert inputs.folder_root(source) == str(tmp_path)
+  assert inputs.class_folder_names(str(tmp_path)) == ('ant', 'zebra')
+  assert inputs.folder_root(inputs.resolve_input(
+      str(tmp_path / '*' / '*.png'))) is None

@@ -105,6 +105,28 @@ def test_scores_one_image_file(trained_export, tmp_path):
   assert _uris(outputs.read_records(prefix, outputs.PREDICTIONS)) == [path]
 
 
+def test_labels_from_folders_put_each_class_folder_in_its_records(
+    trained_export, tmp_path):
+  images = tmp_path / 'images'
+  paths = {label: _write_digits(str(images / label), 2, offset=offset)
+           for offset, label in enumerate(('seven', 'one'))}
+  (images / 'seven' / 'broken.png').write_bytes(b'not an image')
+  prefix = str(tmp_path / 'scores' / 'labelled')
+  argv = [f'--model_dir={trained_export}', f'--input={images}',
+          f'--output={prefix}', '--num_shards=1', '--labels_from_folders']
+  config = options_lib.build_config(pipeline_options.PipelineOptions(argv),
+                                    argv)
+  assert config.label_names == ('one', 'seven')
+  pipeline.run(argv, test_pipeline=test_pipeline.TestPipeline())
+  predictions = outputs.read_records(prefix, outputs.PREDICTIONS)
+  assert sorted((r['uri'], r['true_label']) for r in predictions) == sorted(
+      (uri, label) for label, uris in paths.items() for uri in uris)
+  assert all(r['label'] in artifact.read_metadata(trained_export)['labels']
+             for r in predictions)
+  error, = outputs.read_records(prefix, outputs.ERRORS)
+  assert error['true_label'] == 'seven'
+
+
 def test_gcs_end_to_end_model_images_and_outputs_in_buckets(
     gcs_server, beam_gcs_anonymous, trained_export, tmp_path):
   local_images = str(tmp_path / 'images')

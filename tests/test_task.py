@@ -20,8 +20,9 @@ def test_default_command_leaves_every_output_of_contract_1(trained_job_dir):
   # `trained_job_dir` ran `python -m trainer.task --job_dir=...` with small
   # settings in a subprocess (see conftest).
   names = sorted(os.listdir(trained_job_dir))
-  assert names == ['checkpoints', 'config.yaml', 'export', 'logs',
-                   'metrics.json', 'training_curves.png']
+  assert names == ['checkpoints', 'config.yaml', 'evaluation.png', 'export',
+                   'logs', 'metrics.json', 'misclassified.png',
+                   'training_curves.png']
   with open(os.path.join(trained_job_dir, 'training_curves.png'), 'rb') as f:
     assert f.read(4) == b'\x89PNG'
   metrics = helpers.read_json(os.path.join(trained_job_dir, 'metrics.json'))

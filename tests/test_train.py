@@ -36,9 +36,10 @@ def test_a_run_leaves_every_output_and_a_rerun_does_nothing(tmp_path,
   metrics = train.run(context)
   layout = context.layout
   assert sorted(os.listdir(layout.job_dir)) == [
-      'checkpoints', 'config.yaml', 'export', 'logs', 'metrics.json',
-      'training_curves.png']
-  assert {'test_accuracy', 'test_loss', 'evaluated_on', 'epochs', 'examples',
+      'checkpoints', 'config.yaml', 'evaluation.png', 'export', 'logs',
+      'metrics.json', 'misclassified.png', 'training_curves.png']
+  assert {'test_accuracy', 'test_loss', 'evaluated_on', 'evaluation',
+          'epochs', 'examples',
           'data', 'history', 'resumed_from_epoch', 'replicas',
           'mixed_precision', 'workers', 'train_images_per_second'} <= set(
               metrics)

@@ -242,6 +242,50 @@ def test_list_images_of_a_folder_is_recursive(tmp_path):
         str(tmp_path / 'sub/deeper/c.gif')]))
 
 
+def test_labels_from_folders_label_each_listed_item(tmp_path):
+  for name in ('cat/a.png', 'cat/kittens/b.png', 'dog/c.png', 'loose.png'):
+    (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / name).write_bytes(b'x')
+  source = inputs.resolve_input(str(tmp_path))
+  with test_pipeline.TestPipeline() as pipeline:
+    listed = pipeline | transforms.ListImages(source, labels_from_folders=True)
+    util.assert_that(listed | beam.Map(lambda item: (item.uri, item.label)),
+                     util.equal_to([
+                         (str(tmp_path / 'cat/a.png'), 'cat'),
+                         (str(tmp_path / 'cat/kittens/b.png'), 'cat'),
+                         (str(tmp_path / 'dog/c.png'), 'dog'),
+                         (str(tmp_path / 'loose.png'), None)]))
+
+
+def test_an_items_label_reaches_its_prediction_and_error_records(tmp_path):
+  good = tmp_path / 'good.png'
+  good.write_bytes(image_files.encode(image_files.digits(1)[0][0], 'PNG'))
+  elements = [items.Item(str(good), label='cat', fields=(('id', '7'),)),
+              items.Item(str(tmp_path / 'gone.png'), label='dog'),
+              items.Item(str(good) + '.copy')]
+  (tmp_path / 'good.png.copy').write_bytes(good.read_bytes())
+  with test_pipeline.TestPipeline() as pipeline:
+    predictions, errors = (
+        pipeline
+        | beam.Create(elements)
+        | transforms.ClassifyImages(fakes.FakeClassifierHandler(),
+                                    fakes.DIGITS, top_k=1,
+                                    max_file_bytes=10**6,
+                                    max_image_pixels=10**6))
+    util.assert_that(
+        predictions | 'P' >> beam.Map(
+            lambda r: (r['uri'], r.get('true_label'), r.get('id'),
+                       list(r)[-2:])),
+        util.equal_to([
+            (str(good), 'cat', '7', ['true_label', 'id']),
+            (str(good) + '.copy', None, None, ['score', 'top_k'])]),
+        label='CheckPredictions')
+    util.assert_that(
+        errors | 'E' >> beam.Map(lambda r: (r['uri'], r['true_label'])),
+        util.equal_to([(str(tmp_path / 'gone.png'), 'dog')]),
+        label='CheckErrors')
+
+
 def _records(count):
   return [outputs.error_record(f'/images/{i}.png', 'not_found', 'gone')
           for i in range(count)]
@@ -422,7 +466,7 @@ def test_each_input_keeps_its_fields_and_bytes_it_came_with(tmp_path):
             (str(good), 7, 'north',
              ['id', 'label', 'score', 'shop', 'top_k', 'uri']),
             ('shards/a.tfrecord#3', 8, None,
-             ['id', 'label', 'score', 'top_k', 'uri'])]),
+             ['id', 'label', 'score', 'top_k', 'true_label', 'uri'])]),
         label='CheckPredictions')
     util.assert_that(
         errors | 'Failed' >> beam.Map(lambda r: (r['uri'], r['kind'],

@@ -8,7 +8,7 @@ run's outputs. Then, in this order:
   1. export/        the artifact (export.py writes it elsewhere first, and
                     _COMPLETE last), always float32 (precision.as_float32)
   2. checkpoints/, logs/   pushed to gs:// when they live there
-  3. training_curves.png
+  3. training_curves.png, evaluation.png, misclassified.png
   4. metrics.json   last: with a complete export it marks a finished run
                     (job_dir.py)
 
@@ -23,6 +23,7 @@ import numpy as np
 from trainer import callbacks
 from trainer import checkpoints
 from trainer import curves
+from trainer import evaluate_lib
 from trainer import export
 from trainer import precision
 from trainer import transfer
@@ -72,6 +73,9 @@ def publish(model, context, source, dirs, metrics):
   dirs.push()
   curves.write_chart(metrics['history'], layout.chart_path,
                      f'{model.name} on {context.config.dataset}')
+  evaluate_lib.write_pictures(metrics.get('evaluation'), source,
+                              context.config.image_shape, layout.job_dir,
+                              f'{model.name} on {context.config.dataset}')
   checkpoints.write_json(layout.metrics_path, metrics, 'the metrics')
   logging.info('Wrote %s.', layout.metrics_path)
 
@@ -82,7 +86,16 @@ def _metadata(model, context, source, metrics):
   return export.build_metadata(
       class_names=source.info.class_names, image_shape=config.image_shape,
       dataset=config.dataset, model_name=model.name,
-      metrics={k: metrics[k] for k in METADATA_METRICS if k in metrics},
+      metrics={**{k: metrics[k] for k in METADATA_METRICS if k in metrics},
+               **_trust(metrics.get('evaluation'))},
       extra=(transfer.describe(context.base, model, config.dataset,
                                config.fine_tune_layers)
              if context.base else None))
+
+
+def _trust(report):
+  """What the export repeats of the evaluation: how far to trust each label."""
+  if not report:
+    return {}
+  return {key: report[key] for key in ('per_class',
+                                       'expected_calibration_error')}

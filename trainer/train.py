@@ -9,7 +9,8 @@
      transfer.py, precision.py, distribute.py);
   4. fit, one phase or, for a transfer run with --fine_tune_layers, two,
      with resume-safe callbacks (callbacks.py, checkpoints.py);
-  5. the evaluation on the test split, or on what exists;
+  5. the evaluation on the test split, or on what exists, and its report
+     (evaluate_lib.py);
   6. publishing: the export, logs, chart and metrics.json last
      (publish.py).
 
@@ -32,6 +33,7 @@ from trainer import checkpoints
 from trainer import config as config_lib
 from trainer import data
 from trainer import distribute
+from trainer import evaluate_lib
 from trainer import job_dir
 from trainer import models
 from trainer import precision
@@ -159,6 +161,7 @@ def _train_evaluate_publish(model, context, source, dirs):
   training = _train(model, context, source, dirs)
   publish.check_finite_weights(model, context.config.learning_rate)
   metrics = _metrics(model, context, source, training)
+  evaluate_lib.add_to_run(model, context, source, dirs, metrics)
   context.stop_signal.check()
   publish.publish(model, context, source, dirs, metrics)
   distribute.wait_for_all_workers(context.strategy)

@@ -230,3 +230,17 @@ def write_hostile_folder(folder, unreadable=False):
     os.chmod(private, 0)
     expected[private] = 'unreadable_folder'
   return expected
+
+
+def write_digit_folder(root, count, offset=0):
+  """`count` real digits as PNGs in class folders ROOT/DIGIT/; returns the
+  (path, digit) pairs."""
+  written = []
+  for index, (pixels, label) in enumerate(digits(count, offset)):
+    folder = os.path.join(root, str(label))
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f'digit-{index:04d}.png')
+    with open(path, 'wb') as f:
+      f.write(encode(pixels, 'PNG'))
+    written.append((path, label))
+  return written

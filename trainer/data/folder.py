@@ -190,7 +190,13 @@ def load_image_folder(data_dir, image_shape, validation_fraction,
   height, width, channels = image_shape
   return sources.Source(info, functools.partial(_examples, by_split,
                                                 image_shape),
-                        element_bytes=height * width * channels * 4)
+                        element_bytes=height * width * channels * 4,
+                        files=functools.partial(_files, by_split))
+
+
+def _files(by_split, split):
+  """Source.files of an image folder: (path, label), in split order."""
+  return list(by_split[split])
 
 
 def _examples(by_split, image_shape, split, shard=None):

@@ -71,6 +71,10 @@ class Source:
   info: DatasetInfo
   examples: object  # Callable[[str, shard=None], tf.data.Dataset]
   element_bytes: int  # Memory per cached example, for the cache decision.
+  # files(split) -> [(URI, label)] in `examples(split)` order, for sources
+  # of image files: the evaluation report's ids, and the bytes the serving
+  # signature takes. None: an example's id is its index in the split.
+  files: object = None
 
 
 # --------------------------------------------------------------------------
