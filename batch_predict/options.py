@@ -69,8 +69,9 @@ class ScoringOptions(pipeline_options.PipelineOptions):
     parser.add_argument(
         '--output',
         help='Output prefix: writes PREFIX-predictions-SSSSS-of-NNNNN.jsonl '
-        'and PREFIX-errors-SSSSS-of-NNNNN.jsonl. A run replaces the shards of '
-        'earlier runs once its own are complete, and deletes nothing else. '
+        'and PREFIX-errors-SSSSS-of-NNNNN.jsonl (.csv, .parquet with '
+        '--output_format). A run replaces the shards of earlier runs (in any '
+        'format) once its own are complete, and deletes nothing else. '
         'Required.')
     parser.add_argument(
         '--break_lease', action='store_true', default=False,
@@ -107,6 +108,13 @@ class ScoringOptions(pipeline_options.PipelineOptions):
         '--progress_interval_secs', type=float, default=30.0,
         help='How often each worker logs how many images it has scored.')
     parser.add_argument(
+        '--output_format', default=outputs.JSONL,
+        help='Format of both outputs: jsonl (JSON lines), csv (a header row; '
+        'top_k as JSON text) or parquet (top_k a list of {label, score}; '
+        'loads into BigQuery with bq load --source_format=PARQUET '
+        '--parquet_enable_list_inference). The shards are named '
+        'PREFIX-predictions-SSSSS-of-NNNNN.FORMAT.')
+    parser.add_argument(
         '--labels_from_folders', action='store_true', default=False,
         help='Label each image with its class folder\'s name, as the '
         'trainer\'s image_folder dataset reads DIR/<class>/...: for a folder '
@@ -130,6 +138,9 @@ class ScoringConfig:
   progress_interval_secs: float
   break_lease: bool = False
   labels_from_folders: bool = False
+  output_format: str = outputs.JSONL
+  # A manifest's own columns, in its order: its records' extra fields.
+  field_names: tuple = ()
   # The label names of a labelled folder input: its sorted class folders
   # (empty when not known before the run).
   label_names: tuple = ()
@@ -230,6 +241,9 @@ def build_config(options, argv=None):
   if numbers['min_batch_size'] is None:  # Fixed-size batches by default.
     numbers['min_batch_size'] = numbers['max_batch_size']
   _check_numbers(numbers)
+  if flags.output_format not in outputs.OUTPUT_FORMATS:
+    raise ConfigError(f'--output_format={flags.output_format}: use one of '
+                      f'{", ".join(outputs.OUTPUT_FORMATS)}.')
   model_dir = _normalize('model_dir', flags.model_dir)
   output = _check_output(_normalize('output', flags.output))
   if is_remote_runner(options):
@@ -246,6 +260,7 @@ def build_config(options, argv=None):
       model_dir=model_dir, source=source, output=output, labels=labels,
       break_lease=bool(flags.break_lease),
       labels_from_folders=labels_from_folders,
+      output_format=flags.output_format,
       label_names=(inputs.class_folder_names(root)
                    if labels_from_folders and root else ()),
       **numbers)

@@ -5,7 +5,8 @@ r"""Scores image files with a trained classifier (Contract 3 of DESIGN.md).
       --output=/tmp/mnist_sample/scores/mnist
 
 writes PREFIX-predictions-*.jsonl ({"uri", "label", "score", "top_k"}) and
-PREFIX-errors-*.jsonl ({"uri", "error", "kind"}): every input in exactly one.
+PREFIX-errors-*.jsonl ({"uri", "error", "kind"}): every input in exactly one
+(`--output_format=csv|parquet` for CSV or Parquet shards of the same records).
 DirectRunner by default; add `--runner=DataflowRunner --project=... \
 --region=... --temp_location=gs://... --setup_file=./setup.py` for Dataflow,
 and `--dry_run=True` to check a command without scoring or submitting.
@@ -64,11 +65,13 @@ def build_pipeline(pipeline, config):
   staged = (
       predictions | 'WritePredictions' >> transforms.WriteShards(
           config.output, outputs.PREDICTIONS, config.num_shards,
-          config.run_id),
+          config.run_id, config.output_format, config.field_names),
       error_records | 'WriteErrors' >> transforms.WriteShards(
-          config.output, outputs.ERRORS, config.num_shards, config.run_id))
+          config.output, outputs.ERRORS, config.num_shards, config.run_id,
+          config.output_format, config.field_names))
   _ = staged | 'PublishOutputs' >> transforms.PublishOutputs(
-      config.output, config.run_id, outputs.OUTPUT_NAMES, config.num_shards)
+      config.output, config.run_id, outputs.OUTPUT_NAMES, config.num_shards,
+      config.output_format)
   return predictions, error_records
 
 
@@ -90,7 +93,7 @@ def summarize(result):
   return totals
 
 
-def _log_summary(totals, output):
+def _log_summary(totals, output, output_format):
   by_kind = {name[len('errors_'):]: value for name, value in totals.items()
              if name.startswith('errors_') and value}
   details = ', '.join(f'{kind}: {count}' for kind, count in sorted(
@@ -99,8 +102,9 @@ def _log_summary(totals, output):
       'Scored %d images; %d errors%s; %d bytes read. Outputs: %s and %s.',
       totals.get('images_scored', 0), sum(by_kind.values()),
       f' ({details})' if details else '', totals.get('bytes_read', 0),
-      outputs.output_pattern(output, outputs.PREDICTIONS) + '.jsonl',
-      outputs.output_pattern(output, outputs.ERRORS) + '.jsonl')
+      outputs.output_pattern(output, outputs.PREDICTIONS) + '.' +
+      output_format,
+      outputs.output_pattern(output, outputs.ERRORS) + '.' + output_format)
 
 
 def _create_pipeline(options):
@@ -148,7 +152,7 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
     outputs.remove_staging_folders(config.output)
     build_pipeline(pipeline, config)
     result = _run_and_publish(pipeline, config, lease)
-  _log_summary(summarize(result), config.output)
+  _log_summary(summarize(result), config.output, config.output_format)
   return result
 
 

@@ -45,6 +45,12 @@ The sink is written here rather than taken from Beam's
   collected with a combiner, as Beam's own finalisation collects its
   writers' results), with single-object requests on GCS, and it deletes
   only exact shard names of this prefix (`outputs.publish`).
+* The same holds for `WriteToParquet` (a `FileBasedSink` like
+  WriteToText: the same finalisation and batch renames) and for a CSV
+  written with WriteToText's `header=`. So `--output_format=csv|parquet`
+  shards go through this sink too, staged and published like JSON lines;
+  only the encoding differs (`outputs.ShardFormat`: the `csv` module, and
+  pyarrow's `ParquetWriter`, which WriteToParquet itself writes with).
 """
 
 import contextlib
@@ -436,28 +442,26 @@ def holding_lease(lease):
 
 
 class _WriteShardFn(beam.DoFn):
-  """(shard index, JSON lines) -> writes the whole shard into the staging
-  folder; yields its path."""
+  """(shard index, rows) -> writes the whole shard into the staging folder;
+  yields its path."""
 
-  def __init__(self, prefix, name, num_shards, run_id):
+  def __init__(self, prefix, shard_format, num_shards, run_id):
     super().__init__()
     self._prefix = prefix
-    self._name = name
+    self._format = shard_format
     self._num_shards = num_shards
     self._staging = outputs.staging_folder(prefix, run_id)
 
   def process(self, element):
-    index, lines = element
-    final = outputs.shard_path(self._prefix, self._name, index,
-                               self._num_shards)
+    index, rows = element
+    final = outputs.shard_path(self._prefix, self._format.name, index,
+                               self._num_shards, self._format.output_format)
     path = storage.join(self._staging, storage.basename(final))
     # Written to a temporary file and moved (or uploaded) whole, so a
-    # retried bundle or a killed worker never leaves half a shard.
+    # retried bundle or a killed worker never leaves half a shard. None is
+    # the placeholder row that makes empty shards.
     with storage.open_write(path) as f:
-      for line in lines:
-        if line is not None:  # The placeholder that makes empty shards.
-          f.write(line.encode('utf-8'))
-          f.write(b'\n')
+      self._format.write(f, rows)
     yield path
 
 
@@ -467,43 +471,60 @@ class WriteShards(beam.PTransform):
   Returns the PCollection of the staged paths (`--num_shards` of them).
   """
 
-  def __init__(self, prefix, name, num_shards, run_id):
+  def __init__(self, prefix, name, num_shards, run_id,
+               output_format=outputs.JSONL, field_names=()):
+    """Stages one output.
+
+    Args:
+      prefix: the `--output` prefix.
+      name: outputs.PREDICTIONS or outputs.ERRORS.
+      num_shards: shards per output.
+      run_id: names the staging folder.
+      output_format: one of outputs.OUTPUT_FORMATS.
+      field_names: the manifest's columns (CSV and Parquet columns).
+    """
     super().__init__()
     self._prefix = prefix
-    self._name = name
+    self._format = outputs.ShardFormat(output_format, name, field_names)
     self._num_shards = num_shards
     self._run_id = run_id
 
   def expand(self, records):
     num_shards = self._num_shards
+    encode = self._format.encode
+    # Rows are encoded here, in parallel, before the shuffle (which then
+    # moves compact rows rather than dicts).
     keyed = records | 'KeyByShard' >> beam.Map(
         lambda record: (outputs.shard_of(record['uri'], num_shards),
-                        outputs.to_json_line(record)))
+                        encode(record)))
     every_shard = records.pipeline | 'EveryShard' >> beam.Create(
         [(index, None) for index in range(num_shards)])
     return ((keyed, every_shard)
             | 'AddEmptyShards' >> beam.Flatten()
             | 'GroupByShard' >> beam.GroupByKey()
             | 'WriteShards' >> beam.ParDo(_WriteShardFn(
-                self._prefix, self._name, num_shards, self._run_id)))
+                self._prefix, self._format, num_shards, self._run_id)))
 
 
 class _PublishFn(beam.DoFn):
   """[every staged path] -> moves them to their final names; yields those."""
 
-  def __init__(self, prefix, run_id, names, num_shards):
+  def __init__(self, prefix, run_id, names, num_shards,
+               output_format=outputs.JSONL):
     super().__init__()
     self._prefix = prefix
     self._run_id = run_id
     self._names = tuple(names)
     self._num_shards = num_shards
+    self._output_format = output_format
 
   def process(self, staged_paths):
     held = _LEASES_HELD.get(outputs.lease_path(self._prefix))
     if held is not None:
       held.check()  # Taken over by another scorer: publish nothing.
     yield from outputs.publish(self._prefix, self._run_id, staged_paths,
-                               self._names, self._num_shards)
+                               self._names, self._num_shards,
+                               self._output_format)
 
 
 class PublishOutputs(beam.PTransform):
@@ -514,38 +535,46 @@ class PublishOutputs(beam.PTransform):
   into place and removes stale shards of this prefix and the staging folder.
   """
 
-  def __init__(self, prefix, run_id, names, num_shards):
+  def __init__(self, prefix, run_id, names, num_shards,
+               output_format=outputs.JSONL):
     super().__init__()
     self._prefix = prefix
     self._run_id = run_id
     self._names = tuple(names)
     self._num_shards = num_shards
+    self._output_format = output_format
 
   def expand(self, staged):
     return (staged
             | 'MergeStaged' >> beam.Flatten()
             | 'CollectStaged' >> beam.combiners.ToList()
             | 'Publish' >> beam.ParDo(_PublishFn(
-                self._prefix, self._run_id, self._names, self._num_shards)))
+                self._prefix, self._run_id, self._names, self._num_shards,
+                self._output_format)))
 
 
 class WriteRecords(beam.PTransform):
-  """Records -> `PREFIX-NAME-SSSSS-of-NNNNN.jsonl` files of one output.
+  """Records -> `PREFIX-NAME-SSSSS-of-NNNNN.FORMAT` files of one output.
 
   Stages every shard, then publishes them (`WriteShards`, `PublishOutputs`).
   The scoring pipeline stages both outputs and publishes them together;
   this is the same for one output. Returns the published paths.
   """
 
-  def __init__(self, prefix, name, num_shards, run_id=None):
+  def __init__(self, prefix, name, num_shards, run_id=None,
+               output_format=outputs.JSONL, field_names=()):
     super().__init__()
     self._prefix = prefix
     self._name = name
     self._num_shards = num_shards
     self._run_id = run_id or outputs.new_run_id()
+    self._output_format = output_format
+    self._field_names = tuple(field_names)
 
   def expand(self, records):
     staged = records | 'Stage' >> WriteShards(
-        self._prefix, self._name, self._num_shards, self._run_id)
+        self._prefix, self._name, self._num_shards, self._run_id,
+        self._output_format, self._field_names)
     return (staged,) | 'Publish' >> PublishOutputs(
-        self._prefix, self._run_id, (self._name,), self._num_shards)
+        self._prefix, self._run_id, (self._name,), self._num_shards,
+        self._output_format)

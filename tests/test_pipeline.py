@@ -26,6 +26,7 @@ from batch_predict import pipeline
 from tests import helpers
 from tests.helpers import image_files
 from tests.helpers import processes
+from tests.helpers import records as record_files
 from trainer import artifact
 from trainer import errors as errors_lib
 from trainer import lease as lease_lib
@@ -182,6 +183,8 @@ def earlier_output(tmp_path):
     (['--input=IMAGES/*.jpg'], inputs.InputError, 'no files match'),
     (['--model_dir=MISSING'], artifact.ArtifactError, 'no such model'),
     (['--dry_run=maybe'], options_lib.ConfigError, '--dry_run=True or False'),
+    (['--output_format=xlsx'], options_lib.ConfigError,
+     'use one of jsonl, csv, parquet'),
     (['--runner=DataflowRunner', '--project=p', '--region=r',
       '--temp_location=gs://b/tmp', '--setup_file=./setup.py'],
      options_lib.ConfigError, 'Dataflow workers cannot read local paths'),
@@ -275,7 +278,9 @@ def test_rerun_after_kill_9_leaves_complete_outputs_without_duplicates(
   inputs_all = sorted(images + [str(tmp_path / 'images' / 'empty.png')])
   out = tmp_path / 'scores'
   out.mkdir()
-  # An earlier run's outputs (another --num_shards) and a user's file.
+  # An earlier run's outputs (JSON lines, another --num_shards) and a
+  # user's file; this run writes Parquet (the sink is the same for every
+  # format, only the encoding differs).
   earlier = {name: b'{"uri": "earlier"}\n' for name in _shard_names('run', 7)}
   earlier['run-predictions-notes.txt'] = b'notes\n'
   for name, content in earlier.items():
@@ -284,7 +289,8 @@ def test_rerun_after_kill_9_leaves_complete_outputs_without_duplicates(
   # half-way by the kill.
   command = [sys.executable, '-m', 'batch_predict.pipeline',
              f'--model_dir={trained_export}', f'--input={tmp_path / "images"}',
-             f'--output={out / "run"}', '--num_shards=300']
+             f'--output={out / "run"}', '--num_shards=300',
+             '--output_format=parquet']
   env = dict(os.environ, PYTHONPATH=helpers.REPO, TF_CPP_MIN_LOG_LEVEL='2')
 
   def staged():
@@ -313,11 +319,13 @@ def test_rerun_after_kill_9_leaves_complete_outputs_without_duplicates(
   names = sorted(os.listdir(out))
   # No leftovers: neither the killed run's staging folder, nor the earlier
   # run's shards, nor the lease; the user's file stays.
-  assert names == sorted(_shard_names('run', 300) |
+  assert names == sorted(_shard_names('run', 300, outputs.PARQUET) |
                          {'run-predictions-notes.txt'})
   assert (out / 'run-predictions-notes.txt').read_bytes() == b'notes\n'
-  predictions = outputs.read_records(str(out / 'run'), outputs.PREDICTIONS)
-  errors = outputs.read_records(str(out / 'run'), outputs.ERRORS)
+  predictions, _ = record_files.read_output(
+      str(out / 'run'), outputs.PREDICTIONS, outputs.PARQUET)
+  errors, _ = record_files.read_output(str(out / 'run'), outputs.ERRORS,
+                                       outputs.PARQUET)
   assert sorted(_uris(predictions) + _uris(errors)) == inputs_all
   assert _uris(errors) == [str(tmp_path / 'images' / 'empty.png')]
 
@@ -420,9 +428,9 @@ def _snapshot(folder):
   return found
 
 
-def _shard_names(basename, num_shards):
+def _shard_names(basename, num_shards, output_format=outputs.JSONL):
   return {os.path.basename(outputs.shard_path(basename, name, index,
-                                              num_shards))
+                                              num_shards, output_format))
           for name in outputs.OUTPUT_NAMES for index in range(num_shards)}
 
 
