@@ -22,6 +22,7 @@ from apache_beam.options import pipeline_options
 from google.api_core import exceptions as gcs_exceptions
 
 from batch_predict import inputs
+from batch_predict import manifests
 from batch_predict import outputs
 from trainer import artifact
 from trainer import errors
@@ -64,8 +65,14 @@ class ScoringOptions(pipeline_options.PipelineOptions):
         '--input_format', default=inputs.AUTO,
         help='How a single --input file is read: auto (by its extension: '
         'an image extension such as .jpg or .png is one image, .csv and '
-        '.jsonl are refused, anything else is a list of URIs), image, or '
-        'list.')
+        '.jsonl a manifest, anything else a list of URIs), image, list, csv '
+        'or jsonl.')
+    parser.add_argument(
+        '--uri_column', default=manifests.DEFAULT_URI_COLUMN,
+        help='The column of a CSV or JSONL manifest that holds each image\'s '
+        'URI (relative ones start at the manifest\'s folder). A `label` '
+        'column is the true label; every other column comes back unchanged '
+        'in the image\'s record.')
     parser.add_argument(
         '--output',
         help='Output prefix: writes PREFIX-predictions-SSSSS-of-NNNNN.jsonl '
@@ -139,6 +146,8 @@ class ScoringConfig:
   break_lease: bool = False
   labels_from_folders: bool = False
   output_format: str = outputs.JSONL
+  # A manifest input's checked header (manifests.Manifest), else None.
+  manifest: object = None
   # A manifest's own columns, in its order: its records' extra fields.
   field_names: tuple = ()
   # The label names of a labelled folder input: its sorted class folders
@@ -255,15 +264,29 @@ def build_config(options, argv=None):
                       f'{len(labels)} classes.')
   source = inputs.resolve_input(flags.input, flags.input_format)
   labels_from_folders = bool(flags.labels_from_folders)
+  manifest = _read_manifest(source, flags.uri_column)
+  if labels_from_folders and manifest and manifest.has_label:
+    raise ConfigError(f'--labels_from_folders: the manifest {source.path} '
+                      'has a label column already; use one or the other.')
   root = inputs.folder_root(source)
   return ScoringConfig(
       model_dir=model_dir, source=source, output=output, labels=labels,
       break_lease=bool(flags.break_lease),
       labels_from_folders=labels_from_folders,
-      output_format=flags.output_format,
+      output_format=flags.output_format, manifest=manifest,
+      field_names=manifest.field_names if manifest else (),
       label_names=(inputs.class_folder_names(root)
                    if labels_from_folders and root else ()),
       **numbers)
+
+
+def _read_manifest(source, uri_column):
+  """The checked header of a manifest input, else None."""
+  if source.kind not in inputs.MANIFEST_KINDS:
+    return None
+  kind = (manifests.CSV if source.kind == inputs.CSV_MANIFEST
+          else manifests.JSONL)
+  return manifests.read_manifest(source.path, kind, uri_column)
 
 
 def _normalize(name, path):

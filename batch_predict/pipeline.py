@@ -56,7 +56,7 @@ def build_pipeline(pipeline, config):
   predictions, error_records = (
       pipeline
       | 'ListImages' >> transforms.ListImages(
-          config.source, config.labels_from_folders)
+          config.source, config.labels_from_folders, config.manifest)
       | 'ClassifyImages' >> transforms.ClassifyImages(
           handler, config.labels, top_k=config.top_k,
           max_file_bytes=config.max_file_bytes,

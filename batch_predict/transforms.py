@@ -66,6 +66,7 @@ import numpy as np
 from batch_predict import image_header
 from batch_predict import inputs
 from batch_predict import items
+from batch_predict import manifests
 from batch_predict import model_handler
 from batch_predict import outputs
 from trainer import errors
@@ -140,6 +141,17 @@ def _list_local(pattern):
       yield items.Item(entry)
 
 
+def _manifest_rows(element, manifest):
+  offset, line = element
+  try:
+    item = manifests.parse_row(manifest, offset, line)
+  except errors.UserError as e:
+    yield outputs.error_record(e.uri, e.kind, str(e), getattr(e, 'fields', ()))
+    return
+  if item is not None:
+    yield item
+
+
 def _with_folder_label(element, root):
   if not isinstance(element, items.Item):
     return element  # An error record from the listing.
@@ -154,17 +166,19 @@ class ListImages(beam.PTransform):
   (a dict) instead; `ReadImages` passes those on to the errors.
   """
 
-  def __init__(self, source, labels_from_folders=False):
+  def __init__(self, source, labels_from_folders=False, manifest=None):
     """Lists an input.
 
     Args:
       source: an `inputs.InputSource`.
       labels_from_folders: label each item with its class folder's name
         (`inputs.folder_label`).
+      manifest: the `manifests.Manifest` of a manifest source.
     """
     super().__init__()
     self._source = source
     self._labels_from_folders = labels_from_folders
+    self._manifest = manifest
 
   def expand(self, pbegin):
     listed = self._list(pbegin)
@@ -195,6 +209,12 @@ class ListImages(beam.PTransform):
                                              storage.dirname(path)))
     if kind == inputs.SINGLE_FILE:
       return pbegin | 'OneFile' >> beam.Create([items.Item(path)])
+    if kind in inputs.MANIFEST_KINDS:
+      # Split at byte offsets and read in parallel, as ReadFromText reads.
+      return (pbegin
+              | 'ReadManifest' >> beam.io.Read(
+                  manifests.ManifestSource(path))
+              | 'ParseRows' >> beam.FlatMap(_manifest_rows, self._manifest))
     raise ValueError(f'Unknown input kind {kind!r}.')
 
 

@@ -128,6 +128,46 @@ def test_labels_from_folders_put_each_class_folder_in_its_records(
   assert error['true_label'] == 'seven'
 
 
+def test_a_csv_manifest_scores_into_parquet_with_its_columns(
+    trained_export, tmp_path):
+  paths = _write_digits(str(tmp_path / 'images'), 3)
+  manifest = tmp_path / 'manifest.csv'
+  manifest.write_text(
+      'shop,path,label\n' +
+      ''.join(f'north {i},images/{os.path.basename(p)},{p[-5]}\n'
+              for i, p in enumerate(paths)) +
+      'south,images/gone.png,3\nbroken row\n')
+  prefix = str(tmp_path / 'scores' / 'table')
+  pipeline.run([f'--model_dir={trained_export}', f'--input={manifest}',
+                '--uri_column=path', f'--output={prefix}', '--num_shards=2',
+                '--output_format=parquet'],
+               test_pipeline=test_pipeline.TestPipeline())
+  predictions, shards = record_files.read_output(
+      prefix, outputs.PREDICTIONS, outputs.PARQUET)
+  assert len(shards) == 2
+  assert sorted((r['uri'], r['shop'], r['true_label']) for r in predictions) == [
+      (p, f'north {i}', p[-5]) for i, p in enumerate(paths)]
+  errors, _ = record_files.read_output(prefix, outputs.ERRORS,
+                                       outputs.PARQUET)
+  assert sorted((r['kind'], r.get('shop')) for r in errors) == [
+      (errors_lib.BAD_MANIFEST_ROW, None), (errors_lib.NOT_FOUND, 'south')]
+  schema = record_files.pq.read_schema(shards[0])
+  assert schema.names == ['uri', 'label', 'score', 'top_k', 'true_label',
+                          'shop']
+
+
+def test_a_manifest_column_named_like_an_output_field_is_refused(
+    trained_export, tmp_path, earlier_output):
+  manifest = tmp_path / 'manifest.jsonl'
+  manifest.write_text('{"uri": "a.png", "score": 0.5}\n')
+  with pytest.raises(errors_lib.UserError, match='score would collide') as e:
+    pipeline.run([f'--model_dir={trained_export}', f'--input={manifest}',
+                  f'--output={tmp_path / "scores" / "run"}'])
+  assert '\n' not in str(e.value)
+  assert earlier_output.read_text() == '{"uri": "kept"}\n'
+  assert os.listdir(earlier_output.parent) == [earlier_output.name]
+
+
 def test_gcs_end_to_end_model_images_and_outputs_in_buckets(
     gcs_server, beam_gcs_anonymous, trained_export, tmp_path):
   local_images = str(tmp_path / 'images')
