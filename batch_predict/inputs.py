@@ -11,7 +11,10 @@
   (manifests.py); any other name is a text list of URIs, one per line
   (blank lines and lines starting with `#` are skipped; relative paths are
   relative to the list's folder). The flag
-  `--input_format=image|list|csv|jsonl` says it outright.
+  `--input_format=image|list|csv|jsonl` says it outright;
+* TFRecord shards: a file or glob whose last part holds `.tfrecord`
+  (`shards/*.tfrecord*`), or any file or glob with `--input_format=
+  tfrecord` (tfrecords.py reads them).
 
 Globs use Beam's semantics: `*` stays within one folder, `**` crosses
 folders. Remote (gs://) globs and folders are listed by Beam's
@@ -64,6 +67,8 @@ SINGLE_FILE = 'single_file'
 CSV_MANIFEST = 'csv_manifest'
 JSONL_MANIFEST = 'jsonl_manifest'
 MANIFEST_KINDS = (CSV_MANIFEST, JSONL_MANIFEST)
+# TFRecord shards (one file or a glob) of tf.train.Examples: tfrecords.py.
+TFRECORD_SHARDS = 'tfrecord_shards'
 
 # --input_format: how one --input file is read.
 AUTO = 'auto'
@@ -71,7 +76,8 @@ IMAGE = 'image'
 LIST = 'list'
 CSV = 'csv'
 JSONL = 'jsonl'
-INPUT_FORMATS = (AUTO, IMAGE, LIST, CSV, JSONL)
+TFRECORD = 'tfrecord'
+INPUT_FORMATS = (AUTO, IMAGE, LIST, CSV, JSONL, TFRECORD)
 IMAGE_EXTENSIONS = frozenset((
     '.jpg', '.jpeg', '.jpe', '.jfif', '.png', '.apng', '.gif', '.bmp', '.dib',
     '.webp', '.tif', '.tiff', '.heic', '.heif', '.avif', '.ico', '.jp2',
@@ -157,6 +163,8 @@ def resolve_input(path, input_format=AUTO):
   except ValueError as e:
     raise InputError(f'--input: {e}') from e
   is_glob = storage.has_glob(path)
+  if input_format == TFRECORD or (input_format == AUTO and _is_tfrecord(path)):
+    return _tfrecord_source(path, is_glob)
   if is_glob or storage.isdir(path):
     if input_format != AUTO:
       raise InputError(
@@ -170,6 +178,23 @@ def resolve_input(path, input_format=AUTO):
     return InputSource(GLOB, pattern)
   _check_single_file(path)
   return InputSource(_single_file_kind(path, input_format), path)
+
+
+def _is_tfrecord(path):
+  """`*.tfrecord*` names TFRecord shards: `x.tfrecord`, `x.tfrecord.gz`,
+  `x.tfrecords`, `train-*.tfrecord*`, ..."""
+  return '.tfrecord' in storage.basename(path).lower()
+
+
+def _tfrecord_source(path, is_glob):
+  if is_glob:
+    _check_glob_matches(path, 'no files match')
+  elif storage.isdir(path):
+    raise InputError(f'--input={path} is a folder: name its shards, e.g. '
+                     f'--input=\'{storage.join(path, "*.tfrecord*")}\'.')
+  else:
+    _check_single_file(path)
+  return InputSource(TFRECORD_SHARDS, path)
 
 
 def _check_single_file(path):

@@ -65,8 +65,9 @@ class ScoringOptions(pipeline_options.PipelineOptions):
         '--input_format', default=inputs.AUTO,
         help='How a single --input file is read: auto (by its extension: '
         'an image extension such as .jpg or .png is one image, .csv and '
-        '.jsonl a manifest, anything else a list of URIs), image, list, csv '
-        'or jsonl.')
+        '.jsonl a manifest, anything else a list of URIs; a name holding '
+        '.tfrecord is TFRecord shards), image, list, csv, jsonl or tfrecord '
+        '(this one for globs too).')
     parser.add_argument(
         '--uri_column', default=manifests.DEFAULT_URI_COLUMN,
         help='The column of a CSV or JSONL manifest that holds each image\'s '
@@ -268,6 +269,9 @@ def build_config(options, argv=None):
   if labels_from_folders and manifest and manifest.has_label:
     raise ConfigError(f'--labels_from_folders: the manifest {source.path} '
                       'has a label column already; use one or the other.')
+  if labels_from_folders and source.kind == inputs.TFRECORD_SHARDS:
+    raise ConfigError('--labels_from_folders: TFRecord records carry their '
+                      'own label (image/class/label); leave the flag out.')
   root = inputs.folder_root(source)
   return ScoringConfig(
       model_dir=model_dir, source=source, output=output, labels=labels,

@@ -69,6 +69,7 @@ from batch_predict import items
 from batch_predict import manifests
 from batch_predict import model_handler
 from batch_predict import outputs
+from batch_predict import tfrecords
 from trainer import errors
 from trainer import storage
 
@@ -152,6 +153,28 @@ def _manifest_rows(element, manifest):
     yield item
 
 
+class _ReadShardFn(beam.DoFn):
+  """A TFRecord shard's path -> an Item (with its bytes) per record, or the
+  error record of a bad one."""
+
+  def __init__(self):
+    super().__init__()
+    self._example_class = None
+
+  def setup(self):
+    # TensorFlow's protobuf class, imported where shards are read only.
+    from tensorflow.core.example import example_pb2  # pylint: disable=g-import-not-at-top
+    self._example_class = example_pb2.Example
+
+  def process(self, shard):
+    for entry in tfrecords.shard_items(shard, self._example_class):
+      if isinstance(entry, errors.UserError):
+        yield outputs.error_record(entry.uri, entry.kind, str(entry), (),
+                                   getattr(entry, 'label', None))
+      else:
+        yield entry
+
+
 def _with_folder_label(element, root):
   if not isinstance(element, items.Item):
     return element  # An error record from the listing.
@@ -209,6 +232,13 @@ class ListImages(beam.PTransform):
                                              storage.dirname(path)))
     if kind == inputs.SINGLE_FILE:
       return pbegin | 'OneFile' >> beam.Create([items.Item(path)])
+    if kind == inputs.TFRECORD_SHARDS:
+      # One shard per worker at a time; ReadImages then spreads the records.
+      return (pbegin
+              | 'MatchShards' >> fileio.MatchFiles(path)
+              | 'ShardPaths' >> beam.Map(lambda metadata: metadata.path)
+              | 'SpreadShards' >> beam.Reshuffle()
+              | 'ReadShards' >> beam.ParDo(_ReadShardFn()))
     if kind in inputs.MANIFEST_KINDS:
       # Split at byte offsets and read in parallel, as ReadFromText reads.
       return (pbegin
