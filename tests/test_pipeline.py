@@ -33,6 +33,7 @@ from trainer import lease as lease_lib
 from trainer.data import samples
 from trainer import storage
 from trainer.data import idx
+from trainer.data import tfrecords
 
 
 def _uris(records):
@@ -196,6 +197,59 @@ def test_gcs_end_to_end_model_images_and_outputs_in_buckets(
   assert _uris(errors) == sorted(listing[len(good):])
   kinds = {os.path.basename(r['uri']): r['kind'] for r in errors}
   assert kinds == {os.path.basename(u): kind for u, (kind, _) in bad.items()}
+
+
+@pytest.mark.slow
+def test_gcs_manifest_and_tfrecord_inputs_end_to_end(
+    gcs_server, beam_gcs_anonymous, trained_export, tmp_path):
+  paths = _write_digits(str(tmp_path / 'images'), 3)
+  storage.upload_tree(trained_export, 'gs://test-bucket/job/export')
+  storage.upload_tree(str(tmp_path / 'images'), 'gs://test-bucket/data/images')
+  names = [os.path.basename(p) for p in paths]
+  # A CSV manifest with relative URIs (from its folder), an id and a bad row.
+  storage.write_text('gs://test-bucket/data/manifest.csv', 'id,uri\n' + ''.join(
+      f'{i},images/{name}\n' for i, name in enumerate(names)) + '9\n')
+  pipeline.run(['--model_dir=gs://test-bucket/job/export',
+                '--input=gs://test-bucket/data/manifest.csv',
+                '--output=gs://test-bucket/scores/table', '--num_shards=2',
+                '--output_format=parquet'])
+  predictions, shards = record_files.read_output(
+      'gs://test-bucket/scores/table', outputs.PREDICTIONS, outputs.PARQUET)
+  assert len(shards) == 2
+  by_uri = {r['uri']: r for r in predictions}
+  assert {uri: r['id'] for uri, r in by_uri.items()} == {
+      f'gs://test-bucket/data/images/{name}': str(i)
+      for i, name in enumerate(names)}
+  error, = record_files.read_output('gs://test-bucket/scores/table',
+                                    outputs.ERRORS, outputs.PARQUET)[0]
+  assert error['kind'] == errors_lib.BAD_MANIFEST_ROW
+  assert error['uri'] == 'gs://test-bucket/data/manifest.csv#byte=' + str(
+      len('id,uri\n') + sum(len(f'{i},images/{n}\n')
+                            for i, n in enumerate(names)))
+  # The same images as gzipped TFRecord shards, and one bad record.
+  shard = str(tmp_path / 'shard-0.tfrecord.gz')
+  with tf.io.TFRecordWriter(shard, 'GZIP') as writer:
+    for path in paths:
+      with open(path, 'rb') as f:
+        writer.write(tfrecords.make_example(
+            f.read(), 0, 'x', os.path.basename(path)).SerializeToString())
+    writer.write(b'not an example')
+  storage.write_bytes('gs://test-bucket/shards/shard-0.tfrecord.gz',
+                      storage.read_bytes(shard))
+  pipeline.run(['--model_dir=gs://test-bucket/job/export',
+                "--input=gs://test-bucket/shards/*.tfrecord*",
+                '--output=gs://test-bucket/scores/records', '--num_shards=1',
+                '--output_format=csv'])
+  from_records, _ = record_files.read_output(
+      'gs://test-bucket/scores/records', outputs.PREDICTIONS, outputs.CSV)
+  assert {r['uri']: (r['label'], r['score']) for r in from_records} == {
+      os.path.basename(uri): (r['label'], r['score'])
+      for uri, r in by_uri.items()}
+  assert all(r['true_label'] == 'x' for r in from_records)
+  bad, = record_files.read_output('gs://test-bucket/scores/records',
+                                  outputs.ERRORS, outputs.CSV)[0]
+  assert (bad['uri'], bad['kind']) == (
+      'gs://test-bucket/shards/shard-0.tfrecord.gz#3', errors_lib.BAD_RECORD)
 
 
 # --------------------------------------------------------------------------

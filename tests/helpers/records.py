@@ -8,9 +8,11 @@ import io
 import json
 import os
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from batch_predict import outputs
+from trainer import storage
 
 
 def _from_csv_row(row):
@@ -27,13 +29,13 @@ def _from_csv_row(row):
 
 
 def read_shard(path):
-  """The records of one shard file, by its extension."""
+  """The records of one shard file (local or gs://), by its extension."""
+  data = storage.read_bytes(path)
   if path.endswith('.parquet'):
     return [{column: value for column, value in row.items()
              if value is not None}
-            for row in pq.read_table(path).to_pylist()]
-  with open(path, encoding='utf-8', newline='') as f:
-    text = f.read()
+            for row in pq.read_table(pa.BufferReader(data)).to_pylist()]
+  text = data.decode('utf-8')
   if path.endswith('.csv'):
     return [_from_csv_row(row) for row in csv.DictReader(io.StringIO(text))]
   return [json.loads(line) for line in text.split('\n') if line]
