@@ -107,6 +107,7 @@ def test_scores_one_image_file(trained_export, tmp_path):
   assert _uris(outputs.read_records(prefix, outputs.PREDICTIONS)) == [path]
 
 
+@pytest.mark.slow
 def test_labels_from_folders_put_each_class_folder_in_its_records(
     trained_export, tmp_path):
   images = tmp_path / 'images'
