@@ -284,3 +284,16 @@ def test_publish_removes_this_prefixs_shards_of_other_formats(tmp_path):
   assert sorted(os.listdir(tmp_path)) == sorted(
       [os.path.basename(p) for p in finals] + ['run-predictions.parquet'])
   assert all(p.endswith('.parquet') for p in finals)
+
+
+def test_a_large_parquet_shard_is_written_in_row_groups(tmp_path,
+                                                        monkeypatch):
+  monkeypatch.setattr(outputs, '_PARQUET_ROWS_PER_GROUP', 2)
+  records = [outputs.error_record(f'/a/{i}.png', 'not_found', 'gone')
+             for i in range(5)]
+  shard_format = outputs.ShardFormat(outputs.PARQUET, outputs.ERRORS)
+  path = str(tmp_path / 'errors.parquet')
+  with open(path, 'wb') as f:
+    shard_format.write(f, [None] + [shard_format.encode(r) for r in records])
+  assert pq.ParquetFile(path).num_row_groups == 3
+  assert record_files.read_shard(path) == records
