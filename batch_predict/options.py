@@ -263,9 +263,26 @@ def build_config(options, argv=None):
   if flags.top_k > len(labels):
     raise ConfigError(f'--top_k={flags.top_k} is more than the model\'s '
                       f'{len(labels)} classes.')
+  return ScoringConfig(
+      model_dir=model_dir, output=output, labels=labels,
+      break_lease=bool(flags.break_lease), output_format=flags.output_format,
+      **_check_input(flags), **numbers)
+
+
+def _check_input(flags):
+  """What --input names, its manifest's header and its labels, checked.
+
+  Returns:
+    The ScoringConfig fields `source`, `manifest`, `field_names`,
+    `labels_from_folders` and `label_names`.
+  """
   source = inputs.resolve_input(flags.input, flags.input_format)
   labels_from_folders = bool(flags.labels_from_folders)
-  manifest = _read_manifest(source, flags.uri_column)
+  manifest = None
+  if source.kind in inputs.MANIFEST_KINDS:
+    manifest = manifests.read_manifest(
+        source.path, manifests.CSV if source.kind == inputs.CSV_MANIFEST
+        else manifests.JSONL, flags.uri_column)
   if labels_from_folders and manifest and manifest.has_label:
     raise ConfigError(f'--labels_from_folders: the manifest {source.path} '
                       'has a label column already; use one or the other.')
@@ -273,24 +290,12 @@ def build_config(options, argv=None):
     raise ConfigError('--labels_from_folders: TFRecord records carry their '
                       'own label (image/class/label); leave the flag out.')
   root = inputs.folder_root(source)
-  return ScoringConfig(
-      model_dir=model_dir, source=source, output=output, labels=labels,
-      break_lease=bool(flags.break_lease),
-      labels_from_folders=labels_from_folders,
-      output_format=flags.output_format, manifest=manifest,
+  return dict(
+      source=source, manifest=manifest,
       field_names=manifest.field_names if manifest else (),
+      labels_from_folders=labels_from_folders,
       label_names=(inputs.class_folder_names(root)
-                   if labels_from_folders and root else ()),
-      **numbers)
-
-
-def _read_manifest(source, uri_column):
-  """The checked header of a manifest input, else None."""
-  if source.kind not in inputs.MANIFEST_KINDS:
-    return None
-  kind = (manifests.CSV if source.kind == inputs.CSV_MANIFEST
-          else manifests.JSONL)
-  return manifests.read_manifest(source.path, kind, uri_column)
+                   if labels_from_folders and root else ()))
 
 
 def _normalize(name, path):

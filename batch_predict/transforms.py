@@ -182,7 +182,9 @@ def _with_folder_label(element, root):
 
 
 class ListImages(beam.PTransform):
-  """PBegin -> an `items.Item` for every input named by `--input`.
+  """PBegin -> an `items.Item` for every input named by `--input`: a file
+  of a glob or folder, a line of a URI list, a manifest's row
+  (manifests.py), a TFRecord's record (tfrecords.py, with its bytes).
 
   An entry that cannot be carried on as a URI (a name that is not UTF-8, a
   folder that cannot be listed, a symlink loop) arrives as its error record
