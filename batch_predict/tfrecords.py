@@ -35,7 +35,7 @@ import zlib
 
 from apache_beam.io import filesystem
 from apache_beam.io import filesystems
-import google_crc32c
+import google_crc32c  # Installed with google-cloud-storage, which uses it.
 
 from batch_predict import inputs
 from batch_predict import items
