@@ -3,14 +3,18 @@
 `--input` is one of:
 * a glob (`/data/*.png`, `gs://bucket/images/**.jpg`): every matching file;
 * a folder (local, or a `gs://` prefix): every file under it, recursively;
-* one file, which is read as one image or as a list of URIs by a rule on
-  its name, never by guessing from its bytes (`--input_format=auto`): an
-  image extension (`.jpg`, `.png`, `.bmp`, `.webp`, ... see
-  `IMAGE_EXTENSIONS`) makes it one image, even if it turns out corrupt;
-  `.csv` and `.jsonl` are refused (reserved for manifests); any other name
-  is a text list of URIs, one per line (blank lines and lines starting with
-  `#` are skipped; relative paths are relative to the list's folder). The
-  flag `--input_format=image|list` says it outright.
+* one file, which is read as one image, a manifest or a list of URIs by a
+  rule on its name, never by guessing from its bytes
+  (`--input_format=auto`): an image extension (`.jpg`, `.png`, `.bmp`,
+  `.webp`, ... see `IMAGE_EXTENSIONS`) makes it one image, even if it turns
+  out corrupt; `.csv` and `.jsonl` make it a CSV or JSON-lines manifest
+  (manifests.py); any other name is a text list of URIs, one per line
+  (blank lines and lines starting with `#` are skipped; relative paths are
+  relative to the list's folder). The flag
+  `--input_format=image|list|csv|jsonl` says it outright;
+* TFRecord shards: a file or glob whose last part holds `.tfrecord`
+  (`shards/*.tfrecord*`), or any file or glob with `--input_format=
+  tfrecord` (tfrecords.py reads them).
 
 Globs use Beam's semantics: `*` stays within one folder, `**` crosses
 folders. Remote (gs://) globs and folders are listed by Beam's
@@ -60,18 +64,27 @@ from trainer import walk
 GLOB = 'glob'
 URI_LIST = 'uri_list'
 SINGLE_FILE = 'single_file'
+CSV_MANIFEST = 'csv_manifest'
+JSONL_MANIFEST = 'jsonl_manifest'
+MANIFEST_KINDS = (CSV_MANIFEST, JSONL_MANIFEST)
+# TFRecord shards (one file or a glob) of tf.train.Examples: tfrecords.py.
+TFRECORD_SHARDS = 'tfrecord_shards'
 
-# --input_format: how one --input file is read. A later version adds its
-# manifest formats (csv, jsonl, tfrecord) here, with a reader each.
+# --input_format: how one --input file is read.
 AUTO = 'auto'
 IMAGE = 'image'
 LIST = 'list'
-INPUT_FORMATS = (AUTO, IMAGE, LIST)
+CSV = 'csv'
+JSONL = 'jsonl'
+TFRECORD = 'tfrecord'
+INPUT_FORMATS = (AUTO, IMAGE, LIST, CSV, JSONL, TFRECORD)
 IMAGE_EXTENSIONS = frozenset((
     '.jpg', '.jpeg', '.jpe', '.jfif', '.png', '.apng', '.gif', '.bmp', '.dib',
     '.webp', '.tif', '.tiff', '.heic', '.heif', '.avif', '.ico', '.jp2',
     '.j2k', '.jxl', '.psd', '.svg'))
-_MANIFEST_EXTENSIONS = frozenset(('.csv', '.jsonl'))
+_MANIFEST_EXTENSIONS = {'.csv': CSV_MANIFEST, '.jsonl': JSONL_MANIFEST}
+_FORMAT_KINDS = {IMAGE: SINGLE_FILE, LIST: URI_LIST, CSV: CSV_MANIFEST,
+                 JSONL: JSONL_MANIFEST}
 # A URI list's lines lose ASCII whitespace at both ends (and a byte-order
 # mark at the start), nothing else: names may hold U+00A0, U+2028, ...
 _ASCII_WHITESPACE = ' \t\r\n\v\f'
@@ -150,6 +163,8 @@ def resolve_input(path, input_format=AUTO):
   except ValueError as e:
     raise InputError(f'--input: {e}') from e
   is_glob = storage.has_glob(path)
+  if input_format == TFRECORD or (input_format == AUTO and _is_tfrecord(path)):
+    return _tfrecord_source(path, is_glob)
   if is_glob or storage.isdir(path):
     if input_format != AUTO:
       raise InputError(
@@ -163,6 +178,23 @@ def resolve_input(path, input_format=AUTO):
     return InputSource(GLOB, pattern)
   _check_single_file(path)
   return InputSource(_single_file_kind(path, input_format), path)
+
+
+def _is_tfrecord(path):
+  """`*.tfrecord*` names TFRecord shards: `x.tfrecord`, `x.tfrecord.gz`,
+  `x.tfrecords`, `train-*.tfrecord*`, ..."""
+  return '.tfrecord' in storage.basename(path).lower()
+
+
+def _tfrecord_source(path, is_glob):
+  if is_glob:
+    _check_glob_matches(path, 'no files match')
+  elif storage.isdir(path):
+    raise InputError(f'--input={path} is a folder: name its shards, e.g. '
+                     f'--input=\'{storage.join(path, "*.tfrecord*")}\'.')
+  else:
+    _check_single_file(path)
+  return InputSource(TFRECORD_SHARDS, path)
 
 
 def _check_single_file(path):
@@ -184,19 +216,12 @@ def _check_single_file(path):
 
 def _single_file_kind(path, input_format):
   """The one-file rule: the flag if given, else the file name's extension."""
-  if input_format == IMAGE:
-    return SINGLE_FILE
-  if input_format == LIST:
-    return URI_LIST
+  if input_format in _FORMAT_KINDS:
+    return _FORMAT_KINDS[input_format]
   extension = os.path.splitext(storage.basename(path))[1].lower()
   if extension in IMAGE_EXTENSIONS:
     return SINGLE_FILE
-  if extension in _MANIFEST_EXTENSIONS:
-    raise InputError(
-        f'--input={path}: {extension} files are reserved for manifests, '
-        'which this version does not read. For a list of URIs, one per line, '
-        'pass --input_format=list (or name it .txt).')
-  return URI_LIST
+  return _MANIFEST_EXTENSIONS.get(extension, URI_LIST)
 
 
 def _check_glob_matches(pattern, nothing):

@@ -22,6 +22,7 @@ from apache_beam.options import pipeline_options
 from google.api_core import exceptions as gcs_exceptions
 
 from batch_predict import inputs
+from batch_predict import manifests
 from batch_predict import outputs
 from trainer import artifact
 from trainer import errors
@@ -64,13 +65,21 @@ class ScoringOptions(pipeline_options.PipelineOptions):
         '--input_format', default=inputs.AUTO,
         help='How a single --input file is read: auto (by its extension: '
         'an image extension such as .jpg or .png is one image, .csv and '
-        '.jsonl are refused, anything else is a list of URIs), image, or '
-        'list.')
+        '.jsonl a manifest, anything else a list of URIs; a name holding '
+        '.tfrecord is TFRecord shards), image, list, csv, jsonl or tfrecord '
+        '(this one for globs too).')
+    parser.add_argument(
+        '--uri_column', default=manifests.DEFAULT_URI_COLUMN,
+        help='The column of a CSV or JSONL manifest that holds each image\'s '
+        'URI (relative ones start at the manifest\'s folder). A `label` '
+        'column is the true label; every other column comes back unchanged '
+        'in the image\'s record.')
     parser.add_argument(
         '--output',
         help='Output prefix: writes PREFIX-predictions-SSSSS-of-NNNNN.jsonl '
-        'and PREFIX-errors-SSSSS-of-NNNNN.jsonl. A run replaces the shards of '
-        'earlier runs once its own are complete, and deletes nothing else. '
+        'and PREFIX-errors-SSSSS-of-NNNNN.jsonl (.csv, .parquet with '
+        '--output_format). A run replaces the shards of earlier runs (in any '
+        'format) once its own are complete, and deletes nothing else. '
         'Required.')
     parser.add_argument(
         '--break_lease', action='store_true', default=False,
@@ -107,6 +116,13 @@ class ScoringOptions(pipeline_options.PipelineOptions):
         '--progress_interval_secs', type=float, default=30.0,
         help='How often each worker logs how many images it has scored.')
     parser.add_argument(
+        '--output_format', default=outputs.JSONL,
+        help='Format of both outputs: jsonl (JSON lines), csv (a header row; '
+        'top_k as JSON text) or parquet (top_k a list of {label, score}; '
+        'loads into BigQuery with bq load --source_format=PARQUET '
+        '--parquet_enable_list_inference). The shards are named '
+        'PREFIX-predictions-SSSSS-of-NNNNN.FORMAT.')
+    parser.add_argument(
         '--labels_from_folders', action='store_true', default=False,
         help='Label each image with its class folder\'s name, as the '
         'trainer\'s image_folder dataset reads DIR/<class>/...: for a folder '
@@ -137,6 +153,11 @@ class ScoringConfig:
   progress_interval_secs: float
   break_lease: bool = False
   labels_from_folders: bool = False
+  output_format: str = outputs.JSONL
+  # A manifest input's checked header (manifests.Manifest), else None.
+  manifest: object = None
+  # A manifest's own columns, in its order: its records' extra fields.
+  field_names: tuple = ()
   # The label names of a labelled folder input: its sorted class folders
   # (empty when not known before the run).
   label_names: tuple = ()
@@ -238,6 +259,9 @@ def build_config(options, argv=None):
   if numbers['min_batch_size'] is None:  # Fixed-size batches by default.
     numbers['min_batch_size'] = numbers['max_batch_size']
   _check_numbers(numbers)
+  if flags.output_format not in outputs.OUTPUT_FORMATS:
+    raise ConfigError(f'--output_format={flags.output_format}: use one of '
+                      f'{", ".join(outputs.OUTPUT_FORMATS)}.')
   model_dir = _normalize('model_dir', flags.model_dir)
   output = _check_output(_normalize('output', flags.output))
   if is_remote_runner(options):
@@ -247,20 +271,46 @@ def build_config(options, argv=None):
   if flags.top_k > len(labels):
     raise ConfigError(f'--top_k={flags.top_k} is more than the model\'s '
                       f'{len(labels)} classes.')
+  return ScoringConfig(
+      model_dir=model_dir, output=output, labels=labels,
+      break_lease=bool(flags.break_lease), output_format=flags.output_format,
+      evaluate=bool(flags.evaluate), **_check_input(flags), **numbers)
+
+
+def _check_input(flags):
+  """What --input names, its manifest's header and its labels, checked.
+
+  Returns:
+    The ScoringConfig fields `source`, `manifest`, `field_names`,
+    `labels_from_folders` and `label_names`.
+  """
   source = inputs.resolve_input(flags.input, flags.input_format)
   labels_from_folders = bool(flags.labels_from_folders)
   if flags.evaluate and not labels_from_folders and source.kind in (
       inputs.GLOB, inputs.URI_LIST, inputs.SINGLE_FILE):
     raise ConfigError('--evaluate needs labelled inputs: add '
                       '--labels_from_folders (class folders hold the images).')
+  manifest = None
+  if source.kind in inputs.MANIFEST_KINDS:
+    manifest = manifests.read_manifest(
+        source.path, manifests.CSV if source.kind == inputs.CSV_MANIFEST
+        else manifests.JSONL, flags.uri_column)
+  if labels_from_folders and manifest and manifest.has_label:
+    raise ConfigError(f'--labels_from_folders: the manifest {source.path} '
+                      'has a label column already; use one or the other.')
+  if labels_from_folders and source.kind == inputs.TFRECORD_SHARDS:
+    raise ConfigError('--labels_from_folders: TFRecord records carry their '
+                      'own label (image/class/label); leave the flag out.')
+  if flags.evaluate and manifest and not manifest.has_label:
+    raise ConfigError(f'--evaluate needs labelled inputs: the manifest '
+                      f'{source.path} has no label column.')
   root = inputs.folder_root(source)
-  return ScoringConfig(
-      model_dir=model_dir, source=source, output=output, labels=labels,
-      break_lease=bool(flags.break_lease),
-      labels_from_folders=labels_from_folders, evaluate=bool(flags.evaluate),
+  return dict(
+      source=source, manifest=manifest,
+      field_names=manifest.field_names if manifest else (),
+      labels_from_folders=labels_from_folders,
       label_names=(inputs.class_folder_names(root)
-                   if labels_from_folders and root else ()),
-      **numbers)
+                   if labels_from_folders and root else ()))
 
 
 def _normalize(name, path):

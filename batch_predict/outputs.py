@@ -1,9 +1,23 @@
-"""The scoring outputs (Contract 3): records, shard names, and publishing.
+"""The scoring outputs (Contract 3): records, shard formats and names, and
+publishing.
 
 ```
-PREFIX-predictions-SSSSS-of-NNNNN.jsonl  {"uri", "label", "score", "top_k": [{"label", "score"}, ...]}
-PREFIX-errors-SSSSS-of-NNNNN.jsonl       {"uri", "error", "kind"}
+PREFIX-predictions-SSSSS-of-NNNNN.FORMAT  {"uri", "label", "score", "top_k": [{"label", "score"}, ...]}
+PREFIX-errors-SSSSS-of-NNNNN.FORMAT       {"uri", "error", "kind"}
 ```
+
+FORMAT is `--output_format` (`ShardFormat`), the same records in each:
+* `jsonl` (the default): one JSON object a line, as above.
+* `csv`: a header row, then one row a record (RFC 4180 quoting, UTF-8);
+  `top_k` and any value that is not a string as JSON text; a missing value
+  is an empty cell.
+* `parquet`: one file a shard, with a fixed schema (`arrow_schema`) that
+  `bq load --source_format=PARQUET --parquet_enable_list_inference` loads:
+  `score` a double, `top_k` a list of `{label, score}` structs, every other
+  column a string (a manifest's values that are not strings as JSON text).
+CSV and Parquet files have the same columns in every shard (`columns`): the
+record's own, `true_label`, then the manifest's columns; JSON lines hold
+only the fields a record has.
 
 A labelled input (`--labels_from_folders`, a manifest's `label` column, a
 TFRecord's `image/class/label`) adds `"true_label": "<class name>"` to its
@@ -38,25 +52,38 @@ removes the staging folders that killed runs left (`remove_staging_folders`):
 no other run can be writing into them.
 """
 
+import csv
+import io
 import json
 import re
 import uuid
 import zlib
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from trainer import storage
 
 PREDICTIONS = 'predictions'
 ERRORS = 'errors'
 OUTPUT_NAMES = (PREDICTIONS, ERRORS)
+JSONL = 'jsonl'
+CSV = 'csv'
+PARQUET = 'parquet'
+OUTPUT_FORMATS = (JSONL, CSV, PARQUET)
+TRUE_LABEL = 'true_label'
+PREDICTION_COLUMNS = ('uri', 'label', 'score', 'top_k')
+ERROR_COLUMNS = ('uri', 'error', 'kind')
+# Names a manifest column cannot have: the records' own fields.
+RESERVED_COLUMNS = frozenset(PREDICTION_COLUMNS + ERROR_COLUMNS +
+                             (TRUE_LABEL,))
+# Rows per Parquet row group: bounds a shard writer's memory.
+_PARQUET_ROWS_PER_GROUP = 10_000
 _SCORE_DIGITS = 6
 # `storage.open_write` writes a local file as PATH.tmp-HEX and renames it;
 # a killed writer leaves that temporary file behind.
 _TEMPORARY_SUFFIX = r'(\.tmp-[0-9a-f]{32})?'
-
-
-TRUE_LABEL = 'true_label'
 
 
 def prediction_record(uri, probabilities, labels, top_k, fields=(),
@@ -113,9 +140,101 @@ def shard_of(uri, num_shards):
   return zlib.crc32(uri.encode('utf-8')) % num_shards
 
 
-def shard_path(prefix, name, index, num_shards):
+def shard_path(prefix, name, index, num_shards, output_format=JSONL):
   """E.g. `PREFIX-predictions-00003-of-00010.jsonl`."""
-  return f'{prefix}-{name}-{index:05d}-of-{num_shards:05d}.jsonl'
+  return f'{prefix}-{name}-{index:05d}-of-{num_shards:05d}.{output_format}'
+
+
+def columns(name, field_names=()):
+  """The columns of one output's CSV and Parquet shards."""
+  own = PREDICTION_COLUMNS if name == PREDICTIONS else ERROR_COLUMNS
+  return own + (TRUE_LABEL,) + tuple(field_names)
+
+
+def arrow_schema(name, field_names=()):
+  """The Parquet schema of one output: see the module's docstring."""
+  top_k = pa.list_(pa.struct([('label', pa.string()),
+                              ('score', pa.float64())]))
+  types = {'score': pa.float64(), 'top_k': top_k}
+  return pa.schema([(column, types.get(column, pa.string()))
+                    for column in columns(name, field_names)])
+
+
+def _as_text(value):
+  """A CSV cell or Parquet string: strings as they are, None as None, the
+  rest as JSON text."""
+  if value is None or isinstance(value, str):
+    return value
+  return storage.to_json(value, ensure_ascii=False)
+
+
+class ShardFormat:
+  """How the records of one output are encoded and written, in one format.
+
+  `encode` turns a record into a row (run in parallel, before the shuffle
+  that groups a shard's rows); `write` writes a whole shard's rows to a
+  binary file. The CSV and Parquet writers are the `csv` module and
+  pyarrow's `ParquetWriter`, inside this project's own sink (see
+  transforms.py for why not Beam's `WriteToText`/`WriteToParquet`).
+  """
+
+  def __init__(self, output_format, name, field_names=()):
+    if output_format not in OUTPUT_FORMATS:
+      raise ValueError(f'Unknown output format {output_format!r}.')
+    self.output_format = output_format
+    self.name = name
+    self.columns = columns(name, field_names)
+    self._field_names = tuple(field_names)
+
+  def encode(self, record):
+    """A record -> its row: a JSON line, a CSV line, or a tuple of values."""
+    if self.output_format == JSONL:
+      return to_json_line(record)
+    if self.output_format == CSV:
+      text = io.StringIO()
+      csv.writer(text).writerow(
+          ['' if value is None else value for value in
+           (_as_text(record.get(column)) for column in self.columns)])
+      return text.getvalue()
+    return tuple(record.get(column) if column in ('score', 'top_k')
+                 else _as_text(record.get(column))
+                 for column in self.columns)
+
+  def write(self, f, rows):
+    """Writes one shard's rows (None rows skipped) to the binary file `f`."""
+    if self.output_format == PARQUET:
+      self._write_parquet(f, rows)
+      return
+    if self.output_format == CSV:
+      header = io.StringIO()
+      csv.writer(header).writerow(self.columns)
+      f.write(header.getvalue().encode('utf-8'))
+    ending = b'' if self.output_format == CSV else b'\n'
+    for row in rows:
+      if row is not None:
+        f.write(row.encode('utf-8'))
+        f.write(ending)
+
+  def _write_parquet(self, f, rows):
+    schema = arrow_schema(self.name, self._field_names)
+    writer = pq.ParquetWriter(f, schema)
+    chunk = []
+    for row in rows:
+      if row is not None:
+        chunk.append(row)
+      if len(chunk) == _PARQUET_ROWS_PER_GROUP:
+        writer.write_table(_table(chunk, schema))
+        chunk = []
+    if chunk:
+      writer.write_table(_table(chunk, schema))
+    writer.close()  # Writes the footer; `f` stays open (not ours).
+
+
+def _table(rows, schema):
+  by_column = zip(*rows)
+  return pa.table([pa.array(values, field.type)
+                   for values, field in zip(by_column, schema)],
+                  schema=schema)
 
 
 def output_pattern(prefix, name):
@@ -143,7 +262,8 @@ def _shard_name_regex(prefix, names, temporary=False):
   """Matches the file names of this prefix's shards of `names`, exactly."""
   pattern = (f'{re.escape(storage.basename(prefix))}-'
              f'({"|".join(re.escape(name) for name in names)})'
-             r'-\d{5,}-of-\d{5,}\.jsonl')
+             r'-\d{5,}-of-\d{5,}\.'
+             f'({"|".join(OUTPUT_FORMATS)})')
   return re.compile(pattern + (_TEMPORARY_SUFFIX if temporary else ''))
 
 
@@ -157,7 +277,7 @@ def find_shards(prefix, names=OUTPUT_NAMES):
 
   Returns:
     Sorted paths of the files directly in the prefix's folder whose names
-    are exactly `PREFIX-NAME-SSSSS-of-NNNNN.jsonl`.
+    are exactly `PREFIX-NAME-SSSSS-of-NNNNN.FORMAT` (any output format).
   """
   folder = storage.dirname(prefix)
   regex = _shard_name_regex(prefix, names)
@@ -176,7 +296,8 @@ def single_file_path(prefix, suffix):
   return f'{prefix}-{suffix}'
 
 
-def publish(prefix, run_id, staged_paths, names, num_shards, files=()):
+def publish(prefix, run_id, staged_paths, names, num_shards,
+            output_format=JSONL, files=()):
   """Moves a run's staged shards to their final names, then cleans up.
 
   Called once, after every shard of `names` was written to the run's
@@ -189,6 +310,8 @@ def publish(prefix, run_id, staged_paths, names, num_shards, files=()):
     staged_paths: the paths the shard writers reported.
     names: the outputs to publish (OUTPUT_NAMES, or one of them).
     num_shards: shards per output.
+    output_format: the shards' format (names their extension). Shards of
+      this prefix in the other formats are stale too, and removed.
     files: suffixes of single files (EVALUATION_FILES) this run may write:
       each is moved to `single_file_path` if the run staged it; an earlier
       run's copy is deleted if not, so no stale file describes new shards.
@@ -201,7 +324,7 @@ def publish(prefix, run_id, staged_paths, names, num_shards, files=()):
       moved then).
   """
   staging = staging_folder(prefix, run_id)
-  finals = sorted(shard_path(prefix, name, index, num_shards)
+  finals = sorted(shard_path(prefix, name, index, num_shards, output_format)
                   for name in names for index in range(num_shards))
   moves = {storage.join(staging, storage.basename(final)): final
            for final in finals}
@@ -281,7 +404,8 @@ def remove_staging_folders(prefix, run_id=None):
 
 
 def read_records(prefix, name):
-  """Reads every record of one output (for tests, tools and notebooks).
+  """Reads every record of one JSON-lines output (for tests, tools and
+  notebooks).
 
   Records are split on '\\n' only: a URI or label may hold U+2028, U+0085
   or other characters that `str.splitlines` would also break at.
@@ -295,6 +419,8 @@ def read_records(prefix, name):
   """
   records = []
   for path in find_shards(storage.normalize(prefix), (name,)):
+    if not path.endswith('.' + JSONL):
+      continue
     records.extend(json.loads(line)
                    for line in storage.read_text(path).split('\n') if line)
   return records

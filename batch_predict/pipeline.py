@@ -5,7 +5,8 @@ r"""Scores image files with a trained classifier (Contract 3 of DESIGN.md).
       --output=/tmp/mnist_sample/scores/mnist
 
 writes PREFIX-predictions-*.jsonl ({"uri", "label", "score", "top_k"}) and
-PREFIX-errors-*.jsonl ({"uri", "error", "kind"}): every input in exactly one.
+PREFIX-errors-*.jsonl ({"uri", "error", "kind"}): every input in exactly one
+(`--output_format=csv|parquet` for CSV or Parquet shards of the same records).
 DirectRunner by default; add `--runner=DataflowRunner --project=... \
 --region=... --temp_location=gs://... --setup_file=./setup.py` for Dataflow,
 and `--dry_run=True` to check a command without scoring or submitting.
@@ -56,7 +57,7 @@ def build_pipeline(pipeline, config):
   classified = (
       pipeline
       | 'ListImages' >> transforms.ListImages(
-          config.source, config.labels_from_folders)
+          config.source, config.labels_from_folders, config.manifest)
       | 'ClassifyImages' >> transforms.ClassifyImages(
           handler, config.labels, top_k=config.top_k,
           max_file_bytes=config.max_file_bytes,
@@ -67,9 +68,10 @@ def build_pipeline(pipeline, config):
   staged = (
       predictions | 'WritePredictions' >> transforms.WriteShards(
           config.output, outputs.PREDICTIONS, config.num_shards,
-          config.run_id),
+          config.run_id, config.output_format, config.field_names),
       error_records | 'WriteErrors' >> transforms.WriteShards(
-          config.output, outputs.ERRORS, config.num_shards, config.run_id))
+          config.output, outputs.ERRORS, config.num_shards, config.run_id,
+          config.output_format, config.field_names))
   if config.evaluate:
     staged += ((classified[2], error_records) | 'Evaluate' >>
                evaluation.Evaluate(config.labels, config.output,
@@ -78,7 +80,7 @@ def build_pipeline(pipeline, config):
   # earlier run's, which would describe other predictions.
   _ = staged | 'PublishOutputs' >> transforms.PublishOutputs(
       config.output, config.run_id, outputs.OUTPUT_NAMES, config.num_shards,
-      outputs.EVALUATION_FILES)
+      config.output_format, files=outputs.EVALUATION_FILES)
   return predictions, error_records
 
 
@@ -100,7 +102,7 @@ def summarize(result):
   return totals
 
 
-def _log_summary(totals, output):
+def _log_summary(totals, output, output_format):
   by_kind = {name[len('errors_'):]: value for name, value in totals.items()
              if name.startswith('errors_') and value}
   details = ', '.join(f'{kind}: {count}' for kind, count in sorted(
@@ -109,8 +111,9 @@ def _log_summary(totals, output):
       'Scored %d images; %d errors%s; %d bytes read. Outputs: %s and %s.',
       totals.get('images_scored', 0), sum(by_kind.values()),
       f' ({details})' if details else '', totals.get('bytes_read', 0),
-      outputs.output_pattern(output, outputs.PREDICTIONS) + '.jsonl',
-      outputs.output_pattern(output, outputs.ERRORS) + '.jsonl')
+      outputs.output_pattern(output, outputs.PREDICTIONS) + '.' +
+      output_format,
+      outputs.output_pattern(output, outputs.ERRORS) + '.' + output_format)
 
 
 def _create_pipeline(options):
@@ -158,7 +161,7 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
     outputs.remove_staging_folders(config.output)
     build_pipeline(pipeline, config)
     result = _run_and_publish(pipeline, config, lease)
-  _log_summary(summarize(result), config.output)
+  _log_summary(summarize(result), config.output, config.output_format)
   return result
 
 

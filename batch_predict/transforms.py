@@ -45,6 +45,12 @@ The sink is written here rather than taken from Beam's
   collected with a combiner, as Beam's own finalisation collects its
   writers' results), with single-object requests on GCS, and it deletes
   only exact shard names of this prefix (`outputs.publish`).
+* The same holds for `WriteToParquet` (a `FileBasedSink` like
+  WriteToText: the same finalisation and batch renames) and for a CSV
+  written with WriteToText's `header=`. So `--output_format=csv|parquet`
+  shards go through this sink too, staged and published like JSON lines;
+  only the encoding differs (`outputs.ShardFormat`: the `csv` module, and
+  pyarrow's `ParquetWriter`, which WriteToParquet itself writes with).
 """
 
 import contextlib
@@ -60,8 +66,10 @@ import numpy as np
 from batch_predict import image_header
 from batch_predict import inputs
 from batch_predict import items
+from batch_predict import manifests
 from batch_predict import model_handler
 from batch_predict import outputs
+from batch_predict import tfrecords
 from trainer import errors
 from trainer import storage
 
@@ -136,6 +144,39 @@ def _list_local(pattern):
       yield items.Item(entry)
 
 
+def _manifest_rows(element, manifest):
+  offset, line = element
+  try:
+    item = manifests.parse_row(manifest, offset, line)
+  except errors.UserError as e:
+    yield outputs.error_record(e.uri, e.kind, str(e), getattr(e, 'fields', ()))
+    return
+  if item is not None:
+    yield item
+
+
+class _ReadShardFn(beam.DoFn):
+  """A TFRecord shard's path -> an Item (with its bytes) per record, or the
+  error record of a bad one."""
+
+  def __init__(self):
+    super().__init__()
+    self._example_class = None
+
+  def setup(self):
+    # TensorFlow's protobuf class, imported where shards are read only.
+    from tensorflow.core.example import example_pb2  # pylint: disable=g-import-not-at-top
+    self._example_class = example_pb2.Example
+
+  def process(self, shard):
+    for entry in tfrecords.shard_items(shard, self._example_class):
+      if isinstance(entry, errors.UserError):
+        yield outputs.error_record(entry.uri, entry.kind, str(entry), (),
+                                   getattr(entry, 'label', None))
+      else:
+        yield entry
+
+
 def _with_folder_label(element, root):
   if not isinstance(element, items.Item):
     return element  # An error record from the listing.
@@ -143,24 +184,28 @@ def _with_folder_label(element, root):
 
 
 class ListImages(beam.PTransform):
-  """PBegin -> an `items.Item` for every input named by `--input`.
+  """PBegin -> an `items.Item` for every input named by `--input`: a file
+  of a glob or folder, a line of a URI list, a manifest's row
+  (manifests.py), a TFRecord's record (tfrecords.py, with its bytes).
 
   An entry that cannot be carried on as a URI (a name that is not UTF-8, a
   folder that cannot be listed, a symlink loop) arrives as its error record
   (a dict) instead; `ReadImages` passes those on to the errors.
   """
 
-  def __init__(self, source, labels_from_folders=False):
+  def __init__(self, source, labels_from_folders=False, manifest=None):
     """Lists an input.
 
     Args:
       source: an `inputs.InputSource`.
       labels_from_folders: label each item with its class folder's name
         (`inputs.folder_label`).
+      manifest: the `manifests.Manifest` of a manifest source.
     """
     super().__init__()
     self._source = source
     self._labels_from_folders = labels_from_folders
+    self._manifest = manifest
 
   def expand(self, pbegin):
     listed = self._list(pbegin)
@@ -191,6 +236,19 @@ class ListImages(beam.PTransform):
                                              storage.dirname(path)))
     if kind == inputs.SINGLE_FILE:
       return pbegin | 'OneFile' >> beam.Create([items.Item(path)])
+    if kind == inputs.TFRECORD_SHARDS:
+      # One shard per worker at a time; ReadImages then spreads the records.
+      return (pbegin
+              | 'MatchShards' >> fileio.MatchFiles(path)
+              | 'ShardPaths' >> beam.Map(lambda metadata: metadata.path)
+              | 'SpreadShards' >> beam.Reshuffle()
+              | 'ReadShards' >> beam.ParDo(_ReadShardFn()))
+    if kind in inputs.MANIFEST_KINDS:
+      # Split at byte offsets and read in parallel, as ReadFromText reads.
+      return (pbegin
+              | 'ReadManifest' >> beam.io.Read(
+                  manifests.ManifestSource(path))
+              | 'ParseRows' >> beam.FlatMap(_manifest_rows, self._manifest))
     raise ValueError(f'Unknown input kind {kind!r}.')
 
 
@@ -460,28 +518,26 @@ def holding_lease(lease):
 
 
 class _WriteShardFn(beam.DoFn):
-  """(shard index, JSON lines) -> writes the whole shard into the staging
-  folder; yields its path."""
+  """(shard index, rows) -> writes the whole shard into the staging folder;
+  yields its path."""
 
-  def __init__(self, prefix, name, num_shards, run_id):
+  def __init__(self, prefix, shard_format, num_shards, run_id):
     super().__init__()
     self._prefix = prefix
-    self._name = name
+    self._format = shard_format
     self._num_shards = num_shards
     self._staging = outputs.staging_folder(prefix, run_id)
 
   def process(self, element):
-    index, lines = element
-    final = outputs.shard_path(self._prefix, self._name, index,
-                               self._num_shards)
+    index, rows = element
+    final = outputs.shard_path(self._prefix, self._format.name, index,
+                               self._num_shards, self._format.output_format)
     path = storage.join(self._staging, storage.basename(final))
     # Written to a temporary file and moved (or uploaded) whole, so a
-    # retried bundle or a killed worker never leaves half a shard.
+    # retried bundle or a killed worker never leaves half a shard. None is
+    # the placeholder row that makes empty shards.
     with storage.open_write(path) as f:
-      for line in lines:
-        if line is not None:  # The placeholder that makes empty shards.
-          f.write(line.encode('utf-8'))
-          f.write(b'\n')
+      self._format.write(f, rows)
     yield path
 
 
@@ -491,36 +547,52 @@ class WriteShards(beam.PTransform):
   Returns the PCollection of the staged paths (`--num_shards` of them).
   """
 
-  def __init__(self, prefix, name, num_shards, run_id):
+  def __init__(self, prefix, name, num_shards, run_id,
+               output_format=outputs.JSONL, field_names=()):
+    """Stages one output.
+
+    Args:
+      prefix: the `--output` prefix.
+      name: outputs.PREDICTIONS or outputs.ERRORS.
+      num_shards: shards per output.
+      run_id: names the staging folder.
+      output_format: one of outputs.OUTPUT_FORMATS.
+      field_names: the manifest's columns (CSV and Parquet columns).
+    """
     super().__init__()
     self._prefix = prefix
-    self._name = name
+    self._format = outputs.ShardFormat(output_format, name, field_names)
     self._num_shards = num_shards
     self._run_id = run_id
 
   def expand(self, records):
     num_shards = self._num_shards
+    encode = self._format.encode
+    # Rows are encoded here, in parallel, before the shuffle (which then
+    # moves compact rows rather than dicts).
     keyed = records | 'KeyByShard' >> beam.Map(
         lambda record: (outputs.shard_of(record['uri'], num_shards),
-                        outputs.to_json_line(record)))
+                        encode(record)))
     every_shard = records.pipeline | 'EveryShard' >> beam.Create(
         [(index, None) for index in range(num_shards)])
     return ((keyed, every_shard)
             | 'AddEmptyShards' >> beam.Flatten()
             | 'GroupByShard' >> beam.GroupByKey()
             | 'WriteShards' >> beam.ParDo(_WriteShardFn(
-                self._prefix, self._name, num_shards, self._run_id)))
+                self._prefix, self._format, num_shards, self._run_id)))
 
 
 class _PublishFn(beam.DoFn):
   """[every staged path] -> moves them to their final names; yields those."""
 
-  def __init__(self, prefix, run_id, names, num_shards, files=()):
+  def __init__(self, prefix, run_id, names, num_shards,
+               output_format=outputs.JSONL, files=()):
     super().__init__()
     self._prefix = prefix
     self._run_id = run_id
     self._names = tuple(names)
     self._num_shards = num_shards
+    self._output_format = output_format
     self._files = tuple(files)
 
   def process(self, staged_paths):
@@ -528,7 +600,8 @@ class _PublishFn(beam.DoFn):
     if held is not None:
       held.check()  # Taken over by another scorer: publish nothing.
     yield from outputs.publish(self._prefix, self._run_id, staged_paths,
-                               self._names, self._num_shards, self._files)
+                               self._names, self._num_shards,
+                               self._output_format, self._files)
 
 
 class PublishOutputs(beam.PTransform):
@@ -541,12 +614,14 @@ class PublishOutputs(beam.PTransform):
   them when staged, removed when not.
   """
 
-  def __init__(self, prefix, run_id, names, num_shards, files=()):
+  def __init__(self, prefix, run_id, names, num_shards,
+               output_format=outputs.JSONL, files=()):
     super().__init__()
     self._prefix = prefix
     self._run_id = run_id
     self._names = tuple(names)
     self._num_shards = num_shards
+    self._output_format = output_format
     self._files = tuple(files)
 
   def expand(self, staged):
@@ -555,26 +630,31 @@ class PublishOutputs(beam.PTransform):
             | 'CollectStaged' >> beam.combiners.ToList()
             | 'Publish' >> beam.ParDo(_PublishFn(
                 self._prefix, self._run_id, self._names, self._num_shards,
-                self._files)))
+                self._output_format, self._files)))
 
 
 class WriteRecords(beam.PTransform):
-  """Records -> `PREFIX-NAME-SSSSS-of-NNNNN.jsonl` files of one output.
+  """Records -> `PREFIX-NAME-SSSSS-of-NNNNN.FORMAT` files of one output.
 
   Stages every shard, then publishes them (`WriteShards`, `PublishOutputs`).
   The scoring pipeline stages both outputs and publishes them together;
   this is the same for one output. Returns the published paths.
   """
 
-  def __init__(self, prefix, name, num_shards, run_id=None):
+  def __init__(self, prefix, name, num_shards, run_id=None,
+               output_format=outputs.JSONL, field_names=()):
     super().__init__()
     self._prefix = prefix
     self._name = name
     self._num_shards = num_shards
     self._run_id = run_id or outputs.new_run_id()
+    self._output_format = output_format
+    self._field_names = tuple(field_names)
 
   def expand(self, records):
     staged = records | 'Stage' >> WriteShards(
-        self._prefix, self._name, self._num_shards, self._run_id)
+        self._prefix, self._name, self._num_shards, self._run_id,
+        self._output_format, self._field_names)
     return (staged,) | 'Publish' >> PublishOutputs(
-        self._prefix, self._run_id, (self._name,), self._num_shards)
+        self._prefix, self._run_id, (self._name,), self._num_shards,
+        self._output_format)

@@ -243,17 +243,21 @@ def test_one_file_is_an_image_or_a_list_by_its_extension(tmp_path):
                                                         listing)
   assert inputs.resolve_input(corrupt, inputs.LIST) == (inputs.URI_LIST,
                                                        corrupt)
-  for extension in ('csv', 'jsonl'):
+  for extension, kind in (('CSV', inputs.CSV_MANIFEST),
+                          ('jsonl', inputs.JSONL_MANIFEST)):
     manifest = _write(str(tmp_path / f'manifest.{extension}'), b'uri\n')
-    with pytest.raises(inputs.InputError, match='--input_format=list'):
-      inputs.resolve_input(manifest)
+    assert inputs.resolve_input(manifest) == (kind, manifest)
     assert inputs.resolve_input(manifest, inputs.LIST).kind == inputs.URI_LIST
+  assert inputs.resolve_input(bare, inputs.CSV).kind == inputs.CSV_MANIFEST
+  assert inputs.resolve_input(bare, inputs.JSONL).kind == (
+      inputs.JSONL_MANIFEST)
 
 
 def test_input_format_must_fit_the_input(tmp_path):
   image = _write(str(tmp_path / 'images' / 'a.png'))
-  with pytest.raises(inputs.InputError, match='use one of auto, image, list'):
-    inputs.resolve_input(image, 'csv')
+  with pytest.raises(inputs.InputError,
+                     match='use one of auto, image, list, csv, jsonl'):
+    inputs.resolve_input(image, 'xml')
   with pytest.raises(inputs.InputError, match='is a folder'):
     inputs.resolve_input(str(tmp_path / 'images'), inputs.LIST)
   with pytest.raises(inputs.InputError, match='is a glob'):

@@ -59,3 +59,18 @@ def test_checking_the_options_leaves_them_as_they_were(trained_export,
   assert not options_lib.is_remote_runner(options)
   assert options_lib.is_remote_runner(pipeline_options.PipelineOptions(
       ['--runner=apache_beam.runners.dataflow.DataflowRunner']))
+
+
+def test_labels_from_folders_names_the_class_folders_of_a_folder_input(
+    trained_export, tmp_path):
+  for name in ('zebra/a.png', 'ant/b.png'):
+    (tmp_path / 'images' / name).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / 'images' / name).write_bytes(b'x')
+  argv = [f'--model_dir={trained_export}', f'--input={tmp_path / "images"}',
+          f'--output={tmp_path / "run"}', '--labels_from_folders',
+          '--output_format=csv']
+  config = options_lib.build_config(pipeline_options.PipelineOptions(argv),
+                                    argv)
+  assert config.labels_from_folders
+  assert config.label_names == ('ant', 'zebra')
+  assert config.output_format == 'csv'

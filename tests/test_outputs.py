@@ -6,9 +6,12 @@ import subprocess
 import sys
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from batch_predict import outputs
+from tests.helpers import records as record_files
 from trainer import storage
 
 
@@ -206,3 +209,91 @@ def test_read_records_splits_on_newlines_only(tmp_path):
   _put(str(tmp_path / 'run-errors-notes.txt'), 'not json\n')
   assert [r['uri'] for r in outputs.read_records(prefix, outputs.ERRORS)] == (
       uris)
+
+
+def _mixed_records():
+  fields = (('id', 'row, "7"\nsecond line'), ('note', 'café'))
+  return [
+      outputs.prediction_record('/a/1.png', [0.7, 0.2, 0.1], ['x', 'y', 'z'],
+                                2, fields, 'x'),
+      outputs.prediction_record('/a/2.png', [0.1, 0.2, 0.7], ['x', 'y', 'z'],
+                                3),
+  ]
+
+
+@pytest.mark.parametrize('output_format', [outputs.CSV, outputs.PARQUET])
+def test_csv_and_parquet_shards_read_back_as_the_json_records(
+    tmp_path, output_format):
+  records = _mixed_records()
+  shard_format = outputs.ShardFormat(output_format, outputs.PREDICTIONS,
+                                     ('id', 'note'))
+  path = str(tmp_path / f'shard.{output_format}')
+  with open(path, 'wb') as f:
+    shard_format.write(f, [shard_format.encode(r) for r in records] + [None])
+  # Through JSON, as the JSON-lines output holds them.
+  assert record_files.read_shard(path) == [
+      json.loads(outputs.to_json_line(r)) for r in records]
+  assert shard_format.columns == ('uri', 'label', 'score', 'top_k',
+                                  'true_label', 'id', 'note')
+
+
+@pytest.mark.parametrize('output_format', outputs.OUTPUT_FORMATS)
+def test_an_empty_shard_is_a_valid_file_of_its_format(tmp_path,
+                                                      output_format):
+  path = str(tmp_path / f'empty.{output_format}')
+  shard_format = outputs.ShardFormat(output_format, outputs.ERRORS, ('id',))
+  with open(path, 'wb') as f:
+    shard_format.write(f, [None])
+  assert record_files.read_shard(path) == []
+  if output_format == outputs.PARQUET:
+    assert pq.read_schema(path).names == ['uri', 'error', 'kind',
+                                          'true_label', 'id']
+
+
+def test_the_parquet_schema_is_what_bigquery_loads():
+  schema = outputs.arrow_schema(outputs.PREDICTIONS, ('id',))
+  assert schema.field('score').type == pa.float64()
+  top_k = schema.field('top_k').type
+  assert pa.types.is_list(top_k) and pa.types.is_struct(top_k.value_type)
+  assert [f.name for f in top_k.value_type] == ['label', 'score']
+  assert all(schema.field(name).type == pa.string()
+             for name in ('uri', 'label', 'true_label', 'id'))
+
+
+def test_manifest_values_that_are_not_strings_are_json_text_in_csv(tmp_path):
+  record = outputs.error_record('u', 'not_found', 'gone',
+                                (('n', 3), ('tags', ['a']), ('none', None)))
+  shard_format = outputs.ShardFormat(outputs.CSV, outputs.ERRORS,
+                                     ('n', 'tags', 'none'))
+  assert shard_format.encode(record) == 'u,gone,not_found,,3,"[""a""]",\r\n'
+
+
+def test_publish_removes_this_prefixs_shards_of_other_formats(tmp_path):
+  prefix = str(tmp_path / 'run')
+  for name in ('run-predictions-00000-of-00001.jsonl',
+               'run-errors-00000-of-00001.csv', 'run-predictions.parquet'):
+    _put(str(tmp_path / name))
+  staging = outputs.staging_folder(prefix, 'c' * 32)
+  staged = []
+  for name in outputs.OUTPUT_NAMES:
+    staged.append(storage.join(staging, storage.basename(outputs.shard_path(
+        prefix, name, 0, 1, outputs.PARQUET))))
+    _put(staged[-1])
+  finals = outputs.publish(prefix, 'c' * 32, staged, outputs.OUTPUT_NAMES, 1,
+                           outputs.PARQUET)
+  assert sorted(os.listdir(tmp_path)) == sorted(
+      [os.path.basename(p) for p in finals] + ['run-predictions.parquet'])
+  assert all(p.endswith('.parquet') for p in finals)
+
+
+def test_a_large_parquet_shard_is_written_in_row_groups(tmp_path,
+                                                        monkeypatch):
+  monkeypatch.setattr(outputs, '_PARQUET_ROWS_PER_GROUP', 2)
+  records = [outputs.error_record(f'/a/{i}.png', 'not_found', 'gone')
+             for i in range(5)]
+  shard_format = outputs.ShardFormat(outputs.PARQUET, outputs.ERRORS)
+  path = str(tmp_path / 'errors.parquet')
+  with open(path, 'wb') as f:
+    shard_format.write(f, [None] + [shard_format.encode(r) for r in records])
+  assert pq.ParquetFile(path).num_row_groups == 3
+  assert record_files.read_shard(path) == records

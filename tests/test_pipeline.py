@@ -26,12 +26,14 @@ from batch_predict import pipeline
 from tests import helpers
 from tests.helpers import image_files
 from tests.helpers import processes
+from tests.helpers import records as record_files
 from trainer import artifact
 from trainer import errors as errors_lib
 from trainer import lease as lease_lib
 from trainer.data import samples
 from trainer import storage
 from trainer.data import idx
+from trainer.data import tfrecords
 
 
 def _uris(records):
@@ -105,6 +107,7 @@ def test_scores_one_image_file(trained_export, tmp_path):
   assert _uris(outputs.read_records(prefix, outputs.PREDICTIONS)) == [path]
 
 
+@pytest.mark.slow
 def test_labels_from_folders_put_each_class_folder_in_its_records(
     trained_export, tmp_path):
   images = tmp_path / 'images'
@@ -125,6 +128,46 @@ def test_labels_from_folders_put_each_class_folder_in_its_records(
              for r in predictions)
   error, = outputs.read_records(prefix, outputs.ERRORS)
   assert error['true_label'] == 'seven'
+
+
+def test_a_csv_manifest_scores_into_parquet_with_its_columns(
+    trained_export, tmp_path):
+  paths = _write_digits(str(tmp_path / 'images'), 3)
+  manifest = tmp_path / 'manifest.csv'
+  manifest.write_text(
+      'shop,path,label\n' +
+      ''.join(f'north {i},images/{os.path.basename(p)},{p[-5]}\n'
+              for i, p in enumerate(paths)) +
+      'south,images/gone.png,3\nbroken row\n')
+  prefix = str(tmp_path / 'scores' / 'table')
+  pipeline.run([f'--model_dir={trained_export}', f'--input={manifest}',
+                '--uri_column=path', f'--output={prefix}', '--num_shards=2',
+                '--output_format=parquet'],
+               test_pipeline=test_pipeline.TestPipeline())
+  predictions, shards = record_files.read_output(
+      prefix, outputs.PREDICTIONS, outputs.PARQUET)
+  assert len(shards) == 2
+  assert sorted((r['uri'], r['shop'], r['true_label']) for r in predictions) == [
+      (p, f'north {i}', p[-5]) for i, p in enumerate(paths)]
+  errors, _ = record_files.read_output(prefix, outputs.ERRORS,
+                                       outputs.PARQUET)
+  assert sorted((r['kind'], r.get('shop')) for r in errors) == [
+      (errors_lib.BAD_MANIFEST_ROW, None), (errors_lib.NOT_FOUND, 'south')]
+  schema = record_files.pq.read_schema(shards[0])
+  assert schema.names == ['uri', 'label', 'score', 'top_k', 'true_label',
+                          'shop']
+
+
+def test_a_manifest_column_named_like_an_output_field_is_refused(
+    trained_export, tmp_path, earlier_output):
+  manifest = tmp_path / 'manifest.jsonl'
+  manifest.write_text('{"uri": "a.png", "score": 0.5}\n')
+  with pytest.raises(errors_lib.UserError, match='score would collide') as e:
+    pipeline.run([f'--model_dir={trained_export}', f'--input={manifest}',
+                  f'--output={tmp_path / "scores" / "run"}'])
+  assert '\n' not in str(e.value)
+  assert earlier_output.read_text() == '{"uri": "kept"}\n'
+  assert os.listdir(earlier_output.parent) == [earlier_output.name]
 
 
 def test_gcs_end_to_end_model_images_and_outputs_in_buckets(
@@ -157,6 +200,59 @@ def test_gcs_end_to_end_model_images_and_outputs_in_buckets(
   assert kinds == {os.path.basename(u): kind for u, (kind, _) in bad.items()}
 
 
+@pytest.mark.slow
+def test_gcs_manifest_and_tfrecord_inputs_end_to_end(
+    gcs_server, beam_gcs_anonymous, trained_export, tmp_path):
+  paths = _write_digits(str(tmp_path / 'images'), 3)
+  storage.upload_tree(trained_export, 'gs://test-bucket/job/export')
+  storage.upload_tree(str(tmp_path / 'images'), 'gs://test-bucket/data/images')
+  names = [os.path.basename(p) for p in paths]
+  # A CSV manifest with relative URIs (from its folder), an id and a bad row.
+  storage.write_text('gs://test-bucket/data/manifest.csv', 'id,uri\n' + ''.join(
+      f'{i},images/{name}\n' for i, name in enumerate(names)) + '9\n')
+  pipeline.run(['--model_dir=gs://test-bucket/job/export',
+                '--input=gs://test-bucket/data/manifest.csv',
+                '--output=gs://test-bucket/scores/table', '--num_shards=2',
+                '--output_format=parquet'])
+  predictions, shards = record_files.read_output(
+      'gs://test-bucket/scores/table', outputs.PREDICTIONS, outputs.PARQUET)
+  assert len(shards) == 2
+  by_uri = {r['uri']: r for r in predictions}
+  assert {uri: r['id'] for uri, r in by_uri.items()} == {
+      f'gs://test-bucket/data/images/{name}': str(i)
+      for i, name in enumerate(names)}
+  error, = record_files.read_output('gs://test-bucket/scores/table',
+                                    outputs.ERRORS, outputs.PARQUET)[0]
+  assert error['kind'] == errors_lib.BAD_MANIFEST_ROW
+  assert error['uri'] == 'gs://test-bucket/data/manifest.csv#byte=' + str(
+      len('id,uri\n') + sum(len(f'{i},images/{n}\n')
+                            for i, n in enumerate(names)))
+  # The same images as gzipped TFRecord shards, and one bad record.
+  shard = str(tmp_path / 'shard-0.tfrecord.gz')
+  with tf.io.TFRecordWriter(shard, 'GZIP') as writer:
+    for path in paths:
+      with open(path, 'rb') as f:
+        writer.write(tfrecords.make_example(
+            f.read(), 0, 'x', os.path.basename(path)).SerializeToString())
+    writer.write(b'not an example')
+  storage.write_bytes('gs://test-bucket/shards/shard-0.tfrecord.gz',
+                      storage.read_bytes(shard))
+  pipeline.run(['--model_dir=gs://test-bucket/job/export',
+                "--input=gs://test-bucket/shards/*.tfrecord*",
+                '--output=gs://test-bucket/scores/records', '--num_shards=1',
+                '--output_format=csv'])
+  from_records, _ = record_files.read_output(
+      'gs://test-bucket/scores/records', outputs.PREDICTIONS, outputs.CSV)
+  assert {r['uri']: (r['label'], r['score']) for r in from_records} == {
+      os.path.basename(uri): (r['label'], r['score'])
+      for uri, r in by_uri.items()}
+  assert all(r['true_label'] == 'x' for r in from_records)
+  bad, = record_files.read_output('gs://test-bucket/scores/records',
+                                  outputs.ERRORS, outputs.CSV)[0]
+  assert (bad['uri'], bad['kind']) == (
+      'gs://test-bucket/shards/shard-0.tfrecord.gz#3', errors_lib.BAD_RECORD)
+
+
 # --------------------------------------------------------------------------
 # Bad options fail before any work.
 
@@ -182,6 +278,8 @@ def earlier_output(tmp_path):
     (['--input=IMAGES/*.jpg'], inputs.InputError, 'no files match'),
     (['--model_dir=MISSING'], artifact.ArtifactError, 'no such model'),
     (['--dry_run=maybe'], options_lib.ConfigError, '--dry_run=True or False'),
+    (['--output_format=xlsx'], options_lib.ConfigError,
+     'use one of jsonl, csv, parquet'),
     (['--runner=DataflowRunner', '--project=p', '--region=r',
       '--temp_location=gs://b/tmp', '--setup_file=./setup.py'],
      options_lib.ConfigError, 'Dataflow workers cannot read local paths'),
@@ -275,7 +373,9 @@ def test_rerun_after_kill_9_leaves_complete_outputs_without_duplicates(
   inputs_all = sorted(images + [str(tmp_path / 'images' / 'empty.png')])
   out = tmp_path / 'scores'
   out.mkdir()
-  # An earlier run's outputs (another --num_shards) and a user's file.
+  # An earlier run's outputs (JSON lines, another --num_shards) and a
+  # user's file; this run writes Parquet (the sink is the same for every
+  # format, only the encoding differs).
   earlier = {name: b'{"uri": "earlier"}\n' for name in _shard_names('run', 7)}
   earlier['run-predictions-notes.txt'] = b'notes\n'
   for name, content in earlier.items():
@@ -284,7 +384,8 @@ def test_rerun_after_kill_9_leaves_complete_outputs_without_duplicates(
   # half-way by the kill.
   command = [sys.executable, '-m', 'batch_predict.pipeline',
              f'--model_dir={trained_export}', f'--input={tmp_path / "images"}',
-             f'--output={out / "run"}', '--num_shards=300']
+             f'--output={out / "run"}', '--num_shards=300',
+             '--output_format=parquet']
   env = dict(os.environ, PYTHONPATH=helpers.REPO, TF_CPP_MIN_LOG_LEVEL='2')
 
   def staged():
@@ -313,11 +414,13 @@ def test_rerun_after_kill_9_leaves_complete_outputs_without_duplicates(
   names = sorted(os.listdir(out))
   # No leftovers: neither the killed run's staging folder, nor the earlier
   # run's shards, nor the lease; the user's file stays.
-  assert names == sorted(_shard_names('run', 300) |
+  assert names == sorted(_shard_names('run', 300, outputs.PARQUET) |
                          {'run-predictions-notes.txt'})
   assert (out / 'run-predictions-notes.txt').read_bytes() == b'notes\n'
-  predictions = outputs.read_records(str(out / 'run'), outputs.PREDICTIONS)
-  errors = outputs.read_records(str(out / 'run'), outputs.ERRORS)
+  predictions, _ = record_files.read_output(
+      str(out / 'run'), outputs.PREDICTIONS, outputs.PARQUET)
+  errors, _ = record_files.read_output(str(out / 'run'), outputs.ERRORS,
+                                       outputs.PARQUET)
   assert sorted(_uris(predictions) + _uris(errors)) == inputs_all
   assert _uris(errors) == [str(tmp_path / 'images' / 'empty.png')]
 
@@ -420,9 +523,9 @@ def _snapshot(folder):
   return found
 
 
-def _shard_names(basename, num_shards):
+def _shard_names(basename, num_shards, output_format=outputs.JSONL):
   return {os.path.basename(outputs.shard_path(basename, name, index,
-                                              num_shards))
+                                              num_shards, output_format))
           for name in outputs.OUTPUT_NAMES for index in range(num_shards)}
 
 

@@ -123,13 +123,13 @@ def test_the_report_is_published_with_the_shards_and_a_stale_one_removed(
   storage.write_text(report, '{}')
   published = outputs.publish(prefix, 'a' * 32, staged + [report],
                               outputs.OUTPUT_NAMES, 1,
-                              outputs.EVALUATION_FILES)
+                              files=outputs.EVALUATION_FILES)
   assert f'{prefix}-evaluation.json' in published
   assert not os.path.exists(staging)
   # The next run evaluates nothing: the old report goes with the old shards.
   _, staged = _stage_shards(prefix, 'b' * 32)
   outputs.publish(prefix, 'b' * 32, staged, outputs.OUTPUT_NAMES, 1,
-                  outputs.EVALUATION_FILES)
+                  files=outputs.EVALUATION_FILES)
   assert sorted(os.listdir(tmp_path)) == ['scores-errors-00000-of-00001.jsonl',
                                           'scores-predictions-00000-of-00001.'
                                           'jsonl']

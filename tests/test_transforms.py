@@ -22,6 +22,7 @@ from batch_predict import outputs
 from batch_predict import transforms
 from tests.helpers import fakes
 from tests.helpers import image_files
+from tests.helpers import records as record_files
 from trainer import errors as errors_lib
 from trainer import lease as lease_lib
 
@@ -299,6 +300,32 @@ def _write(prefix, records, num_shards):
     util.assert_that(paths, util.equal_to([
         outputs.shard_path(prefix, outputs.ERRORS, i, num_shards)
         for i in range(num_shards)]))
+
+
+def test_csv_and_parquet_outputs_hold_the_json_records_in_their_shards(
+    tmp_path):
+  fields = (('id', 'a,"b"\nc'), ('region', 'eu'))
+  records = [outputs.prediction_record(
+      f'/images/{i}.png', np.eye(3)[i % 3] * 0.5 + 0.1, ['x', 'y', 'z'], 2,
+      fields if i % 2 else (), 'y' if i % 3 else None) for i in range(12)]
+  as_json = [json.loads(outputs.to_json_line(r)) for r in records]
+  prefixes = {f: str(tmp_path / f / 'run')
+              for f in (outputs.CSV, outputs.PARQUET)}
+  with test_pipeline.TestPipeline() as pipeline:
+    created = pipeline | beam.Create(records)
+    for output_format, prefix in prefixes.items():
+      _ = created | f'Write{output_format}' >> transforms.WriteRecords(
+          prefix, outputs.PREDICTIONS, 3, output_format=output_format,
+          field_names=('id', 'region'))
+  for output_format, prefix in prefixes.items():
+    read, paths = record_files.read_output(prefix, outputs.PREDICTIONS,
+                                           output_format)
+    assert [os.path.basename(p) for p in paths] == [
+        f'run-predictions-0000{i}-of-00003.{output_format}' for i in range(3)]
+    assert record_files.by_uri(read) == record_files.by_uri(as_json)
+    for index, path in enumerate(paths):  # The same shards as JSON lines.
+      assert all(outputs.shard_of(r['uri'], 3) == index
+                 for r in record_files.read_shard(path))
 
 
 def test_write_records_writes_every_shard_whole_and_rewrites_on_rerun(

@@ -79,3 +79,9 @@ SCORING_KINDS = ENTRY_KINDS + (INVALID_URI, FILE_TOO_LARGE) + HEADER_KINDS + (
 # A file of an image folder whose extension is not an image's: left out
 # quietly by the trainer.
 OTHER_EXTENSION = 'other_extension'
+
+# A scorer manifest's row that cannot be an input (batch_predict/manifests.py),
+# and a TFRecord record that is not a tf.Example with image/encoded.
+BAD_MANIFEST_ROW = 'bad_manifest_row'
+BAD_RECORD = 'bad_record'
+SCORING_KINDS += (BAD_MANIFEST_ROW, BAD_RECORD)
