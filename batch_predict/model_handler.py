@@ -16,7 +16,12 @@ shapes and its per-shape caches (hence memory) stay bounded.
 One undecodable image (a truncated JPEG, say) fails the signature call for its
 whole batch. The handler then splits the batch in halves and retries each,
 down to the single culprit, which gets a `DecodeFailure` instead of
-probabilities; every other image of the batch is still scored.
+probabilities; every other image of the batch is still scored. A batch the
+model runs out of memory on (`ResourceExhaustedError`: a GPU's memory, or a
+CPU allocation TensorFlow refuses) is halved the same way, down to single
+images; an image that exhausts memory alone gets a `DecodeFailure` of kind
+`too_large_for_memory`, never a failed bundle (RunInference itself has no
+such back-off: apache/beam#21447).
 
 TensorFlow is imported where a model is loaded or called, not when this
 module is: importing TensorFlow 2.21 imports Keras too, and the launcher
@@ -39,7 +44,9 @@ _BOILERPLATE_PREFIXES = ('Graph execution error', 'Detected at node',
 
 
 class DecodeFailure(NamedTuple):
-  """The inference for an image the model's decoder refused."""
+  """The inference for an image the model could not score: its decoder
+  refused it (`undecodable`), or it ran out of memory on it alone
+  (`too_large_for_memory`)."""
   kind: str
   message: str
 
@@ -93,6 +100,15 @@ def describe_decode_error(error):
           'original.')
 
 
+def describe_memory_error(error):
+  """A sentence for the error record of an image too large for memory."""
+  del error  # TensorFlow's text names an allocation, not what to do.
+  return ('the model ran out of memory on this image even alone (its batch '
+          'was halved down to it): score it on a worker with more memory (a '
+          'larger machine type, or a GPU with more memory), or refuse images '
+          'this large from their header with a lower --max_image_pixels.')
+
+
 def power_of_two_chunks(batch):
   """Splits a batch into consecutive chunks whose sizes are powers of two.
 
@@ -117,18 +133,23 @@ def power_of_two_chunks(batch):
   return chunks
 
 
-def predict_isolating_failures(classifier, batch, on_split=None):
+def predict_isolating_failures(classifier, batch, on_split=None,
+                               on_out_of_memory=None):
   """Probabilities for each image, or a `DecodeFailure` for those that fail.
 
   Calls the model on the whole batch; if the call fails because an image
   cannot be decoded, bisects the batch to find the culprits. A batch with k
   bad images out of n costs about 2 k log2(n) extra calls, each smaller.
-  Halving keeps a power-of-two batch at powers of two.
+  Halving keeps a power-of-two batch at powers of two. A batch the model
+  runs out of memory on is halved the same way, until the halves fit; an
+  image that does not fit alone is `too_large_for_memory`.
 
   Args:
     classifier: a `Classifier`.
     batch: a sequence of encoded images.
     on_split: called with no arguments each time a batch is split.
+    on_out_of_memory: called with no arguments each time a batch is split
+      because the model ran out of memory on it (as well as `on_split`).
 
   Returns:
     A list, in batch order, of numpy probability rows or `DecodeFailure`s.
@@ -139,11 +160,19 @@ def predict_isolating_failures(classifier, batch, on_split=None):
   except tf.errors.InvalidArgumentError as error:
     if len(batch) == 1:
       return [DecodeFailure(errors.UNDECODABLE, describe_decode_error(error))]
+  except tf.errors.ResourceExhaustedError as error:
+    if len(batch) == 1:
+      return [DecodeFailure(errors.TOO_LARGE_FOR_MEMORY,
+                            describe_memory_error(error))]
+    if on_out_of_memory:
+      on_out_of_memory()
   if on_split:
     on_split()
   middle = len(batch) // 2
-  return (predict_isolating_failures(classifier, batch[:middle], on_split) +
-          predict_isolating_failures(classifier, batch[middle:], on_split))
+  return (predict_isolating_failures(classifier, batch[:middle], on_split,
+                                     on_out_of_memory) +
+          predict_isolating_failures(classifier, batch[middle:], on_split,
+                                     on_out_of_memory))
 
 
 class ImageClassifierHandler(base.ModelHandler):
@@ -167,6 +196,8 @@ class ImageClassifierHandler(base.ModelHandler):
     self._model_dir = model_dir
     self._batches_split = beam.metrics.Metrics.counter(METRICS_NAMESPACE,
                                                        'batches_split')
+    self._out_of_memory = beam.metrics.Metrics.counter(
+        METRICS_NAMESPACE, 'batches_split_out_of_memory')
 
   def load_model(self):
     return load_classifier(self._model_dir)
@@ -176,7 +207,8 @@ class ImageClassifierHandler(base.ModelHandler):
     inferences = []
     for chunk in power_of_two_chunks(batch):
       inferences.extend(predict_isolating_failures(
-          model, chunk, on_split=self._batches_split.inc))
+          model, chunk, on_split=self._batches_split.inc,
+          on_out_of_memory=self._out_of_memory.inc))
     return [base.PredictionResult(example, inference, self._model_dir)
             for example, inference in zip(batch, inferences)]
 

@@ -78,6 +78,36 @@ def test_a_batch_of_good_images_is_one_call():
   assert all(isinstance(r, np.ndarray) for r in results)
 
 
+def test_out_of_memory_halves_the_batch_until_every_image_is_scored():
+  classifier = fakes.FakeClassifier(oom_above=3)
+  images = [image for image, _ in _good_images(16)]
+  halvings = []
+  results = model_handler.predict_isolating_failures(
+      classifier, images, on_out_of_memory=lambda: halvings.append(1))
+  assert all(isinstance(r, np.ndarray) for r in results)
+  np.testing.assert_allclose(
+      np.stack(results), fakes.FakeClassifier().predict(images), atol=1e-6)
+  # 16 -> 8 -> 4 -> 2: the batches that ran out of memory were halved.
+  assert len(halvings) == 1 + 2 + 4
+  assert max(classifier.calls) == 16 and set(classifier.calls) == {16, 8, 4, 2}
+
+
+def test_an_image_that_alone_exhausts_memory_gets_one_failure():
+  images = [image for image, _ in _good_images(8)]
+  huge = images[5]
+  classifier = fakes.FakeClassifier(oom_on=[huge])
+  results = model_handler.predict_isolating_failures(classifier, images)
+  failures = [i for i, r in enumerate(results)
+              if isinstance(r, model_handler.DecodeFailure)]
+  assert failures == [5]
+  assert results[5].kind == errors.TOO_LARGE_FOR_MEMORY
+  assert '--max_image_pixels' in results[5].message
+  others = [image for i, image in enumerate(images) if i != 5]
+  np.testing.assert_allclose(
+      np.stack([r for i, r in enumerate(results) if i != 5]),
+      fakes.FakeClassifier().predict(others), atol=1e-6)
+
+
 def test_power_of_two_chunks_cover_the_batch_in_order():
   batch = list(range(37))
   chunks = model_handler.power_of_two_chunks(batch)

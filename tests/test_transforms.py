@@ -159,6 +159,36 @@ def test_an_image_the_model_cannot_decode_costs_one_record_not_its_batch(
                         False)]), label='CheckErrors')
 
 
+def test_out_of_memory_costs_only_the_image_too_large_alone(tmp_path):
+  png = image_files.encode(image_files.digits(1)[0][0], 'PNG')
+  contents = {f'{i}.png': png + bytes([i]) for i in range(8)}
+  paths = {name: str(tmp_path / name) for name in contents}
+  for name, content in contents.items():
+    (tmp_path / name).write_bytes(content)
+  # Batches of 8; the model fits 2 images at a time, and 3.png not at all.
+  handler = fakes.FakeClassifierHandler(
+      oom_above=2, oom_on=[contents['3.png']], min_batch_size=8,
+      max_batch_size=8)
+  pipeline = test_pipeline.TestPipeline()
+  predictions, errors = (
+      pipeline
+      | beam.Create(sorted(paths.values()))
+      | transforms.ClassifyImages(handler, fakes.DIGITS, top_k=1,
+                                  max_file_bytes=10**6,
+                                  max_image_pixels=10**6))
+  util.assert_that(predictions | beam.Map(lambda r: r['uri']),
+                   util.equal_to([paths[name] for name in contents
+                                  if name != '3.png']),
+                   label='CheckPredictions')
+  util.assert_that(errors | beam.Map(lambda r: (r['uri'], r['kind'])),
+                   util.equal_to([(paths['3.png'],
+                                   errors_lib.TOO_LARGE_FOR_MEMORY)]),
+                   label='CheckErrors')
+  counters = _counters(pipeline.run())
+  assert counters['errors_too_large_for_memory'] == 1
+  assert counters['batches_split_out_of_memory'] >= 3
+
+
 def test_model_is_loaded_once_per_process_and_shared_by_its_threads(tmp_path):
   paths = []
   for index, (digit, _) in enumerate(image_files.digits(40)):

@@ -79,3 +79,8 @@ SCORING_KINDS = ENTRY_KINDS + (INVALID_URI, FILE_TOO_LARGE) + HEADER_KINDS + (
 # A file of an image folder whose extension is not an image's: left out
 # quietly by the trainer.
 OTHER_EXTENSION = 'other_extension'
+
+# The model ran out of memory on one image alone (the scorer halves a batch
+# that runs out of memory down to single images first).
+TOO_LARGE_FOR_MEMORY = 'too_large_for_memory'
+SCORING_KINDS += (TOO_LARGE_FOR_MEMORY,)

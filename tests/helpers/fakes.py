@@ -5,7 +5,9 @@
 alone (the same bytes always score the same, in any batch), and a call
 fails as the artifact's decoder fails it, with one
 `tf.errors.InvalidArgumentError` for the whole batch, when any image holds
-`UNDECODABLE` or is one of `fail_on`. `FakeClassifierHandler` is the real
+`UNDECODABLE` or is one of `fail_on`; it runs out of memory as a GPU does
+(`tf.errors.ResourceExhaustedError`) on a batch of more than `oom_above`
+images or one holding an image of `oom_on`. `FakeClassifierHandler` is the real
 `model_handler.ImageClassifierHandler` loading a `FakeClassifier` instead of
 an artifact, so RunInference, batching and the transforms run as they do in
 production, without training or loading a model.
@@ -27,6 +29,11 @@ _DECODER_ERROR = ('Graph execution error:\n\nDetected at node DecodeImage '
                   '<stack traces unavailable>\nInvalid JPEG data or crop '
                   'window.\n\t [[{{node DecodeImage}}]] [Op:__inference_serve]')
 
+# What TensorFlow says when an allocation fails.
+_OOM_ERROR = ('OOM when allocating tensor with shape[8,6000,8000,3] and type '
+              'float on /job:localhost/replica:0/task:0/device:GPU:0 by '
+              'allocator GPU_0_bfc [Op:__inference_serve]')
+
 
 class FakeClassifier:
   """Probabilities from a hash of each image's bytes; fails on marked ones.
@@ -36,9 +43,11 @@ class FakeClassifier:
     calls: the size of every batch `predict` was called with.
   """
 
-  def __init__(self, labels=DIGITS, fail_on=()):
+  def __init__(self, labels=DIGITS, fail_on=(), oom_above=None, oom_on=()):
     self.labels = tuple(labels)
     self._fail_on = frozenset(fail_on)
+    self._oom_above = oom_above
+    self._oom_on = frozenset(oom_on)
     self.calls = []
 
   def probabilities(self, image):
@@ -53,9 +62,14 @@ class FakeClassifier:
 
     Raises:
       tf.errors.InvalidArgumentError: if any image is marked undecodable.
+      tf.errors.ResourceExhaustedError: for a batch over `oom_above` images,
+        or one with an image of `oom_on`.
     """
     images = [bytes(image) for image in image_bytes]
     self.calls.append(len(images))
+    if ((self._oom_above is not None and len(images) > self._oom_above) or
+        self._oom_on.intersection(images)):
+      raise tf.errors.ResourceExhaustedError(None, None, _OOM_ERROR)
     if any(UNDECODABLE in image or image in self._fail_on
            for image in images):
       raise tf.errors.InvalidArgumentError(None, None, _DECODER_ERROR)
@@ -65,10 +79,14 @@ class FakeClassifier:
 class FakeClassifierHandler(model_handler.ImageClassifierHandler):
   """The scorer's model handler, loading a `FakeClassifier`."""
 
-  def __init__(self, labels=DIGITS, fail_on=(), **batch_sizes):
+  def __init__(self, labels=DIGITS, fail_on=(), oom_above=None, oom_on=(),
+               **batch_sizes):
     super().__init__('fake://model', **batch_sizes)
     self._labels = tuple(labels)
     self._fail_on = tuple(fail_on)
+    self._oom_above = oom_above
+    self._oom_on = tuple(oom_on)
 
   def load_model(self):
-    return FakeClassifier(self._labels, self._fail_on)
+    return FakeClassifier(self._labels, self._fail_on, self._oom_above,
+                          self._oom_on)
