@@ -9,7 +9,25 @@ resizing (so scoring matches training).
 
 RunInference keeps what it is good at: batching (`min_batch_size`,
 `max_batch_size`), loading the model once per worker process and sharing it
-between threads, and its inference metrics. The handler calls the model
+between threads, and its inference metrics.
+
+Batches are bounded by what their images cost decoded, not only by their
+count (`max_batch_pixels`): each image weighs its decoded pixels (the
+header check puts them in `items.Item.pixels`), but at least one "slot",
+`max_batch_pixels // max_batch_size`, and RunInference's `BatchElements`
+fills a batch up to `max_batch_pixels` of weight. So a batch never holds
+more than `max_batch_size` images nor (unless one image alone is larger)
+more than `max_batch_pixels` decoded pixels: a batch of 12-megapixel photos
+is small, a batch of thumbnails full. The handler does not pass
+RunInference's own `max_batch_weight`: Beam 2.77 hands it on to
+`BatchElements`, which has no such argument (a TypeError when the pipeline
+is built; measured), so the weights ride on `element_size_fn` and the
+min/max batch sizes, which `BatchElements` counts in weight. Those batches
+have a fixed target (min = max), and no image weighs more than it:
+`BatchElements` emits the batch it holds when the next element would
+overflow its target, and so emits an empty batch (which RunInference's
+keyed handler cannot unpack) for an element heavier than a target it has
+adapted down to. An image larger than the budget is scored alone. The handler calls the model
 with power-of-two slices of each batch, so TensorFlow sees few distinct
 shapes and its per-shape caches (hence memory) stay bounded.
 
@@ -28,11 +46,13 @@ module is: importing TensorFlow 2.21 imports Keras too, and the launcher
 checks its flags (and prints `--help`) without either.
 """
 
+import functools
 from typing import NamedTuple
 
 import apache_beam as beam
 from apache_beam.ml.inference import base
 
+from batch_predict import items
 from trainer import artifact
 from trainer import errors
 
@@ -175,6 +195,50 @@ def predict_isolating_failures(classifier, batch, on_split=None,
                                      on_out_of_memory))
 
 
+# BatchElements' own default largest batch.
+_BEAM_MAX_BATCH_SIZE = 10_000
+
+
+def batch_weight(slot, most, element):
+  """What one element weighs in a pixel-bounded batch: its decoded pixels,
+  but at least `slot` and at most `most`.
+
+  Args:
+    slot: the weight of an image that costs little decoded
+      (`max_batch_pixels // max_batch_size`), so a full batch of them holds
+      `max_batch_size` images.
+    most: a full batch's weight: a larger image fills a batch alone.
+    element: what RunInference batches: an (`items.Item` key, bytes) pair
+      (the scorer's, keyed), an `items.Item`, or bytes (weighs `slot`).
+  """
+  if isinstance(element, tuple) and not isinstance(element, items.Item):
+    element = element[0]
+  return min(max(getattr(element, 'pixels', 0) or 0, slot), most)
+
+
+def batching_kwargs(min_batch_size=None, max_batch_size=None,
+                    max_batch_pixels=None):
+  """RunInference's batching arguments for count- or pixel-bounded batches.
+
+  Args:
+    min_batch_size: smallest batch, in images (default: Beam's); only for
+      count-bounded batches (pixel-bounded ones fill up to their bound).
+    max_batch_size: largest batch, in images (default: Beam's, 10,000).
+    max_batch_pixels: most decoded pixels a batch may hold (None or 0: no
+      bound); an image larger than it is scored alone.
+
+  Returns:
+    Keyword arguments for `base.ModelHandler.__init__`.
+  """
+  if not max_batch_pixels:
+    return {'min_batch_size': min_batch_size, 'max_batch_size': max_batch_size}
+  max_count = max_batch_size or _BEAM_MAX_BATCH_SIZE
+  slot = max(1, max_batch_pixels // max_count)
+  most = max_count * slot
+  return {'min_batch_size': most, 'max_batch_size': most,
+          'element_size_fn': functools.partial(batch_weight, slot, most)}
+
+
 class ImageClassifierHandler(base.ModelHandler):
   """Scores encoded images (bytes) with a Contract 2 artifact.
 
@@ -183,16 +247,21 @@ class ImageClassifierHandler(base.ModelHandler):
   `DecodeFailure` for an image the model could not decode.
   """
 
-  def __init__(self, model_dir, *, min_batch_size=None, max_batch_size=None):
+  def __init__(self, model_dir, *, min_batch_size=None, max_batch_size=None,
+               max_batch_pixels=None):
     """Configures the handler; nothing is loaded until a worker needs it.
 
     Args:
       model_dir: the artifact's folder (local, gs:// or /gcs/).
-      min_batch_size: smallest batch RunInference forms (default: Beam's).
-      max_batch_size: largest batch RunInference forms (default: Beam's).
+      min_batch_size: smallest batch RunInference forms, in images
+        (default: Beam's).
+      max_batch_size: largest batch RunInference forms, in images (default:
+        Beam's).
+      max_batch_pixels: most decoded pixels (`items.Item.pixels`) in a
+        batch (None or 0, the default: batches bounded by count only).
     """
-    super().__init__(min_batch_size=min_batch_size,
-                     max_batch_size=max_batch_size)
+    super().__init__(**batching_kwargs(min_batch_size, max_batch_size,
+                                       max_batch_pixels))
     self._model_dir = model_dir
     self._batches_split = beam.metrics.Metrics.counter(METRICS_NAMESPACE,
                                                        'batches_split')

@@ -32,6 +32,10 @@ DEFAULT_MAX_IMAGE_PIXELS = 100_000_000
 DEFAULT_MAX_FILE_BYTES = 64 * 1024 * 1024
 DEFAULT_NUM_SHARDS = 10
 DEFAULT_MAX_BATCH_SIZE = 64
+# Decoding, converting and resizing costs about 33 bytes of memory per
+# decoded pixel at its peak (one 60-megapixel JPEG: 2.0 GB, measured), so
+# this bounds a batch's decoding at about 1 GB.
+DEFAULT_MAX_BATCH_PIXELS = 30_000_000
 _REMOTE_RUNNERS = ('DataflowRunner', 'TestDataflowRunner')
 _DRY_RUN_FLAG = '--dry_run'
 _TRUE = ('true', '1', 'yes')
@@ -106,6 +110,15 @@ class ScoringOptions(pipeline_options.PipelineOptions):
     parser.add_argument(
         '--progress_interval_secs', type=float, default=30.0,
         help='How often each worker logs how many images it has scored.')
+    parser.add_argument(
+        '--max_batch_pixels', type=int, default=DEFAULT_MAX_BATCH_PIXELS,
+        help='Most decoded pixels in one batch (default 30 million: decoding '
+        'costs about 33 bytes a pixel, so a batch decodes in about 1 GB of '
+        'memory, per worker thread). Sizes come from the headers (a large '
+        'JPEG counts at the scale the model decodes it to); --max_batch_size '
+        'still caps the count. An image larger than this is scored alone. '
+        '0: batches bounded by count only (between --min_batch_size and '
+        '--max_batch_size; with pixel bounds, batches fill up to them).')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,6 +136,11 @@ class ScoringConfig:
   num_shards: int
   progress_interval_secs: float
   break_lease: bool = False
+  max_batch_pixels: int = DEFAULT_MAX_BATCH_PIXELS
+  # The model's input (height, width) and the scales its signature may
+  # decode a JPEG at (metadata.json), for each image's decoded size.
+  input_size: tuple = ()
+  jpeg_dct_ratios: tuple = ()
   # Names this run's staging folder (outputs.staging_folder).
   run_id: str = dataclasses.field(default_factory=outputs.new_run_id)
 
@@ -216,7 +234,8 @@ def build_config(options, argv=None):
     raise ConfigError(f'Missing {", ".join(missing)}; see --help.')
   numbers = {name: getattr(flags, name) for name in (
       'top_k', 'min_batch_size', 'max_batch_size', 'max_image_pixels',
-      'max_file_bytes', 'num_shards', 'progress_interval_secs')}
+      'max_file_bytes', 'num_shards', 'progress_interval_secs',
+      'max_batch_pixels')}
   if numbers['min_batch_size'] is None:  # Fixed-size batches by default.
     numbers['min_batch_size'] = numbers['max_batch_size']
   _check_numbers(numbers)
@@ -226,6 +245,7 @@ def build_config(options, argv=None):
     _check_remote(options, {'--model_dir': model_dir, '--input': flags.input,
                             '--output': output})
   labels = artifact.check(model_dir)
+  metadata = artifact.read_metadata(model_dir)
   if flags.top_k > len(labels):
     raise ConfigError(f'--top_k={flags.top_k} is more than the model\'s '
                       f'{len(labels)} classes.')
@@ -233,7 +253,8 @@ def build_config(options, argv=None):
       model_dir=model_dir,
       source=inputs.resolve_input(flags.input, flags.input_format),
       output=output, labels=labels, break_lease=bool(flags.break_lease),
-      **numbers)
+      input_size=artifact.input_size(metadata),
+      jpeg_dct_ratios=artifact.jpeg_dct_ratios(metadata), **numbers)
 
 
 def _normalize(name, path):
@@ -246,11 +267,11 @@ def _normalize(name, path):
 def _check_numbers(numbers):
   """Args: numbers: {flag name: value} of the numeric flags."""
   for name, value in numbers.items():
-    minimum = 1e-9 if name == 'progress_interval_secs' else 1
+    minimum, wanted = {'progress_interval_secs': (1e-9, 'positive'),
+                       'max_batch_pixels': (0, 'at least 0')}.get(
+                           name, (1, 'at least 1'))
     if value < minimum:
-      raise ConfigError(f'--{name} must be '
-                        f'{"positive" if minimum < 1 else "at least 1"}, got '
-                        f'{value}.')
+      raise ConfigError(f'--{name} must be {wanted}, got {value}.')
   if numbers['min_batch_size'] > numbers['max_batch_size']:
     raise ConfigError(f'--min_batch_size={numbers["min_batch_size"]} is more '
                       f'than --max_batch_size={numbers["max_batch_size"]}.')

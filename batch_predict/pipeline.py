@@ -21,6 +21,7 @@ and prints one line.
 """
 
 import argparse
+import functools
 import logging
 import sys
 
@@ -33,6 +34,7 @@ from batch_predict import model_handler
 from batch_predict import options as options_lib
 from batch_predict import outputs
 from batch_predict import transforms
+from trainer import artifact
 from trainer import errors
 from trainer import lease as lease_lib
 
@@ -51,7 +53,13 @@ def build_pipeline(pipeline, config):
   """
   handler = model_handler.ImageClassifierHandler(
       config.model_dir, min_batch_size=config.min_batch_size,
-      max_batch_size=config.max_batch_size)
+      max_batch_size=config.max_batch_size,
+      max_batch_pixels=config.max_batch_pixels)
+  decoded_size = None
+  if config.input_size:
+    decoded_size = functools.partial(
+        artifact.decoded_size, input_size=config.input_size,
+        ratios=config.jpeg_dct_ratios)
   predictions, error_records = (
       pipeline
       | 'ListImages' >> transforms.ListImages(config.source)
@@ -59,7 +67,8 @@ def build_pipeline(pipeline, config):
           handler, config.labels, top_k=config.top_k,
           max_file_bytes=config.max_file_bytes,
           max_image_pixels=config.max_image_pixels,
-          progress_interval_secs=config.progress_interval_secs))
+          progress_interval_secs=config.progress_interval_secs,
+          decoded_size=decoded_size))
   staged = (
       predictions | 'WritePredictions' >> transforms.WriteShards(
           config.output, outputs.PREDICTIONS, config.num_shards,

@@ -15,6 +15,7 @@ from apache_beam.testing import util
 import numpy as np
 import pytest
 
+from batch_predict import items
 from batch_predict import model_handler
 from tests.helpers import fakes
 from tests.helpers import image_files
@@ -106,6 +107,24 @@ def test_an_image_that_alone_exhausts_memory_gets_one_failure():
   np.testing.assert_allclose(
       np.stack([r for i, r in enumerate(results) if i != 5]),
       fakes.FakeClassifier().predict(others), atol=1e-6)
+
+
+def test_pixel_bounded_batching_weighs_each_image_at_least_a_slot():
+  kwargs = model_handler.batching_kwargs(4, 16, max_batch_pixels=1600)
+  weigh = kwargs['element_size_fn']
+  # A fixed target: BatchElements never adapts it below an image's weight.
+  assert (kwargs['min_batch_size'], kwargs['max_batch_size']) == (1600, 1600)
+  # Keyed elements (the scorer's) weigh their key's pixels, at least 100
+  # (a 16th of the budget) and at most the budget.
+  assert weigh((items.Item('a', pixels=900), b'...')) == 900
+  assert weigh((items.Item('b', pixels=3), b'...')) == 100
+  assert weigh((items.Item('c', pixels=10**6), b'...')) == 1600
+  assert weigh(items.Item('d', pixels=250)) == 250
+  assert weigh(b'bytes alone') == 100
+  # Without a pixel bound, batches are counted as before.
+  for off in (None, 0):
+    assert model_handler.batching_kwargs(4, 16, off) == {
+        'min_batch_size': 4, 'max_batch_size': 16}
 
 
 def test_power_of_two_chunks_cover_the_batch_in_order():

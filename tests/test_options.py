@@ -55,6 +55,8 @@ def test_checking_the_options_leaves_them_as_they_were(trained_export,
   config = options_lib.build_config(options, argv)
   assert options.get_all_options() == before
   assert config.min_batch_size == config.max_batch_size == 8
+  assert config.max_batch_pixels == options_lib.DEFAULT_MAX_BATCH_PIXELS
+  assert config.input_size == (28, 28)  # For each image's decoded size.
   assert config.labels == tuple(str(d) for d in range(10))
   assert not options_lib.is_remote_runner(options)
   assert options_lib.is_remote_runner(pipeline_options.PipelineOptions(

@@ -18,6 +18,7 @@ import zlib
 import numpy as np
 import tensorflow as tf
 
+from batch_predict import image_header
 from batch_predict import model_handler
 
 # Bytes that make an image "undecodable" to the fake model.
@@ -77,15 +78,29 @@ class FakeClassifier:
 
 
 class FakeClassifierHandler(model_handler.ImageClassifierHandler):
-  """The scorer's model handler, loading a `FakeClassifier`."""
+  """The scorer's model handler, loading a `FakeClassifier`.
+
+  With `batch_log` (a file path), each batch RunInference hands it appends
+  a line "IMAGES PIXELS" (pixels from the images' headers), so a test can
+  see every batch, whichever process or thread scored it.
+  """
 
   def __init__(self, labels=DIGITS, fail_on=(), oom_above=None, oom_on=(),
-               **batch_sizes):
+               batch_log=None, **batch_sizes):
     super().__init__('fake://model', **batch_sizes)
     self._labels = tuple(labels)
     self._fail_on = tuple(fail_on)
     self._oom_above = oom_above
     self._oom_on = tuple(oom_on)
+    self._batch_log = batch_log
+
+  def run_inference(self, batch, model, inference_args=None):
+    batch = list(batch)
+    if self._batch_log:
+      pixels = sum(image_header.read_header(image).pixels for image in batch)
+      with open(self._batch_log, 'a') as f:
+        f.write(f'{len(batch)} {pixels}\n')
+    return super().run_inference(batch, model, inference_args)
 
   def load_model(self):
     return FakeClassifier(self._labels, self._fail_on, self._oom_above,
