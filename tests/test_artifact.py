@@ -19,7 +19,8 @@ def test_artifact_layout_and_metadata(trained_export):
   assert metadata['labels'] == [str(d) for d in range(10)]
   assert metadata['input'] == {'height': 28, 'width': 28, 'channels': 1,
                                'encoded_formats': ['jpeg', 'png', 'gif',
-                                                   'bmp']}
+                                                   'bmp'],
+                               'jpeg_dct_ratios': [2, 4, 8]}
   assert metadata['dataset'] == 'mnist_sample'
   assert metadata['model'] == 'deep_mnist'
   assert 0 <= metadata['metrics']['test_accuracy'] <= 1

@@ -77,7 +77,10 @@ def build_metadata(*, class_names, image_shape, dataset, model_name,
       'format_version': artifact.FORMAT_VERSION,
       'labels': list(class_names),
       'input': {'height': height, 'width': width, 'channels': channels,
-                'encoded_formats': list(artifact.ENCODED_FORMATS)},
+                'encoded_formats': list(artifact.ENCODED_FORMATS),
+                # What serving_default's decoder does with a large JPEG
+                # (preprocessing.decode_images' default).
+                'jpeg_dct_ratios': list(artifact.JPEG_DCT_RATIOS)},
       'signatures': {
           artifact.SERVING_SIGNATURE: {
               'inputs': {'image_bytes': 'string [batch]'},
