@@ -41,12 +41,26 @@ images; an image that exhausts memory alone gets a `DecodeFailure` of kind
 `too_large_for_memory`, never a failed bundle (RunInference itself has no
 such back-off: apache/beam#21447).
 
+On a worker with GPUs, `load_model` first turns on TensorFlow's memory
+growth (`trainer.devices`: several SDK processes share a VM, and each would
+otherwise reserve every GPU's whole memory), then loads and runs the model
+on one GPU, round robin over the GPUs in the process that loads it, and
+logs where. With `model_copies=N` RunInference loads N copies once per VM,
+shared by all its SDK processes (Beam's `multi_process_shared`: the process
+that first needs them loads them all, so N = the VM's GPUs puts one copy on
+each); without it, as on CPU workers by default, each process loads its
+own.
+
 TensorFlow is imported where a model is loaded or called, not when this
 module is: importing TensorFlow 2.21 imports Keras too, and the launcher
 checks its flags (and prints `--help`) without either.
 """
 
+import contextlib
 import functools
+import itertools
+import logging
+import threading
 from typing import NamedTuple
 
 import apache_beam as beam
@@ -54,9 +68,14 @@ from apache_beam.ml.inference import base
 
 from batch_predict import items
 from trainer import artifact
+from trainer import devices
 from trainer import errors
 
 METRICS_NAMESPACE = 'batch_predict'
+_LOGGER = logging.getLogger(__name__)
+# Which GPU this process loads its next model copy on (round robin).
+_NEXT_GPU = itertools.count()
+_NEXT_GPU_LOCK = threading.Lock()
 
 # Lines of TensorFlow's error text that say where, not what.
 _BOILERPLATE_PREFIXES = ('Graph execution error', 'Detected at node',
@@ -79,32 +98,67 @@ class Classifier:
   instance, not a tuple).
   """
 
-  def __init__(self, serve, saved_model, labels):
+  def __init__(self, serve, saved_model, labels, device=None):
     self._serve = serve
     self._saved_model = saved_model  # Keeps the signature's variables alive.
     self.labels = tuple(labels)
+    self.device = device
 
   def predict(self, image_bytes):
     """Encoded images -> float32 probabilities [len(image_bytes), classes].
 
     Raises:
       tf.errors.InvalidArgumentError: if any image cannot be decoded.
+      tf.errors.ResourceExhaustedError: if the device ran out of memory.
     """
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    outputs = self._serve(image_bytes=tf.constant(list(image_bytes),
-                                                  dtype=tf.string))
+    with _on_device(self.device):
+      outputs = self._serve(image_bytes=tf.constant(list(image_bytes),
+                                                    dtype=tf.string))
     return outputs['probabilities'].numpy()
 
 
-def load_classifier(model_dir):
+def _on_device(device):
+  if device is None:
+    return contextlib.nullcontext()
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  return tf.device(device)
+
+
+def load_classifier(model_dir, device=None):
   """Loads a complete artifact (local or gs://) for scoring.
+
+  Args:
+    model_dir: the artifact's folder.
+    device: where its variables live and it runs (e.g. '/GPU:1'); None:
+      TensorFlow's choice (the first GPU, or the CPU).
 
   Raises:
     artifact.ArtifactError: if `model_dir` is not a complete artifact whose
       SavedModel loads.
   """
-  loaded = artifact.load(model_dir)
-  return Classifier(loaded.serve, loaded.saved_model, loaded.labels)
+  with _on_device(device):
+    loaded = artifact.load(model_dir)
+  return Classifier(loaded.serve, loaded.saved_model, loaded.labels, device)
+
+
+def prepare_device(gpus, set_memory_growth=None):
+  """Prepares this process's GPUs and picks the one for the next model copy.
+
+  Args:
+    gpus: the physical GPUs (`devices.list_gpus()`; tests pass their own).
+    set_memory_growth: see `devices.enable_memory_growth`.
+
+  Returns:
+    (device name such as '/GPU:1', or None without GPUs; the log line of
+    `devices.describe`).
+  """
+  if not gpus:
+    return None, devices.describe(gpus, [])
+  grown = devices.enable_memory_growth(gpus, set_memory_growth)
+  with _NEXT_GPU_LOCK:
+    index = next(_NEXT_GPU) % len(gpus)
+  return f'/GPU:{index}', devices.describe(gpus, grown)
 
 
 def describe_decode_error(error):
@@ -248,7 +302,7 @@ class ImageClassifierHandler(base.ModelHandler):
   """
 
   def __init__(self, model_dir, *, min_batch_size=None, max_batch_size=None,
-               max_batch_pixels=None):
+               max_batch_pixels=None, model_copies=None):
     """Configures the handler; nothing is loaded until a worker needs it.
 
     Args:
@@ -259,8 +313,11 @@ class ImageClassifierHandler(base.ModelHandler):
         Beam's).
       max_batch_pixels: most decoded pixels (`items.Item.pixels`) in a
         batch (None or 0, the default: batches bounded by count only).
+      model_copies: load this many copies per worker VM, shared by its
+        processes (one per GPU); None or 0, the default: one per process.
     """
-    super().__init__(**batching_kwargs(min_batch_size, max_batch_size,
+    super().__init__(model_copies=model_copies or None,
+                     **batching_kwargs(min_batch_size, max_batch_size,
                                        max_batch_pixels))
     self._model_dir = model_dir
     self._batches_split = beam.metrics.Metrics.counter(METRICS_NAMESPACE,
@@ -269,7 +326,18 @@ class ImageClassifierHandler(base.ModelHandler):
         METRICS_NAMESPACE, 'batches_split_out_of_memory')
 
   def load_model(self):
-    return load_classifier(self._model_dir)
+    device, found = prepare_device(devices.list_gpus())
+    classifier = self.load_classifier(device)
+    sharing = (f'one of {self.model_copies()} copies shared by this '
+               "worker's processes" if self.share_model_across_processes()
+               else 'one copy per worker process')
+    _LOGGER.info('Loaded the model %s on %s (%s). %s', self._model_dir,
+                 device or 'the CPU', sharing, found)
+    return classifier
+
+  def load_classifier(self, device):
+    """The classifier for `device` (tests load a fake one here)."""
+    return load_classifier(self._model_dir, device)
 
   def run_inference(self, batch, model, inference_args=None):
     batch = list(batch)

@@ -119,6 +119,13 @@ class ScoringOptions(pipeline_options.PipelineOptions):
         'still caps the count. An image larger than this is scored alone. '
         '0: batches bounded by count only (between --min_batch_size and '
         '--max_batch_size; with pixel bounds, batches fill up to them).')
+    parser.add_argument(
+        '--model_copies', type=int, default=None,
+        help='Copies of the model per worker VM, shared by all its SDK '
+        'processes, one per GPU (each copy on its own GPU). Default: the '
+        'count of --dataflow_service_options=worker_accelerator=...;count:N '
+        'when given, else 0: each worker process loads its own copy (CPU '
+        'workers).')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,6 +148,8 @@ class ScoringConfig:
   # decode a JPEG at (metadata.json), for each image's decoded size.
   input_size: tuple = ()
   jpeg_dct_ratios: tuple = ()
+  # Model copies per worker VM shared by its processes (0: one per process).
+  model_copies: int = 0
   # Names this run's staging folder (outputs.staging_folder).
   run_id: str = dataclasses.field(default_factory=outputs.new_run_id)
 
@@ -149,6 +158,23 @@ def is_remote_runner(options):
   """Whether the pipeline runs on Dataflow (paths must be gs://)."""
   runner = options.view_as(pipeline_options.StandardOptions).runner or ''
   return str(runner).rsplit('.', 1)[-1] in _REMOTE_RUNNERS
+
+
+def gpus_per_worker(options):
+  """The GPUs each Dataflow worker gets: the `count` of the
+  `worker_accelerator` service option (0 without one)."""
+  service_options = options.view_as(
+      pipeline_options.GoogleCloudOptions).dataflow_service_options or []
+  for option in service_options:
+    name, _, value = option.partition('=')
+    if name.strip() != 'worker_accelerator':
+      continue
+    for part in value.split(';'):
+      key, _, count = part.partition(':')
+      if key.strip() == 'count' and count.strip().isdigit():
+        return int(count)
+    return 1  # Dataflow's default count.
+  return 0
 
 
 def normalize_dry_run(argv):
@@ -238,6 +264,9 @@ def build_config(options, argv=None):
       'max_batch_pixels')}
   if numbers['min_batch_size'] is None:  # Fixed-size batches by default.
     numbers['min_batch_size'] = numbers['max_batch_size']
+  numbers['model_copies'] = (gpus_per_worker(options)
+                             if flags.model_copies is None
+                             else flags.model_copies)
   _check_numbers(numbers)
   model_dir = _normalize('model_dir', flags.model_dir)
   output = _check_output(_normalize('output', flags.output))
@@ -268,7 +297,8 @@ def _check_numbers(numbers):
   """Args: numbers: {flag name: value} of the numeric flags."""
   for name, value in numbers.items():
     minimum, wanted = {'progress_interval_secs': (1e-9, 'positive'),
-                       'max_batch_pixels': (0, 'at least 0')}.get(
+                       'max_batch_pixels': (0, 'at least 0'),
+                       'model_copies': (0, 'at least 0')}.get(
                            name, (1, 'at least 1'))
     if value < minimum:
       raise ConfigError(f'--{name} must be {wanted}, got {value}.')

@@ -54,7 +54,8 @@ def build_pipeline(pipeline, config):
   handler = model_handler.ImageClassifierHandler(
       config.model_dir, min_batch_size=config.min_batch_size,
       max_batch_size=config.max_batch_size,
-      max_batch_pixels=config.max_batch_pixels)
+      max_batch_pixels=config.max_batch_pixels,
+      model_copies=config.model_copies)
   decoded_size = None
   if config.input_size:
     decoded_size = functools.partial(

@@ -17,6 +17,7 @@ import pytest
 
 from batch_predict import items
 from batch_predict import model_handler
+from tests import test_devices
 from tests.helpers import fakes
 from tests.helpers import image_files
 from trainer import artifact
@@ -125,6 +126,61 @@ def test_pixel_bounded_batching_weighs_each_image_at_least_a_slot():
   for off in (None, 0):
     assert model_handler.batching_kwargs(4, 16, off) == {
         'min_batch_size': 4, 'max_batch_size': 16}
+
+
+def test_each_model_copy_goes_to_the_next_gpu_with_memory_growth_on():
+  recorder = test_devices.GrowthRecorder()
+  two = test_devices.gpus(2)
+  picked = [model_handler.prepare_device(two, recorder) for _ in range(4)]
+  names = [device for device, _ in picked]
+  assert sorted(set(names)) == ['/GPU:0', '/GPU:1']
+  assert names[0] != names[1] and names[:2] == names[2:]  # Round robin.
+  assert all(enable for _, enable in recorder.calls)
+  assert 'Found 2 GPU(s)' in picked[0][1]
+  assert model_handler.prepare_device([], recorder) == (
+      None, 'No GPU found: running on the CPU.')
+
+
+def test_the_gpu_code_path_runs_on_the_cpu(trained_export, classifier, caplog):
+  # An explicit device, as a GPU worker gets one: here the CPU.
+  on_device = model_handler.load_classifier(trained_export, device='/CPU:0')
+  images = [image for image, _ in _good_images(3)]
+  np.testing.assert_allclose(on_device.predict(images),
+                             classifier.predict(images), atol=1e-6)
+  handler = model_handler.ImageClassifierHandler(trained_export,
+                                                 model_copies=1)
+  assert handler.share_model_across_processes()
+  with caplog.at_level('INFO', logger=model_handler.__name__):
+    loaded = handler.load_model()
+  assert loaded.device is None
+  assert "on the CPU (one of 1 copies shared by this worker's processes)" in (
+      caplog.text)
+
+
+def test_a_model_shared_across_processes_still_isolates_failures():
+  # model_copies: RunInference serves the model from a proxy process
+  # (Beam's multi_process_shared); errors come back through it.
+  good = _good_images(6)
+  elements = [(f'digit-{i}.png', image) for i, (image, _) in enumerate(good)]
+  elements.append(('cut.png', b'\x89PNG' + fakes.UNDECODABLE))
+  handler = fakes.FakeClassifierHandler(
+      model_copies=1, oom_above=2, min_batch_size=7, max_batch_size=7)
+
+  def kind(element):
+    uri, result = element
+    inference = result.inference
+    if isinstance(inference, model_handler.DecodeFailure):
+      return uri, inference.kind
+    return uri, 'scored'
+
+  with test_pipeline.TestPipeline() as pipeline:
+    kinds = (pipeline
+             | beam.Create(elements)
+             | base.RunInference(base.KeyedModelHandler(handler))
+             | beam.Map(kind))
+    util.assert_that(kinds, util.equal_to(
+        [(uri, 'scored') for uri, _ in elements[:-1]] +
+        [('cut.png', errors.UNDECODABLE)]))
 
 
 def test_power_of_two_chunks_cover_the_batch_in_order():

@@ -61,3 +61,15 @@ def test_checking_the_options_leaves_them_as_they_were(trained_export,
   assert not options_lib.is_remote_runner(options)
   assert options_lib.is_remote_runner(pipeline_options.PipelineOptions(
       ['--runner=apache_beam.runners.dataflow.DataflowRunner']))
+
+
+def test_model_copies_default_to_the_gpus_each_dataflow_worker_gets():
+  def gpus(*flags):
+    return options_lib.gpus_per_worker(pipeline_options.PipelineOptions(
+        list(flags)))
+  assert gpus() == 0  # CPU workers: one model per process, as before.
+  assert gpus('--dataflow_service_options=worker_accelerator='
+              'type:nvidia-l4;count:2;install-nvidia-driver') == 2
+  assert gpus('--dataflow_service_options=enable_prime',
+              '--dataflow_service_options=worker_accelerator='
+              'type:nvidia-tesla-t4;install-nvidia-driver') == 1

@@ -102,6 +102,7 @@ class FakeClassifierHandler(model_handler.ImageClassifierHandler):
         f.write(f'{len(batch)} {pixels}\n')
     return super().run_inference(batch, model, inference_args)
 
-  def load_model(self):
+  def load_classifier(self, device):
+    del device  # The fake runs anywhere.
     return FakeClassifier(self._labels, self._fail_on, self._oom_above,
                           self._oom_on)
