@@ -181,3 +181,28 @@ def test_a_large_jpeg_scores_as_its_full_size_decode(trained_export):
   assert (np.argmax(scaled, axis=1) == np.argmax(full, axis=1)).all()
   metadata = artifact.read_metadata(trained_export)
   assert metadata['input']['jpeg_dct_ratios'] == [2, 4, 8]
+
+
+@pytest.mark.slow
+def test_an_artifact_without_dct_ratios_decodes_at_full_size(trained_export,
+                                                             tmp_path):
+  # What artifacts exported before DCT scaling do (and the benchmark's
+  # "full decode" side): the metadata says which decoder the signature has.
+  model = export.load_keras_model(trained_export)
+  metadata = artifact.read_metadata(trained_export)
+  del metadata['input']['jpeg_dct_ratios']
+  export.export_model(model, str(tmp_path / 'export'), metadata)
+  large = Image.fromarray(_test_digits(1)[0][0][..., 0]).resize(
+      (1600, 1600), Image.BILINEAR)
+  buffer = io.BytesIO()
+  large.save(buffer, 'JPEG', quality=95)
+  serve, _ = artifact.load_serving(str(tmp_path / 'export'))
+  serve_pixels, _ = artifact.load_serving(str(tmp_path / 'export'),
+                                          artifact.PIXELS_SIGNATURE)
+  full = preprocessing.decode_images(tf.constant([buffer.getvalue()]), 28,
+                                     28, 1, jpeg_dct_ratios=())
+  np.testing.assert_allclose(
+      serve(image_bytes=tf.constant([buffer.getvalue()]))['probabilities'],
+      serve_pixels(images=full)['probabilities'], atol=1e-6)
+  assert 'jpeg_dct_ratios' not in artifact.read_metadata(
+      str(tmp_path / 'export'))['input']
