@@ -22,8 +22,9 @@ from trainer import storage
 
 # The trainer's modules the scorer may import: light ones, shared by both
 # commands (README, Development).
-_SHARED_TRAINER_MODULES = {'trainer', 'trainer.artifact', 'trainer.errors',
-                           'trainer.lease', 'trainer.storage', 'trainer.walk'}
+_SHARED_TRAINER_MODULES = {'trainer', 'trainer.artifact', 'trainer.devices',
+                           'trainer.errors', 'trainer.lease', 'trainer.storage',
+                           'trainer.walk'}
 # A worker unpickles the pipeline's steps (and, with save_main_session, the
 # main module, batch_predict.pipeline), importing their modules.
 _IMPORT_THE_SCORER = f"""

@@ -279,24 +279,34 @@ def test_a_one_machine_strategy_in_a_cluster_is_refused(tmp_path):
 # GPUs: memory growth and what was found, before the strategy.
 
 
-def test_gpus_get_memory_growth_unless_it_is_turned_off(caplog):
+def _logged(monkeypatch):
+  """The messages distribute.py logs (absl), whatever other tests did to
+  the loggers' handlers."""
+  from trainer import distribute  # pylint: disable=g-import-not-at-top
+  messages = []
+  monkeypatch.setattr(distribute.logging, 'info',
+                      lambda message, *args: messages.append(message % args))
+  return messages
+
+
+def test_gpus_get_memory_growth_unless_it_is_turned_off(monkeypatch):
   from tests import test_devices  # pylint: disable=g-import-not-at-top
   from trainer import distribute  # pylint: disable=g-import-not-at-top
+  logged = _logged(monkeypatch)
   recorder = test_devices.GrowthRecorder()
-  with caplog.at_level('INFO'):
-    assert distribute.prepare_gpus(True, test_devices.gpus(2), recorder) == 2
+  assert distribute.prepare_gpus(True, test_devices.gpus(2), recorder) == 2
   assert [enable for _, enable in recorder.calls] == [True, True]
-  assert 'Found 2 GPU(s)' in caplog.text and 'memory growth on.' in caplog.text
+  assert logged[-1].startswith('Found 2 GPU(s)')
+  assert logged[-1].endswith('memory growth on.')
   recorder.calls.clear()
-  with caplog.at_level('INFO'):
-    assert distribute.prepare_gpus(False, test_devices.gpus(1), recorder) == 1
+  assert distribute.prepare_gpus(False, test_devices.gpus(1), recorder) == 1
   assert not recorder.calls
-  assert 'memory growth off' in caplog.text
+  assert 'memory growth off' in logged[-1]
 
 
-def test_auto_strategy_on_this_cpu_logs_that_it_found_no_gpu(caplog):
+def test_auto_strategy_on_this_cpu_logs_that_it_found_no_gpu(monkeypatch):
   from trainer import distribute  # pylint: disable=g-import-not-at-top
-  with caplog.at_level('INFO'):
-    strategy = distribute.create_strategy('auto')
+  logged = _logged(monkeypatch)
+  strategy = distribute.create_strategy('auto')
   assert strategy.num_replicas_in_sync == 1
-  assert 'No GPU found: running on the CPU.' in caplog.text
+  assert 'No GPU found: running on the CPU.' in logged
