@@ -141,6 +141,7 @@ def test_each_model_copy_goes_to_the_next_gpu_with_memory_growth_on():
       None, 'No GPU found: running on the CPU.')
 
 
+@pytest.mark.slow
 def test_the_gpu_code_path_runs_on_the_cpu(trained_export, classifier, caplog):
   # An explicit device, as a GPU worker gets one: here the CPU.
   on_device = model_handler.load_classifier(trained_export, device='/CPU:0')
@@ -157,6 +158,7 @@ def test_the_gpu_code_path_runs_on_the_cpu(trained_export, classifier, caplog):
       caplog.text)
 
 
+@pytest.mark.slow
 def test_a_model_shared_across_processes_still_isolates_failures():
   # model_copies: RunInference serves the model from a proxy process
   # (Beam's multi_process_shared); errors come back through it.

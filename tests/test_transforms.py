@@ -197,23 +197,23 @@ def _read_batch_log(path):
 
 
 def test_batches_are_bounded_by_decoded_pixels_and_count(tmp_path):
-  # 6 photos of 1000 x 1000 and 30 thumbnails: with a budget of 2.5 million
+  # 6 photos of 500 x 500 and 30 thumbnails: with a budget of 625,000
   # pixels and 8 images, at most 2 photos share a batch, 8 thumbnails do.
   contents = {f'photo-{i}.png': image_files.encode_image(
-      image_files.random_pixels(1000, 1000, channels=1, seed=i) // 64 * 64,
+      image_files.random_pixels(500, 500, channels=1, seed=i) // 64 * 64,
       'PNG') for i in range(6)}
   contents.update({f'thumb-{i}.png': image_files.encode(digit, 'PNG')
                    for i, (digit, _) in enumerate(image_files.digits(30))})
   # Larger than the whole budget: scored in a batch of its own.
   contents['poster.png'] = image_files.encode_image(
-      np.zeros((1500, 2000), np.uint8), 'PNG')
+      np.zeros((750, 1000), np.uint8), 'PNG')
   paths = []
   for name, content in contents.items():
     (tmp_path / name).write_bytes(content)
     paths.append(str(tmp_path / name))
   log = str(tmp_path / 'batches.log')
   handler = fakes.FakeClassifierHandler(
-      batch_log=log, max_batch_size=8, max_batch_pixels=2_500_000)
+      batch_log=log, max_batch_size=8, max_batch_pixels=625_000)
   with test_pipeline.TestPipeline() as pipeline:
     predictions, errors = (
         pipeline
@@ -226,9 +226,9 @@ def test_batches_are_bounded_by_decoded_pixels_and_count(tmp_path):
     util.assert_that(errors, util.equal_to([]), label='CheckErrors')
   batches = _read_batch_log(log)
   assert sum(count for count, _ in batches) == len(paths)
-  assert all(count <= 8 and (pixels <= 2_500_000 or count == 1)
+  assert all(count <= 8 and (pixels <= 625_000 or count == 1)
              for count, pixels in batches), batches
-  assert (1, 3_000_000) in batches
+  assert (1, 750_000) in batches
   assert max(count for count, _ in batches) > 2  # Thumbnails fill a batch.
 
 
