@@ -9,7 +9,9 @@ resizing (so scoring matches training).
 
 RunInference keeps what it is good at: batching (`min_batch_size`,
 `max_batch_size`), loading the model once per worker process and sharing it
-between threads, and its inference metrics.
+between threads, and its inference metrics. The handler calls the model
+with power-of-two slices of each batch, so TensorFlow sees few distinct
+shapes and its per-shape caches (hence memory) stay bounded.
 
 Batches are bounded by what their images cost decoded, not only by their
 count (`max_batch_pixels`): each image weighs its decoded pixels (the
@@ -27,9 +29,7 @@ have a fixed target (min = max), and no image weighs more than it:
 `BatchElements` emits the batch it holds when the next element would
 overflow its target, and so emits an empty batch (which RunInference's
 keyed handler cannot unpack) for an element heavier than a target it has
-adapted down to. An image larger than the budget is scored alone. The handler calls the model
-with power-of-two slices of each batch, so TensorFlow sees few distinct
-shapes and its per-shape caches (hence memory) stay bounded.
+adapted down to. An image larger than the budget is scored alone.
 
 One undecodable image (a truncated JPEG, say) fails the signature call for its
 whole batch. The handler then splits the batch in halves and retries each,

@@ -87,14 +87,15 @@ class ScoringOptions(pipeline_options.PipelineOptions):
         help='How many classes each prediction lists, most probable first.')
     parser.add_argument(
         '--max_batch_size', type=int, default=DEFAULT_MAX_BATCH_SIZE,
-        help='Images per batch. Lower it for large photos: a batch holds its '
-        'files in memory.')
+        help='Most images per batch (--max_batch_pixels bounds what they '
+        'cost decoded).')
     parser.add_argument(
         '--min_batch_size', type=int, default=None,
         help='Smallest batch (default: --max_batch_size, so batches have a '
         'fixed size and memory is reached at the first batch). Lower, '
         'RunInference adapts the batch size between the two to the time a '
-        'batch takes.')
+        'batch takes; only with --max_batch_pixels=0 (pixel-bounded batches '
+        'fill up to their bound).')
     parser.add_argument(
         '--max_image_pixels', type=int, default=DEFAULT_MAX_IMAGE_PIXELS,
         help='Images with more pixels (width x height, from the header) are '
