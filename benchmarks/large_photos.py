@@ -138,14 +138,15 @@ def prepare(args):
     _child('--measure=write', f'--work_dir={args.work_dir}',
            f'--images_dir={folder}', f'--thumbnails={args.thumbnails}',
            f'--photos={args.photos}', f'--photo_scale={args.photo_scale}')
-  job_dir = os.path.join(args.work_dir, 'job')
+  job_dir = os.path.join(args.work_dir, f'job-{args.train_examples}')
   scaled = os.path.join(job_dir, 'export')
   if not os.path.exists(os.path.join(scaled, '_COMPLETE')):
     subprocess.run([sys.executable, '-m', 'trainer.task',
                     f'--job_dir={job_dir}', '--epochs=1',
                     f'--train_examples={args.train_examples}'], cwd=REPO,
                    env=_child_env(), check=True, capture_output=True)
-  full = os.path.join(args.work_dir, 'export-full-size')
+  full = os.path.join(args.work_dir,
+                      f'export-full-size-{args.train_examples}')
   if not os.path.exists(os.path.join(full, '_COMPLETE')):
     _child('--measure=export_full', f'--model_dir={scaled}',
            f'--images_dir={full}')
