@@ -17,7 +17,8 @@ so that everything the input came with reaches its output record:
 * `fields`: a manifest row's other columns, as (name, value) pairs in the
   manifest's order; they come back unchanged in the input's record.
 * `pixels`: width x height from the header check (0 before it), which
-  bounds a batch's decoded size.
+  bounds a batch's decoded size: the size the model decodes the image to
+  (a large JPEG's decoder scales it down: `artifact.decoded_size`).
 """
 
 from typing import NamedTuple, Optional

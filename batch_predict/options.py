@@ -33,6 +33,10 @@ DEFAULT_MAX_IMAGE_PIXELS = 100_000_000
 DEFAULT_MAX_FILE_BYTES = 64 * 1024 * 1024
 DEFAULT_NUM_SHARDS = 10
 DEFAULT_MAX_BATCH_SIZE = 64
+# Decoding, converting and resizing costs about 33 bytes of memory per
+# decoded pixel at its peak (one 60-megapixel JPEG: 2.0 GB, measured), so
+# this bounds a batch's decoding at about 1 GB.
+DEFAULT_MAX_BATCH_PIXELS = 30_000_000
 _REMOTE_RUNNERS = ('DataflowRunner', 'TestDataflowRunner')
 _DRY_RUN_FLAG = '--dry_run'
 _TRUE = ('true', '1', 'yes')
@@ -92,14 +96,15 @@ class ScoringOptions(pipeline_options.PipelineOptions):
         help='How many classes each prediction lists, most probable first.')
     parser.add_argument(
         '--max_batch_size', type=int, default=DEFAULT_MAX_BATCH_SIZE,
-        help='Images per batch. Lower it for large photos: a batch holds its '
-        'files in memory.')
+        help='Most images per batch (--max_batch_pixels bounds what they '
+        'cost decoded).')
     parser.add_argument(
         '--min_batch_size', type=int, default=None,
         help='Smallest batch (default: --max_batch_size, so batches have a '
         'fixed size and memory is reached at the first batch). Lower, '
         'RunInference adapts the batch size between the two to the time a '
-        'batch takes.')
+        'batch takes; only with --max_batch_pixels=0 (pixel-bounded batches '
+        'fill up to their bound).')
     parser.add_argument(
         '--max_image_pixels', type=int, default=DEFAULT_MAX_IMAGE_PIXELS,
         help='Images with more pixels (width x height, from the header) are '
@@ -135,6 +140,22 @@ class ScoringOptions(pipeline_options.PipelineOptions):
         'matrix, top-k accuracy, calibration, the most confident mistakes) '
         'and PREFIX-evaluation.png. Unlabelled images and errors are '
         'counted, not evaluated.')
+    parser.add_argument(
+        '--max_batch_pixels', type=int, default=DEFAULT_MAX_BATCH_PIXELS,
+        help='Most decoded pixels in one batch (default 30 million: decoding '
+        'costs about 33 bytes a pixel, so a batch decodes in about 1 GB of '
+        'memory, per worker thread). Sizes come from the headers (a large '
+        'JPEG counts at the scale the model decodes it to); --max_batch_size '
+        'still caps the count. An image larger than this is scored alone. '
+        '0: batches bounded by count only (between --min_batch_size and '
+        '--max_batch_size; with pixel bounds, batches fill up to them).')
+    parser.add_argument(
+        '--model_copies', type=int, default=None,
+        help='Copies of the model per worker VM, shared by all its SDK '
+        'processes, one per GPU (each copy on its own GPU). Default: the '
+        'count of --dataflow_service_options=worker_accelerator=...;count:N '
+        'when given, else 0: each worker process loads its own copy (CPU '
+        'workers).')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,6 +183,13 @@ class ScoringConfig:
   # (empty when not known before the run).
   label_names: tuple = ()
   evaluate: bool = False
+  max_batch_pixels: int = DEFAULT_MAX_BATCH_PIXELS
+  # The model's input (height, width) and the scales its signature may
+  # decode a JPEG at (metadata.json), for each image's decoded size.
+  input_size: tuple = ()
+  jpeg_dct_ratios: tuple = ()
+  # Model copies per worker VM shared by its processes (0: one per process).
+  model_copies: int = 0
   # Names this run's staging folder (outputs.staging_folder).
   run_id: str = dataclasses.field(default_factory=outputs.new_run_id)
 
@@ -170,6 +198,23 @@ def is_remote_runner(options):
   """Whether the pipeline runs on Dataflow (paths must be gs://)."""
   runner = options.view_as(pipeline_options.StandardOptions).runner or ''
   return str(runner).rsplit('.', 1)[-1] in _REMOTE_RUNNERS
+
+
+def gpus_per_worker(options):
+  """The GPUs each Dataflow worker gets: the `count` of the
+  `worker_accelerator` service option (0 without one)."""
+  service_options = options.view_as(
+      pipeline_options.GoogleCloudOptions).dataflow_service_options or []
+  for option in service_options:
+    name, _, value = option.partition('=')
+    if name.strip() != 'worker_accelerator':
+      continue
+    for part in value.split(';'):
+      key, _, count = part.partition(':')
+      if key.strip() == 'count' and count.strip().isdigit():
+        return int(count)
+    return 1  # Dataflow's default count.
+  return 0
 
 
 def normalize_dry_run(argv):
@@ -255,9 +300,13 @@ def build_config(options, argv=None):
     raise ConfigError(f'Missing {", ".join(missing)}; see --help.')
   numbers = {name: getattr(flags, name) for name in (
       'top_k', 'min_batch_size', 'max_batch_size', 'max_image_pixels',
-      'max_file_bytes', 'num_shards', 'progress_interval_secs')}
+      'max_file_bytes', 'num_shards', 'progress_interval_secs',
+      'max_batch_pixels')}
   if numbers['min_batch_size'] is None:  # Fixed-size batches by default.
     numbers['min_batch_size'] = numbers['max_batch_size']
+  numbers['model_copies'] = (gpus_per_worker(options)
+                             if flags.model_copies is None
+                             else flags.model_copies)
   _check_numbers(numbers)
   if flags.output_format not in outputs.OUTPUT_FORMATS:
     raise ConfigError(f'--output_format={flags.output_format}: use one of '
@@ -268,13 +317,16 @@ def build_config(options, argv=None):
     _check_remote(options, {'--model_dir': model_dir, '--input': flags.input,
                             '--output': output})
   labels = artifact.check(model_dir)
+  metadata = artifact.read_metadata(model_dir)
   if flags.top_k > len(labels):
     raise ConfigError(f'--top_k={flags.top_k} is more than the model\'s '
                       f'{len(labels)} classes.')
   return ScoringConfig(
       model_dir=model_dir, output=output, labels=labels,
       break_lease=bool(flags.break_lease), output_format=flags.output_format,
-      evaluate=bool(flags.evaluate), **_check_input(flags), **numbers)
+      evaluate=bool(flags.evaluate), input_size=artifact.input_size(metadata),
+      jpeg_dct_ratios=artifact.jpeg_dct_ratios(metadata),
+      **_check_input(flags), **numbers)
 
 
 def _check_input(flags):
@@ -323,11 +375,12 @@ def _normalize(name, path):
 def _check_numbers(numbers):
   """Args: numbers: {flag name: value} of the numeric flags."""
   for name, value in numbers.items():
-    minimum = 1e-9 if name == 'progress_interval_secs' else 1
+    minimum, wanted = {'progress_interval_secs': (1e-9, 'positive'),
+                       'max_batch_pixels': (0, 'at least 0'),
+                       'model_copies': (0, 'at least 0')}.get(
+                           name, (1, 'at least 1'))
     if value < minimum:
-      raise ConfigError(f'--{name} must be '
-                        f'{"positive" if minimum < 1 else "at least 1"}, got '
-                        f'{value}.')
+      raise ConfigError(f'--{name} must be {wanted}, got {value}.')
   if numbers['min_batch_size'] > numbers['max_batch_size']:
     raise ConfigError(f'--min_batch_size={numbers["min_batch_size"]} is more '
                       f'than --max_batch_size={numbers["max_batch_size"]}.')

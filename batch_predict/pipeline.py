@@ -22,6 +22,7 @@ and prints one line.
 """
 
 import argparse
+import functools
 import logging
 import sys
 
@@ -35,6 +36,7 @@ from batch_predict import model_handler
 from batch_predict import options as options_lib
 from batch_predict import outputs
 from batch_predict import transforms
+from trainer import artifact
 from trainer import errors
 from trainer import lease as lease_lib
 
@@ -53,7 +55,14 @@ def build_pipeline(pipeline, config):
   """
   handler = model_handler.ImageClassifierHandler(
       config.model_dir, min_batch_size=config.min_batch_size,
-      max_batch_size=config.max_batch_size)
+      max_batch_size=config.max_batch_size,
+      max_batch_pixels=config.max_batch_pixels,
+      model_copies=config.model_copies)
+  decoded_size = None
+  if config.input_size:
+    decoded_size = functools.partial(
+        artifact.decoded_size, input_size=config.input_size,
+        ratios=config.jpeg_dct_ratios)
   classified = (
       pipeline
       | 'ListImages' >> transforms.ListImages(
@@ -63,7 +72,7 @@ def build_pipeline(pipeline, config):
           max_file_bytes=config.max_file_bytes,
           max_image_pixels=config.max_image_pixels,
           progress_interval_secs=config.progress_interval_secs,
-          evaluate=config.evaluate))
+          evaluate=config.evaluate, decoded_size=decoded_size))
   predictions, error_records = classified[:2]
   staged = (
       predictions | 'WritePredictions' >> transforms.WriteShards(

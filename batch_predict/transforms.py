@@ -300,34 +300,52 @@ class ReadImages(beam.PTransform):
     return results.images, results[outputs.ERRORS]
 
 
-class _CheckImageFn(_PerElementFn):
-  """Item -> itself, with its pixel count, if the model can score it; else
-  an error record."""
+def _full_size(image_format, width, height):
+  del image_format  # Every format decodes at full size.
+  return width, height
 
-  def __init__(self, max_image_pixels):
+
+class _CheckImageFn(_PerElementFn):
+  """Item -> itself, with its decoded pixel count, if the model can score
+  it; else an error record."""
+
+  def __init__(self, max_image_pixels, decoded_size=None):
     super().__init__()
     self._max_image_pixels = max_image_pixels
+    self._decoded_size = decoded_size or _full_size
 
   def apply(self, element):
     info = image_header.check_image(element.data, self._max_image_pixels)
-    return element._replace(pixels=info.pixels)
+    width, height = self._decoded_size(info.format, info.width, info.height)
+    return element._replace(pixels=width * height)
 
 
 class CheckImages(beam.PTransform):
   """Items -> the images the model can score, and error records.
 
-  Checks headers only (see `image_header`): nothing is decoded. Returns a
-  pair of PCollections: (images, errors).
+  Checks headers only (see `image_header`): nothing is decoded. Each image
+  that passes carries the pixels the model will decode it to (`pixels`),
+  which bound the batches it joins. Returns a pair of PCollections:
+  (images, errors).
   """
 
-  def __init__(self, max_image_pixels):
+  def __init__(self, max_image_pixels, decoded_size=None):
+    """Args:
+      max_image_pixels: images with more pixels (from the header) are
+        refused.
+      decoded_size: (format, width, height) -> the (width, height) the
+        model decodes such an image to (`artifact.decoded_size` for the
+        artifact's input); default: full size.
+    """
     super().__init__()
     self._max_image_pixels = max_image_pixels
+    self._decoded_size = decoded_size
 
   def expand(self, images):
     results = images | 'CheckHeaders' >> beam.ParDo(
-        _CheckImageFn(self._max_image_pixels)).with_outputs(
-            outputs.ERRORS, main='images')
+        _CheckImageFn(self._max_image_pixels,
+                      self._decoded_size)).with_outputs(
+                          outputs.ERRORS, main='images')
     return results.images, results[outputs.ERRORS]
 
 
@@ -469,7 +487,8 @@ class ClassifyImages(beam.PTransform):
   ScoreImages."""
 
   def __init__(self, handler, labels, *, top_k, max_file_bytes,
-               max_image_pixels, progress_interval_secs=30, evaluate=False):
+               max_image_pixels, progress_interval_secs=30, evaluate=False,
+               decoded_size=None):
     super().__init__()
     self._handler = handler
     self._labels = labels
@@ -478,12 +497,13 @@ class ClassifyImages(beam.PTransform):
     self._max_image_pixels = max_image_pixels
     self._progress_interval_secs = progress_interval_secs
     self._evaluate = evaluate
+    self._decoded_size = decoded_size
 
   def expand(self, uris):
     images, read_errors = uris | 'ReadImages' >> ReadImages(
         self._max_file_bytes)
     images, header_errors = images | 'CheckImages' >> CheckImages(
-        self._max_image_pixels)
+        self._max_image_pixels, self._decoded_size)
     scored = images | 'ScoreImages' >> ScoreImages(
         self._handler, self._labels, self._top_k,
         self._progress_interval_secs, self._evaluate)

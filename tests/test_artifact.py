@@ -19,7 +19,8 @@ def test_artifact_layout_and_metadata(trained_export):
   assert metadata['labels'] == [str(d) for d in range(10)]
   assert metadata['input'] == {'height': 28, 'width': 28, 'channels': 1,
                                'encoded_formats': ['jpeg', 'png', 'gif',
-                                                   'bmp']}
+                                                   'bmp'],
+                               'jpeg_dct_ratios': [2, 4, 8]}
   assert metadata['dataset'] == 'mnist_sample'
   assert metadata['model'] == 'deep_mnist'
   assert 0 <= metadata['metrics']['test_accuracy'] <= 1
@@ -94,3 +95,26 @@ def test_check_refuses_a_broken_artifact_in_one_line(trained_export, tmp_path,
     artifact.check(copy)
   assert '\n' not in str(raised.value)
   assert raised.value.kind == artifact.ArtifactError.kind
+
+
+def test_a_jpeg_decodes_at_the_largest_scale_still_over_the_input():
+  # 4000 x 3000 for 28 x 28: 1/8 gives 500 x 375, still over 28.
+  assert artifact.jpeg_dct_ratio(4000, 3000, (28, 28)) == 8
+  # 100 x 60 for 28 x 28: 1/2 gives 50 x 30; 1/4 would give 25 x 15.
+  assert artifact.jpeg_dct_ratio(100, 60, (28, 28)) == 2
+  # The smaller side counts against the larger target side (EXIF may turn
+  # the image), and libjpeg rounds up: 57 / 2 -> 29 >= 28.
+  assert artifact.jpeg_dct_ratio(1000, 57, (20, 28)) == 2
+  assert artifact.jpeg_dct_ratio(55, 55, (28, 28)) == 2  # 28 x 28.
+  assert artifact.jpeg_dct_ratio(54, 54, (28, 28)) == 1  # 27 < 28.
+  assert artifact.jpeg_dct_ratio(4000, 3000, (28, 28), ratios=()) == 1
+  assert artifact.decoded_size('jpeg', 4001, 3000, (28, 28)) == (501, 375)
+  assert artifact.decoded_size('PNG', 4000, 3000, (28, 28)) == (4000, 3000)
+
+
+def test_artifacts_from_before_dct_scaling_decode_at_full_size():
+  old = {'input': {'height': 28, 'width': 20, 'channels': 1}}
+  assert artifact.jpeg_dct_ratios(old) == ()
+  assert artifact.input_size(old) == (28, 20)
+  new = {'input': {'height': 28, 'width': 28, 'jpeg_dct_ratios': [2, 4, 8]}}
+  assert artifact.jpeg_dct_ratios(new) == (2, 4, 8)

@@ -273,3 +273,40 @@ def test_a_one_machine_strategy_in_a_cluster_is_refused(tmp_path):
   assert 'cluster in TF_CONFIG/CLUSTER_SPEC has 2 tasks' in process.stderr
   assert 'Traceback' not in process.stderr
   assert not (tmp_path / 'job').exists()
+
+
+# --------------------------------------------------------------------------
+# GPUs: memory growth and what was found, before the strategy.
+
+
+def _logged(monkeypatch):
+  """The messages distribute.py logs (absl), whatever other tests did to
+  the loggers' handlers."""
+  from trainer import distribute  # pylint: disable=g-import-not-at-top
+  messages = []
+  monkeypatch.setattr(distribute.logging, 'info',
+                      lambda message, *args: messages.append(message % args))
+  return messages
+
+
+def test_gpus_get_memory_growth_unless_it_is_turned_off(monkeypatch):
+  from tests import test_devices  # pylint: disable=g-import-not-at-top
+  from trainer import distribute  # pylint: disable=g-import-not-at-top
+  logged = _logged(monkeypatch)
+  recorder = test_devices.GrowthRecorder()
+  assert distribute.prepare_gpus(True, test_devices.gpus(2), recorder) == 2
+  assert [enable for _, enable in recorder.calls] == [True, True]
+  assert logged[-1].startswith('Found 2 GPU(s)')
+  assert logged[-1].endswith('memory growth on.')
+  recorder.calls.clear()
+  assert distribute.prepare_gpus(False, test_devices.gpus(1), recorder) == 1
+  assert not recorder.calls
+  assert 'memory growth off' in logged[-1]
+
+
+def test_auto_strategy_on_this_cpu_logs_that_it_found_no_gpu(monkeypatch):
+  from trainer import distribute  # pylint: disable=g-import-not-at-top
+  logged = _logged(monkeypatch)
+  strategy = distribute.create_strategy('auto')
+  assert strategy.num_replicas_in_sync == 1
+  assert 'No GPU found: running on the CPU.' in logged

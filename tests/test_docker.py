@@ -80,3 +80,20 @@ def test_the_image_installs_this_repository_and_everything_it_packages():
     assert f'{package}/' in copied, package
   ignored = _read('.dockerignore').split()
   assert not {'trainer', 'batch_predict', 'config', 'setup.py'} & set(ignored)
+
+
+def test_dataflow_gpu_target_adds_cuda_tensorflow_to_the_dataflow_image():
+  dockerfile = _read('Dockerfile')
+  stages = _stages(dockerfile)
+  gpu = stages['dataflow_gpu']
+  assert re.search(r'^FROM base AS dataflow_gpu$', dockerfile, flags=re.M)
+  # The Beam SDK's boot entry point and root user, as for CPU workers.
+  assert 'ENTRYPOINT' not in gpu and 'USER' not in gpu
+  # TensorFlow with its CUDA libraries, at the version base installs (and
+  # test_pinned_versions_fall_in_the_setup_py_ranges checks against setup.py).
+  cuda = re.findall(r'"tensorflow\[and-cuda\]==([\d.]+)"', gpu)
+  plain = re.findall(r'"tensorflow==([\d.]+)"', stages['base'])
+  assert cuda and cuda == plain
+  # The CPU image stays as it was: no CUDA in `dataflow`.
+  assert 'and-cuda' not in stages['dataflow']
+  assert list(stages)[-1] == 'trainer'  # Still the default target.

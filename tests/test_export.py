@@ -1,8 +1,11 @@
 """Writing the model artifact: round trips without train/serve skew, safe
 loading of model.keras."""
 
+import io
+
 import keras
 import numpy as np
+from PIL import Image
 import pytest
 import tensorflow as tf
 
@@ -11,6 +14,7 @@ from tests.helpers import photos
 from trainer import artifact
 from trainer import export
 from trainer import models
+from trainer.data import preprocessing
 from trainer.data import samples
 from trainer.data import sources
 
@@ -148,3 +152,57 @@ def test_an_rgba_png_is_served_as_composited_onto_white(tmp_path):
   expected = pixels_fn(images=tf.constant(composited[None]))[
       'probabilities'].numpy()
   np.testing.assert_allclose(served, expected, atol=1e-6)
+
+
+# A 12-megapixel-class photo of a digit scores as its full-size decode does:
+# the decoded pixels differ by under 0.03 (tests/data/test_preprocessing.py),
+# the probabilities by under this (measured: 0.0014).
+_SCALED_PROBABILITY_TOLERANCE = 0.05
+
+
+def test_a_large_jpeg_scores_as_its_full_size_decode(trained_export):
+  pixels, _ = _test_digits(8)
+  photos_of_digits = []
+  for digit in pixels:
+    large = Image.fromarray(digit[..., 0]).resize((1600, 1600),
+                                                  Image.BILINEAR)
+    buffer = io.BytesIO()
+    large.save(buffer, 'JPEG', quality=95)
+    photos_of_digits.append(buffer.getvalue())
+  serve, _ = artifact.load_serving(trained_export)
+  serve_pixels, _ = artifact.load_serving(trained_export,
+                                          artifact.PIXELS_SIGNATURE)
+  scaled = serve(image_bytes=tf.constant(photos_of_digits))['probabilities']
+  full_size = preprocessing.decode_images(
+      tf.constant(photos_of_digits), 28, 28, 1, jpeg_dct_ratios=())
+  full = serve_pixels(images=full_size)['probabilities']
+  assert np.abs(scaled.numpy() - full.numpy()).max() < (
+      _SCALED_PROBABILITY_TOLERANCE)
+  assert (np.argmax(scaled, axis=1) == np.argmax(full, axis=1)).all()
+  metadata = artifact.read_metadata(trained_export)
+  assert metadata['input']['jpeg_dct_ratios'] == [2, 4, 8]
+
+
+@pytest.mark.slow
+def test_an_artifact_without_dct_ratios_decodes_at_full_size(trained_export,
+                                                             tmp_path):
+  # What artifacts exported before DCT scaling do (and the benchmark's
+  # "full decode" side): the metadata says which decoder the signature has.
+  model = export.load_keras_model(trained_export)
+  metadata = artifact.read_metadata(trained_export)
+  del metadata['input']['jpeg_dct_ratios']
+  export.export_model(model, str(tmp_path / 'export'), metadata)
+  large = Image.fromarray(_test_digits(1)[0][0][..., 0]).resize(
+      (1600, 1600), Image.BILINEAR)
+  buffer = io.BytesIO()
+  large.save(buffer, 'JPEG', quality=95)
+  serve, _ = artifact.load_serving(str(tmp_path / 'export'))
+  serve_pixels, _ = artifact.load_serving(str(tmp_path / 'export'),
+                                          artifact.PIXELS_SIGNATURE)
+  full = preprocessing.decode_images(tf.constant([buffer.getvalue()]), 28,
+                                     28, 1, jpeg_dct_ratios=())
+  np.testing.assert_allclose(
+      serve(image_bytes=tf.constant([buffer.getvalue()]))['probabilities'],
+      serve_pixels(images=full)['probabilities'], atol=1e-6)
+  assert 'jpeg_dct_ratios' not in artifact.read_metadata(
+      str(tmp_path / 'export'))['input']

@@ -15,7 +15,9 @@ from apache_beam.testing import util
 import numpy as np
 import pytest
 
+from batch_predict import items
 from batch_predict import model_handler
+from tests import test_devices
 from tests.helpers import fakes
 from tests.helpers import image_files
 from trainer import artifact
@@ -76,6 +78,111 @@ def test_a_batch_of_good_images_is_one_call():
   assert not splits
   assert classifier.calls == [5]
   assert all(isinstance(r, np.ndarray) for r in results)
+
+
+def test_out_of_memory_halves_the_batch_until_every_image_is_scored():
+  classifier = fakes.FakeClassifier(oom_above=3)
+  images = [image for image, _ in _good_images(16)]
+  halvings = []
+  results = model_handler.predict_isolating_failures(
+      classifier, images, on_out_of_memory=lambda: halvings.append(1))
+  assert all(isinstance(r, np.ndarray) for r in results)
+  np.testing.assert_allclose(
+      np.stack(results), fakes.FakeClassifier().predict(images), atol=1e-6)
+  # 16 -> 8 -> 4 -> 2: the batches that ran out of memory were halved.
+  assert len(halvings) == 1 + 2 + 4
+  assert max(classifier.calls) == 16 and set(classifier.calls) == {16, 8, 4, 2}
+
+
+def test_an_image_that_alone_exhausts_memory_gets_one_failure():
+  images = [image for image, _ in _good_images(8)]
+  huge = images[5]
+  classifier = fakes.FakeClassifier(oom_on=[huge])
+  results = model_handler.predict_isolating_failures(classifier, images)
+  failures = [i for i, r in enumerate(results)
+              if isinstance(r, model_handler.DecodeFailure)]
+  assert failures == [5]
+  assert results[5].kind == errors.TOO_LARGE_FOR_MEMORY
+  assert '--max_image_pixels' in results[5].message
+  others = [image for i, image in enumerate(images) if i != 5]
+  np.testing.assert_allclose(
+      np.stack([r for i, r in enumerate(results) if i != 5]),
+      fakes.FakeClassifier().predict(others), atol=1e-6)
+
+
+def test_pixel_bounded_batching_weighs_each_image_at_least_a_slot():
+  kwargs = model_handler.batching_kwargs(4, 16, max_batch_pixels=1600)
+  weigh = kwargs['element_size_fn']
+  # A fixed target: BatchElements never adapts it below an image's weight.
+  assert (kwargs['min_batch_size'], kwargs['max_batch_size']) == (1600, 1600)
+  # Keyed elements (the scorer's) weigh their key's pixels, at least 100
+  # (a 16th of the budget) and at most the budget.
+  assert weigh((items.Item('a', pixels=900), b'...')) == 900
+  assert weigh((items.Item('b', pixels=3), b'...')) == 100
+  assert weigh((items.Item('c', pixels=10**6), b'...')) == 1600
+  assert weigh(items.Item('d', pixels=250)) == 250
+  assert weigh(b'bytes alone') == 100
+  # Without a pixel bound, batches are counted as before.
+  for off in (None, 0):
+    assert model_handler.batching_kwargs(4, 16, off) == {
+        'min_batch_size': 4, 'max_batch_size': 16}
+
+
+def test_each_model_copy_goes_to_the_next_gpu_with_memory_growth_on():
+  recorder = test_devices.GrowthRecorder()
+  two = test_devices.gpus(2)
+  picked = [model_handler.prepare_device(two, recorder) for _ in range(4)]
+  names = [device for device, _ in picked]
+  assert sorted(set(names)) == ['/GPU:0', '/GPU:1']
+  assert names[0] != names[1] and names[:2] == names[2:]  # Round robin.
+  assert all(enable for _, enable in recorder.calls)
+  assert 'Found 2 GPU(s)' in picked[0][1]
+  assert model_handler.prepare_device([], recorder) == (
+      None, 'No GPU found: running on the CPU.')
+
+
+@pytest.mark.slow
+def test_the_gpu_code_path_runs_on_the_cpu(trained_export, classifier, caplog):
+  # An explicit device, as a GPU worker gets one: here the CPU.
+  on_device = model_handler.load_classifier(trained_export, device='/CPU:0')
+  images = [image for image, _ in _good_images(3)]
+  np.testing.assert_allclose(on_device.predict(images),
+                             classifier.predict(images), atol=1e-6)
+  handler = model_handler.ImageClassifierHandler(trained_export,
+                                                 model_copies=1)
+  assert handler.share_model_across_processes()
+  with caplog.at_level('INFO', logger=model_handler.__name__):
+    loaded = handler.load_model()
+  assert loaded.device is None
+  assert "on the CPU (one of 1 copies shared by this worker's processes)" in (
+      caplog.text)
+
+
+@pytest.mark.slow
+def test_a_model_shared_across_processes_still_isolates_failures():
+  # model_copies: RunInference serves the model from a proxy process
+  # (Beam's multi_process_shared); errors come back through it.
+  good = _good_images(6)
+  elements = [(f'digit-{i}.png', image) for i, (image, _) in enumerate(good)]
+  elements.append(('cut.png', b'\x89PNG' + fakes.UNDECODABLE))
+  handler = fakes.FakeClassifierHandler(
+      model_copies=1, oom_above=2, min_batch_size=7, max_batch_size=7)
+
+  def kind(element):
+    uri, result = element
+    inference = result.inference
+    if isinstance(inference, model_handler.DecodeFailure):
+      return uri, inference.kind
+    return uri, 'scored'
+
+  with test_pipeline.TestPipeline() as pipeline:
+    kinds = (pipeline
+             | beam.Create(elements)
+             | base.RunInference(base.KeyedModelHandler(handler))
+             | beam.Map(kind))
+    util.assert_that(kinds, util.equal_to(
+        [(uri, 'scored') for uri, _ in elements[:-1]] +
+        [('cut.png', errors.UNDECODABLE)]))
 
 
 def test_power_of_two_chunks_cover_the_batch_in_order():

@@ -55,6 +55,8 @@ def test_checking_the_options_leaves_them_as_they_were(trained_export,
   config = options_lib.build_config(options, argv)
   assert options.get_all_options() == before
   assert config.min_batch_size == config.max_batch_size == 8
+  assert config.max_batch_pixels == options_lib.DEFAULT_MAX_BATCH_PIXELS
+  assert config.input_size == (28, 28)  # For each image's decoded size.
   assert config.labels == tuple(str(d) for d in range(10))
   assert not options_lib.is_remote_runner(options)
   assert options_lib.is_remote_runner(pipeline_options.PipelineOptions(
@@ -74,3 +76,15 @@ def test_labels_from_folders_names_the_class_folders_of_a_folder_input(
   assert config.labels_from_folders
   assert config.label_names == ('ant', 'zebra')
   assert config.output_format == 'csv'
+
+
+def test_model_copies_default_to_the_gpus_each_dataflow_worker_gets():
+  def gpus(*flags):
+    return options_lib.gpus_per_worker(pipeline_options.PipelineOptions(
+        list(flags)))
+  assert gpus() == 0  # CPU workers: one model per process, as before.
+  assert gpus('--dataflow_service_options=worker_accelerator='
+              'type:nvidia-l4;count:2;install-nvidia-driver') == 2
+  assert gpus('--dataflow_service_options=enable_prime',
+              '--dataflow_service_options=worker_accelerator='
+              'type:nvidia-tesla-t4;install-nvidia-driver') == 1

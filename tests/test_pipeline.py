@@ -271,6 +271,8 @@ def earlier_output(tmp_path):
     (['--top-k=3'], options_lib.ConfigError, 'Unknown flag.*--top-k'),
     (['--top_k=11'], options_lib.ConfigError, "more than the model's 10"),
     (['--top_k=0'], options_lib.ConfigError, 'at least 1'),
+    (['--max_batch_pixels=-1'], options_lib.ConfigError,
+     '--max_batch_pixels must be at least 0'),
     (['--min_batch_size=64', '--max_batch_size=8'], options_lib.ConfigError,
      'more than --max_batch_size'),
     (['--output=OUT/sc*res'], options_lib.ConfigError, 'cannot contain'),

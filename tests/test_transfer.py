@@ -358,7 +358,8 @@ def test_transfer_run_reuses_every_extractor_weight_and_trains_a_new_head(
   assert metadata['labels'] == [str(digit) for digit in range(10)]
   assert metadata['model'] == 'transfer_cnn_bn'
   assert metadata['input'] == {'height': 28, 'width': 28, 'channels': 1,
-                               'encoded_formats': list(artifact.ENCODED_FORMATS)}
+                               'encoded_formats': list(artifact.ENCODED_FORMATS),
+                               'jpeg_dct_ratios': list(artifact.JPEG_DCT_RATIOS)}
   details = metadata['transfer']
   assert details['base_model'] == cnn_base
   assert details['base_input'] == {'height': 28, 'width': 28, 'channels': 1}

@@ -2,6 +2,7 @@
 counters and progress logs, and the sharded JSON-lines sink."""
 
 import collections
+import functools
 import json
 import logging
 import os
@@ -23,6 +24,7 @@ from batch_predict import transforms
 from tests.helpers import fakes
 from tests.helpers import image_files
 from tests.helpers import records as record_files
+from trainer import artifact
 from trainer import errors as errors_lib
 from trainer import lease as lease_lib
 
@@ -158,6 +160,88 @@ def test_an_image_the_model_cannot_decode_costs_one_record_not_its_batch(
                                      'Graph execution' in r['error'])),
         util.equal_to([(str(tmp_path / 'cut.png'), errors_lib.UNDECODABLE,
                         False)]), label='CheckErrors')
+
+
+def test_out_of_memory_costs_only_the_image_too_large_alone(tmp_path):
+  png = image_files.encode(image_files.digits(1)[0][0], 'PNG')
+  contents = {f'{i}.png': png + bytes([i]) for i in range(8)}
+  paths = {name: str(tmp_path / name) for name in contents}
+  for name, content in contents.items():
+    (tmp_path / name).write_bytes(content)
+  # Batches of 8; the model fits 2 images at a time, and 3.png not at all.
+  handler = fakes.FakeClassifierHandler(
+      oom_above=2, oom_on=[contents['3.png']], min_batch_size=8,
+      max_batch_size=8)
+  pipeline = test_pipeline.TestPipeline()
+  predictions, errors = (
+      pipeline
+      | beam.Create(sorted(paths.values()))
+      | transforms.ClassifyImages(handler, fakes.DIGITS, top_k=1,
+                                  max_file_bytes=10**6,
+                                  max_image_pixels=10**6))
+  util.assert_that(predictions | beam.Map(lambda r: r['uri']),
+                   util.equal_to([paths[name] for name in contents
+                                  if name != '3.png']),
+                   label='CheckPredictions')
+  util.assert_that(errors | beam.Map(lambda r: (r['uri'], r['kind'])),
+                   util.equal_to([(paths['3.png'],
+                                   errors_lib.TOO_LARGE_FOR_MEMORY)]),
+                   label='CheckErrors')
+  counters = _counters(pipeline.run())
+  assert counters['errors_too_large_for_memory'] == 1
+  assert counters['batches_split_out_of_memory'] >= 3
+
+
+def _read_batch_log(path):
+  with open(path) as f:
+    return [tuple(int(n) for n in line.split()) for line in f]
+
+
+def test_batches_are_bounded_by_decoded_pixels_and_count(tmp_path):
+  # 6 photos of 500 x 500 and 30 thumbnails: with a budget of 625,000
+  # pixels and 8 images, at most 2 photos share a batch, 8 thumbnails do.
+  contents = {f'photo-{i}.png': image_files.encode_image(
+      image_files.random_pixels(500, 500, channels=1, seed=i) // 64 * 64,
+      'PNG') for i in range(6)}
+  contents.update({f'thumb-{i}.png': image_files.encode(digit, 'PNG')
+                   for i, (digit, _) in enumerate(image_files.digits(30))})
+  # Larger than the whole budget: scored in a batch of its own.
+  contents['poster.png'] = image_files.encode_image(
+      np.zeros((750, 1000), np.uint8), 'PNG')
+  paths = []
+  for name, content in contents.items():
+    (tmp_path / name).write_bytes(content)
+    paths.append(str(tmp_path / name))
+  log = str(tmp_path / 'batches.log')
+  handler = fakes.FakeClassifierHandler(
+      batch_log=log, max_batch_size=8, max_batch_pixels=625_000)
+  with test_pipeline.TestPipeline() as pipeline:
+    predictions, errors = (
+        pipeline
+        | beam.Create(paths)
+        | transforms.ClassifyImages(handler, fakes.DIGITS, top_k=1,
+                                    max_file_bytes=10**7,
+                                    max_image_pixels=10**7))
+    util.assert_that(predictions | beam.Map(lambda r: r['uri']),
+                     util.equal_to(paths), label='CheckPredictions')
+    util.assert_that(errors, util.equal_to([]), label='CheckErrors')
+  batches = _read_batch_log(log)
+  assert sum(count for count, _ in batches) == len(paths)
+  assert all(count <= 8 and (pixels <= 625_000 or count == 1)
+             for count, pixels in batches), batches
+  assert (1, 750_000) in batches
+  assert max(count for count, _ in batches) > 2  # Thumbnails fill a batch.
+
+
+def test_a_jpeg_weighs_the_pixels_it_is_decoded_to():
+  fn = transforms._CheckImageFn(  # pylint: disable=protected-access
+      10**8, functools.partial(artifact.decoded_size, input_size=(28, 28),
+                               ratios=(2, 4, 8)))
+  jpeg = image_files.encode_image(image_files.random_pixels(300, 400), 'JPEG')
+  png = image_files.encode_image(image_files.random_pixels(300, 400), 'PNG')
+  # 300 x 400 at 1/8 is 38 x 50 (libjpeg rounds up), still over 28 x 28.
+  assert fn.apply(items.Item('a.jpg', jpeg)).pixels == 50 * 38
+  assert fn.apply(items.Item('a.png', png)).pixels == 400 * 300
 
 
 def test_model_is_loaded_once_per_process_and_shared_by_its_threads(tmp_path):

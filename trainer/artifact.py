@@ -16,7 +16,9 @@ names and `ArtifactError`; and the reading side: `read_metadata` (which
 refuses an artifact without `_COMPLETE`), `local_copy`, `load_serving`,
 `load`, and `check`, the whole-artifact check the scorer runs before any
 work (the SavedModel loads, and returns one probability per label of
-metadata.json).
+metadata.json). It also says what an image costs the serving signature
+decoded (`decoded_size`): the scorer bounds its batches by that, before any
+image is decoded.
 
 It imports no Keras, and TensorFlow only inside the functions that load the
 SavedModel: the scorer and its Dataflow workers read an artifact without the
@@ -45,6 +47,11 @@ SERVING_SIGNATURE = 'serving_default'
 PIXELS_SIGNATURE = 'serving_pixels'
 # What `serving_default` decodes (metadata.json `input.encoded_formats`).
 ENCODED_FORMATS = ('jpeg', 'png', 'gif', 'bmp')
+# The scales (1/2, 1/4, 1/8) at which the serving signature (and training)
+# lets the JPEG decoder itself decode a JPEG far larger than the input
+# (metadata.json `input.jpeg_dct_ratios`; artifacts exported before it
+# decode every image at full size).
+JPEG_DCT_RATIOS = (2, 4, 8)
 
 
 class ArtifactError(errors.UserError, ValueError):
@@ -193,3 +200,60 @@ def check(model_dir):
         f'probabilities but {METADATA_FILE} lists {len(loaded.labels)} '
         'labels: the artifact is inconsistent; re-export it from its job dir.')
   return loaded.labels
+
+
+# --------------------------------------------------------------------------
+# What an image costs decoded (the rule trainer/data/preprocessing.py runs
+# in TensorFlow; tests/data/test_preprocessing.py checks that they agree).
+
+
+def jpeg_dct_ratio(width, height, input_size, ratios=JPEG_DCT_RATIOS):
+  """The scale a JPEG of width x height is decoded at: 1, or one of `ratios`.
+
+  The largest ratio whose decoded size (libjpeg rounds up: ceil(side /
+  ratio)) still has both sides at least the input's larger side, so the
+  resize to the input only ever shrinks, whichever way the EXIF orientation
+  turns the image.
+
+  Args:
+    width: the JPEG's width, from its header.
+    height: its height.
+    input_size: (height, width) the model takes.
+    ratios: the artifact's `input.jpeg_dct_ratios` (empty: always 1).
+
+  Returns:
+    An int: 1 (full size), or a ratio of `ratios`.
+  """
+  side = max(input_size)
+  fitting = [ratio for ratio in ratios
+             if -(-min(width, height) // ratio) >= side]
+  return max(fitting, default=1)
+
+
+def input_size(metadata):
+  """(height, width) of the model's input, from metadata.json."""
+  return metadata['input']['height'], metadata['input']['width']
+
+
+def jpeg_dct_ratios(metadata):
+  """The scales the artifact's signature may decode a JPEG at, from
+  metadata.json (`()` for artifacts exported before it: full size)."""
+  return tuple(metadata['input'].get('jpeg_dct_ratios', ()))
+
+
+def decoded_size(image_format, width, height, input_size,
+                 ratios=JPEG_DCT_RATIOS):
+  """(width, height) the serving signature decodes an image to, before
+  resizing it to the input.
+
+  Args:
+    image_format: 'JPEG', 'PNG', 'GIF' or 'BMP' (case-insensitive).
+    width: the image's width, from its header.
+    height: its height.
+    input_size: (height, width) the model takes.
+    ratios: the artifact's `input.jpeg_dct_ratios`.
+  """
+  if image_format.upper() != 'JPEG':
+    return width, height
+  ratio = jpeg_dct_ratio(width, height, input_size, ratios)
+  return -(-width // ratio), -(-height // ratio)

@@ -127,6 +127,10 @@ class Config:
   export_dir: str = _field(
       '', 'The model artifact; default JOB_DIR/export (AIP_MODEL_DIR when '
       'set).')
+  gpu_memory_growth: bool = _field(
+      True, 'Let TensorFlow take GPU memory as it needs it, rather than '
+      'nearly all of every GPU at start-up (so other processes can share '
+      'the GPUs). false: TensorFlow\'s default.')
 
   def __post_init__(self):
     _validate(self)
@@ -163,7 +167,8 @@ _PLACEMENT_KEYS = ('job_dir', 'checkpoint_dir', 'tensorboard_dir', 'export_dir',
 # Keys that change how a run trains but not what: a run may resume with other
 # values.
 _NOT_TRAINING_KEYS = _PLACEMENT_KEYS + ('cache', 'strategy', 'jit_compile',
-                                        'hypertune_metric')
+                                        'hypertune_metric',
+                                        'gpu_memory_growth')
 
 
 class ConfigError(errors.UserError, ValueError):

@@ -17,7 +17,10 @@ of replicas (README: "Training on several GPUs or machines").
 
 The caller (task.py) reads the environment and passes the parsed cluster in,
 and creates the strategy before any other TensorFlow call: collective ops
-must be configured at program start (keras-team/keras#20585).
+must be configured at program start (keras-team/keras#20585). That is also
+where GPU memory growth is turned on (`--gpu_memory_growth`, default on:
+`trainer.devices` says why) and the GPUs found are logged, before
+TensorFlow initialises them.
 
 Keras 3.15's TensorFlow trainer does not run MultiWorkerMirroredStrategy as
 shipped (keras-team/keras#20585, tensorflow/tensorflow#72388): see
@@ -32,6 +35,7 @@ import tensorflow as tf
 
 from trainer import cluster as cluster_lib
 from trainer import config as config_lib
+from trainer import devices
 from trainer import registry
 
 
@@ -67,14 +71,35 @@ def resolve_strategy_name(requested, num_tasks, num_gpus):
   return requested
 
 
+def prepare_gpus(memory_growth=True, gpus=None, set_memory_growth=None):
+  """Turns on memory growth (unless told not to) and logs the GPUs found.
+
+  Args:
+    memory_growth: `--gpu_memory_growth`.
+    gpus: the physical GPUs (default: TensorFlow's; tests pass their own).
+    set_memory_growth: see `devices.enable_memory_growth`.
+
+  Returns:
+    How many GPUs there are.
+  """
+  # Listing physical devices does not initialise the runtime, so it is safe
+  # before MultiWorkerMirroredStrategy configures collective ops.
+  gpus = devices.list_gpus() if gpus is None else list(gpus)
+  grown = (devices.enable_memory_growth(gpus, set_memory_growth)
+           if memory_growth else [])
+  logging.info('%s', devices.describe(gpus, grown))
+  return len(gpus)
+
+
 def create_strategy(requested='auto', cluster=None,
-                    task=cluster_lib.TaskInfo()):
+                    task=cluster_lib.TaskInfo(), memory_growth=True):
   """Creates the strategy; call before any other TensorFlow operation.
 
   Args:
     requested: one of registry.STRATEGIES.
     cluster: the normalised cluster from `cluster.parse_cluster`, or None.
     task: this process's TaskInfo from `cluster.parse_cluster`.
+    memory_growth: turn on GPU memory growth (`--gpu_memory_growth`).
 
   Returns:
     A tf.distribute.Strategy.
@@ -82,9 +107,7 @@ def create_strategy(requested='auto', cluster=None,
   Raises:
     config.ConfigError: see `resolve_strategy_name`.
   """
-  # Listing physical devices does not initialise the runtime, so it is safe
-  # before MultiWorkerMirroredStrategy configures collective ops.
-  num_gpus = len(tf.config.list_physical_devices('GPU'))
+  num_gpus = prepare_gpus(memory_growth)
   num_tasks = task.num_tasks if cluster else 1
   name = resolve_strategy_name(requested, num_tasks, num_gpus)
   if name == 'multi_worker':

@@ -85,3 +85,7 @@ OTHER_EXTENSION = 'other_extension'
 BAD_MANIFEST_ROW = 'bad_manifest_row'
 BAD_RECORD = 'bad_record'
 SCORING_KINDS += (BAD_MANIFEST_ROW, BAD_RECORD)
+# The model ran out of memory on one image alone (the scorer halves a batch
+# that runs out of memory down to single images first).
+TOO_LARGE_FOR_MEMORY = 'too_large_for_memory'
+SCORING_KINDS += (TOO_LARGE_FOR_MEMORY,)

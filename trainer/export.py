@@ -35,10 +35,12 @@ from trainer.data import preprocessing
 class _ServingModule(tf.Module):
   """Wraps a Keras model with signatures that own their preprocessing."""
 
-  def __init__(self, model, image_shape):
+  def __init__(self, model, image_shape,
+               jpeg_dct_ratios=artifact.JPEG_DCT_RATIOS):
     super().__init__()
     self._model = models.logits_model(model)
     self._image_shape = tuple(image_shape)
+    self._jpeg_dct_ratios = tuple(jpeg_dct_ratios)
     height, width, channels = self._image_shape
     self.serve = tf.function(
         self._serve_bytes,
@@ -54,7 +56,8 @@ class _ServingModule(tf.Module):
 
   def _serve_bytes(self, image_bytes):
     height, width, channels = self._image_shape
-    images = preprocessing.decode_images(image_bytes, height, width, channels)
+    images = preprocessing.decode_images(image_bytes, height, width, channels,
+                                         self._jpeg_dct_ratios)
     return self._serve_pixels(images)
 
 
@@ -77,7 +80,10 @@ def build_metadata(*, class_names, image_shape, dataset, model_name,
       'format_version': artifact.FORMAT_VERSION,
       'labels': list(class_names),
       'input': {'height': height, 'width': width, 'channels': channels,
-                'encoded_formats': list(artifact.ENCODED_FORMATS)},
+                'encoded_formats': list(artifact.ENCODED_FORMATS),
+                # What serving_default's decoder does with a large JPEG
+                # (preprocessing.decode_images' default).
+                'jpeg_dct_ratios': list(artifact.JPEG_DCT_RATIOS)},
       'signatures': {
           artifact.SERVING_SIGNATURE: {
               'inputs': {'image_bytes': 'string [batch]'},
@@ -103,7 +109,10 @@ def write_artifact_files(model, directory, metadata):
   image_shape = (metadata['input']['height'], metadata['input']['width'],
                  metadata['input']['channels'])
   model.save(os.path.join(directory, artifact.MODEL_FILE))
-  module = _ServingModule(model, image_shape)
+  # The signature decodes large JPEGs as the metadata says it does (an
+  # artifact without `jpeg_dct_ratios` decodes every image at full size).
+  module = _ServingModule(model, image_shape,
+                          artifact.jpeg_dct_ratios(metadata))
   tf.saved_model.save(
       module, os.path.join(directory, artifact.SAVED_MODEL_DIR),
       signatures={artifact.SERVING_SIGNATURE: module.serve,

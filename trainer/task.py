@@ -206,7 +206,8 @@ def run(config, cluster, task, lease=None):
   # TensorFlow is imported only now, so bad input fails in a fraction of a
   # second; and the strategy comes first, before any other TensorFlow call.
   from trainer import distribute  # pylint: disable=g-import-not-at-top
-  strategy = distribute.create_strategy(config.strategy, cluster, task)
+  strategy = distribute.create_strategy(config.strategy, cluster, task,
+                                        config.gpu_memory_growth)
   from trainer import hptuning  # pylint: disable=g-import-not-at-top
   from trainer import run_context  # pylint: disable=g-import-not-at-top
   from trainer import train  # pylint: disable=g-import-not-at-top

@@ -20,6 +20,15 @@ looking as an image viewer shows it:
   grey or RGB PNG's tRNS colour key; a BMP's fourth byte is ignored, as
   viewers ignore it (most 32-bit BMPs leave it zero).
 * Converted to grey when the model is grey, and resized.
+* A JPEG far larger than the target is decoded at 1/2, 1/4 or 1/8 scale by
+  the JPEG decoder itself (DCT scaling: `tf.io.decode_jpeg`'s `ratio`), the
+  smallest scale at which both decoded sides are still at least the
+  target's larger side (from the header, `tf.image.extract_jpeg_shape`), so
+  the resize that follows only ever shrinks. A 48-megapixel photo for a
+  224 x 224 model decodes 64 times fewer pixels. The rule is
+  `artifact.jpeg_dct_ratio`'s (the scorer sizes its batches by it); the
+  exported metadata lists the scales (`input.jpeg_dct_ratios`). PNGs, GIFs,
+  BMPs and JPEGs too small to scale take the full-size path as before.
 
 Why hand-written: neither TensorFlow's decoders nor Keras apply EXIF
 orientation or composite alpha. The EXIF parser uses TensorFlow string and
@@ -44,6 +53,8 @@ shape, each of them calls it instead of building it again.
 import functools
 
 import tensorflow as tf
+
+from trainer import artifact
 
 # ITU-R BT.601 luma weights, as Pillow's "L" conversion uses. They sum to
 # exactly 1, so a grey image decoded to RGB converts back to the same grey
@@ -104,7 +115,8 @@ def prepare_pixels(image, height, width, channels):
   return resize(image, height, width)
 
 
-def decode_images(encoded, height, width, channels):
+def decode_images(encoded, height, width, channels,
+                  jpeg_dct_ratios=artifact.JPEG_DCT_RATIOS):
   """Decodes a batch of encoded images, each as a viewer shows it.
 
   Args:
@@ -112,6 +124,8 @@ def decode_images(encoded, height, width, channels):
     height: target height in pixels.
     width: target width in pixels.
     channels: 1 (grey) or 3 (RGB).
+    jpeg_dct_ratios: the scales (of 2, 4, 8) a large JPEG may be decoded
+      at; () decodes every image at full size.
 
   Returns:
     float32 [batch, height, width, channels] in [0, 1].
@@ -121,33 +135,38 @@ def decode_images(encoded, height, width, channels):
       decodable image, as tf.io.decode_image does.
   """
   encoded = tf.convert_to_tensor(encoded, tf.string)
-  return _batch_decoder(height, width, channels)(encoded)
+  return _batch_decoder(height, width, channels,
+                        tuple(sorted(jpeg_dct_ratios)))(encoded)
 
 
 @functools.lru_cache(maxsize=None)
-def _batch_decoder(height, width, channels):
+def _batch_decoder(height, width, channels, jpeg_dct_ratios):
   """The batch decoder for one target shape, traced once (module docstring)."""
   return tf.function(
-      lambda encoded: _decode_batch(encoded, height, width, channels),
+      lambda encoded: _decode_batch(encoded, height, width, channels,
+                                    jpeg_dct_ratios),
       input_signature=[tf.TensorSpec([None], tf.string)], autograph=False)
 
 
-def _decode_batch(encoded, height, width, channels):
+def _decode_batch(encoded, height, width, channels, jpeg_dct_ratios):
   may_have_alpha = _png_may_have_alpha(encoded)
   orientation = exif_orientations(encoded)
+  scaling = (max(height, width), jpeg_dct_ratios)
   if height == width:
     images = _orient_batch(
-        _decode_each(encoded, may_have_alpha, height, width), orientation)
+        _decode_each(encoded, may_have_alpha, height, width, scaling),
+        orientation)
   else:  # Turning changes the shape: turn each image before resizing.
     images = tf.map_fn(
-        lambda args: resize(orient(_decode_rgb(*args[:2]), args[2]), height,
-                            width),
+        lambda args: resize(orient(_decode_rgb(*args[:2], scaling), args[2]),
+                            height, width),
         (encoded, may_have_alpha, orientation),
         fn_output_signature=tf.TensorSpec([height, width, 3], tf.float32))
   return convert_channels(images, channels)
 
 
-def decode_image(encoded, height, width, channels):
+def decode_image(encoded, height, width, channels,
+                 jpeg_dct_ratios=artifact.JPEG_DCT_RATIOS):
   """Decodes one encoded image to float32 [height, width, channels] in [0, 1].
 
   The one-image form of `decode_images` (the same code).
@@ -157,30 +176,53 @@ def decode_image(encoded, height, width, channels):
     height: target height in pixels.
     width: target width in pixels.
     channels: 1 (grey) or 3 (RGB).
+    jpeg_dct_ratios: see `decode_images`.
 
   Returns:
     A float32 tensor of shape [height, width, channels].
   """
   encoded = tf.convert_to_tensor(encoded, tf.string)
-  return decode_images(encoded[tf.newaxis], height, width, channels)[0]
+  return decode_images(encoded[tf.newaxis], height, width, channels,
+                       jpeg_dct_ratios)[0]
+
+
+def jpeg_dct_ratio(encoded, side, jpeg_dct_ratios):
+  """The scale a JPEG is decoded at: `artifact.jpeg_dct_ratio` in TensorFlow.
+
+  Args:
+    encoded: a scalar string tensor holding a JPEG.
+    side: the target's larger side.
+    jpeg_dct_ratios: the scales allowed, ascending.
+
+  Returns:
+    An int32 scalar tensor: 1, or one of `jpeg_dct_ratios`.
+  """
+  shape = tf.image.extract_jpeg_shape(encoded)
+  smaller = tf.reduce_min(shape[:2])
+  ratio = tf.constant(1)
+  for candidate in jpeg_dct_ratios:
+    # libjpeg rounds a scaled side up.
+    fits = (smaller + candidate - 1) // candidate >= side
+    ratio = tf.where(fits, tf.constant(candidate), ratio)
+  return ratio
 
 
 # --------------------------------------------------------------------------
 # Decoding and compositing, per image.
 
 
-def _decode_each(encoded, may_have_alpha, height, width):
+def _decode_each(encoded, may_have_alpha, height, width, scaling):
   """Decodes and resizes a batch: float RGB [batch, height, width, 3].
 
   Images that may have alpha and those that cannot are decoded by two
   map_fns and stitched back in order, so that neither pays for the other's
-  branch.
+  branch. `scaling`: (target's larger side, JPEG DCT ratios).
   """
   spec = tf.TensorSpec([height, width, 3], tf.float32)
   parts = tf.dynamic_partition(tf.range(tf.size(encoded)),
                                tf.cast(may_have_alpha, tf.int32), 2)
   opaque = tf.map_fn(
-      lambda data: resize(_decode_opaque(data), height, width),
+      lambda data: resize(_decode_opaque(data, scaling), height, width),
       tf.gather(encoded, parts[0]), fn_output_signature=spec)
   blended = tf.map_fn(
       lambda data: resize(_decode_blended(data), height, width),
@@ -188,17 +230,45 @@ def _decode_each(encoded, may_have_alpha, height, width):
   return tf.dynamic_stitch(parts, [opaque, blended])
 
 
-def _decode_rgb(encoded, may_have_alpha):
+def _decode_rgb(encoded, may_have_alpha, scaling):
   image = tf.cond(may_have_alpha, lambda: _decode_blended(encoded),
-                  lambda: _decode_opaque(encoded))
+                  lambda: _decode_opaque(encoded, scaling))
   image.set_shape([None, None, 3])
   return image
 
 
-def _decode_opaque(encoded):
+def _decode_opaque(encoded, scaling):
+  """Any image without alpha, at full size, or a large JPEG scaled down."""
+  side, jpeg_dct_ratios = scaling
+  if not jpeg_dct_ratios:
+    return _decode_full_size(encoded)
+
+  def scaled_jpeg():
+    ratio = jpeg_dct_ratio(encoded, side, jpeg_dct_ratios)
+    # `ratio` is an attribute of the op, not an input: one branch each.
+    branches = [lambda: _decode_full_size(encoded)] + [
+        functools.partial(_decode_jpeg_scaled, encoded, candidate)
+        for candidate in jpeg_dct_ratios]
+    index = tf.argmax(tf.equal(tf.constant((1,) + jpeg_dct_ratios), ratio),
+                      output_type=tf.int32)
+    return tf.switch_case(index, branches)
+
+  image = tf.cond(tf.io.is_jpeg(encoded), scaled_jpeg,
+                  lambda: _decode_full_size(encoded))
+  image.set_shape([None, None, 3])
+  return image
+
+
+def _decode_full_size(encoded):
   # Decode to RGB whatever the file holds: TF's GIF, BMP and CMYK JPEG
   # decoders refuse channels=1, and converting here keeps one code path.
   image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+  image.set_shape([None, None, 3])
+  return to_float(image)
+
+
+def _decode_jpeg_scaled(encoded, ratio):
+  image = tf.io.decode_jpeg(encoded, channels=3, ratio=ratio)
   image.set_shape([None, None, 3])
   return to_float(image)
 
