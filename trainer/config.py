@@ -127,6 +127,18 @@ class Config:
   export_dir: str = _field(
       '', 'The model artifact; default JOB_DIR/export (AIP_MODEL_DIR when '
       'set).')
+  export_best: str = _field(
+      '', 'Export the weights of the best epoch instead of the last: '
+      f'{" or ".join(registry.MONITORED_METRICS)} (highest accuracy, lowest '
+      'loss). Needs a validation split; metrics.json records best_epoch and '
+      'best_value. Empty = the last epoch.')
+  early_stopping_patience: int = _field(
+      0, 'Stop once this many epochs in a row did not improve the monitored '
+      'metric (export_best\'s, else val_loss) by more than min_delta; 0 = '
+      'off. Survives preemption: its state is part of the resume state.')
+  min_delta: float = _field(
+      0.0, 'The smallest change of the monitored metric that counts as an '
+      'improvement (export_best, early_stopping_patience).')
 
   def __post_init__(self):
     _validate(self)
@@ -198,12 +210,29 @@ def _validate(config):
          'only applies with --base_model.')
   _validate_transfer(config)
   _check(config.job_dir, 'job_dir', 'required (or set AIP_MODEL_DIR).')
+  _validate_best_epoch(config)
   _check(config.hypertune_metric in registry.HYPERTUNE_METRICS + ('',),
          'hypertune_metric', f'choose one of {registry.HYPERTUNE_METRICS}.')
   _check(not config.hypertune_metric.startswith('val_') or
          config.validation_fraction > 0, 'hypertune_metric',
          f'{config.hypertune_metric} needs a validation split '
          '(validation_fraction > 0).')
+
+
+def _validate_best_epoch(config):
+  """--export_best, --early_stopping_patience and --min_delta."""
+  choices = tuple(registry.MONITORED_METRICS)
+  _check(config.export_best in choices + ('',), 'export_best',
+         f'unknown metric {config.export_best!r}; choose one of {choices}.')
+  _check(config.early_stopping_patience >= 0, 'early_stopping_patience',
+         'must not be negative.')
+  _check(config.min_delta >= 0, 'min_delta', 'must not be negative.')
+  for key in ('export_best', 'early_stopping_patience'):
+    if getattr(config, key):
+      _check(config.validation_fraction > 0, key,
+             'needs a validation split (validation_fraction > 0).')
+      _check(not config.fine_tune_layers, key,
+             'does not apply to a run with fine_tune_layers (two phases).')
 
 
 def _validate_types(config):

@@ -118,3 +118,6 @@ STRATEGIES = ('auto', 'default', 'mirrored', 'multi_worker')
 CACHE_MODES = ('auto', 'memory', 'none')
 # Keras log values a tuning trial may report (hptuning.py).
 HYPERTUNE_METRICS = ('val_accuracy', 'val_loss', 'accuracy', 'loss')
+# Metrics --export_best and early stopping may watch, and which way is
+# better (best_epoch.py).
+MONITORED_METRICS = {'val_accuracy': 'max', 'val_loss': 'min'}

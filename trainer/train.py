@@ -27,6 +27,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from trainer import best_epoch
 from trainer import callbacks
 from trainer import checkpoints
 from trainer import config as config_lib
@@ -54,11 +55,14 @@ class Training:
     first_step_seconds: seconds from the process start to its first
       training step, or None.
     seconds: how long fitting took in this process.
+    best: best_epoch.BestEpoch.summary() with --export_best or
+      --early_stopping_patience, else None.
   """
   history: list
   resumed_from_epoch: int
   first_step_seconds: float
   seconds: float
+  best: dict = None
 
 
 def run(context):
@@ -119,6 +123,11 @@ def _load_data(context):
     raise config_lib.ConfigError(
         f'hypertune_metric: {config.hypertune_metric} needs a validation '
         f'split, and the {info.name} dataset in {config.data_dir} has none.')
+  for key in ('export_best', 'early_stopping_patience'):
+    if getattr(config, key) and info.sizes.get('validation') == 0:
+      raise config_lib.ConfigError(
+          f'{key}: needs a validation split, and the {info.name} dataset '
+          f'in {config.data_dir} has none.')
   return source
 
 
@@ -175,13 +184,28 @@ def _train(model, context, source, dirs):
   start = time.perf_counter()
   head = run_context.Phase(config.epochs, config.learning_rate, dirs,
                            started_at=context.started_at)
-  history, resumed_from, first_step_seconds = fit(model, context, source,
-                                                  head)
+  history, resumed_from, first_step_seconds, best = fit(model, context,
+                                                        source, head)
+  if best is not None:
+    _keep_best_weights(model, context, best)
   if context.base is not None:
     history = transfer.combine_histories(
         history, _fine_tune(model, context, source, dirs), config.epochs)
   return Training(history, resumed_from, first_step_seconds,
-                  time.perf_counter() - start)
+                  time.perf_counter() - start,
+                  best.summary() if best is not None else None)
+
+
+def _keep_best_weights(model, context, best):
+  """With --export_best, puts the best epoch's weights back in the model."""
+  path = best.best_weights_path()
+  if path is None:
+    return
+  with context.strategy.scope():
+    model.load_weights(path)
+  logging.info('Exporting the weights of epoch %d, the best by %s (%.4f).',
+               best.state['best_epoch'], best.metric,
+               best.state['best_value'])
 
 
 def _fine_tune(model, context, source, dirs):
@@ -205,7 +229,7 @@ def _fine_tune(model, context, source, dirs):
   phase = run_context.Phase(config.fine_tune_epochs or config.epochs,
                             config.fine_tune_rate,
                             dirs.phase(job_dir.FINE_TUNE_DIR))
-  history, _, _ = fit(model, context, source, phase)
+  history, _, _, _ = fit(model, context, source, phase)
   return history
 
 
@@ -215,7 +239,7 @@ def fit(model, context, source, phase):
   Returns:
     (per-epoch history including restored epochs, the epoch training resumed
     from (0: from scratch), seconds from `phase.started_at` to the first
-    training step or None).
+    training step or None, the best_epoch.BestEpoch callback or None).
 
   Raises:
     callbacks.TrainingDiverged: when the loss becomes NaN or infinite.
@@ -229,12 +253,18 @@ def fit(model, context, source, phase):
                       seed=config.seed + resume_at)
   validation_data = _input(context, source, 'validation', False) if (
       source.info.sizes.get('validation') != 0) else None
+  best_state, epochs = None, phase.epochs
+  if best_epoch.is_enabled(config):
+    best_state = best_epoch.restored_state(phase.dirs.restore_dir, resume_at)
+    if best_state['stopped']:  # Stopped early, then interrupted: no more.
+      epochs = resume_at
   fit_callbacks = callbacks.for_phase(context, phase,
-                                      _images_per_epoch(config, source.info))
+                                      _images_per_epoch(config, source.info),
+                                      best_state)
   try:
     with distribute.unknown_length_input():
       model.fit(
-          train_data, validation_data=validation_data, epochs=phase.epochs,
+          train_data, validation_data=validation_data, epochs=epochs,
           steps_per_epoch=config.steps_per_epoch or None,
           callbacks=fit_callbacks.all,
           shuffle=False,  # The tf.data pipeline shuffles.
@@ -247,7 +277,7 @@ def fit(model, context, source, phase):
         'with --start_fresh); the backup of the last finished epoch is '
         'kept.') from None
   return (fit_callbacks.epoch_log.history, fit_callbacks.backup.restored_epoch,
-          fit_callbacks.epoch_log.first_step_seconds)
+          fit_callbacks.epoch_log.first_step_seconds, fit_callbacks.best)
 
 
 def _images_per_epoch(config, info):
@@ -283,6 +313,10 @@ def _metrics(model, context, source, training):
   """The metrics.json document: held-out figures, then how the run went."""
   config = context.config
   last = training.history[-1] if training.history else {}
+  if training.best and training.best['exported_epoch']:
+    # The held-out figures are those of the weights exported.
+    last = next(entry for entry in training.history
+                if entry['epoch'] == training.best['exported_epoch'])
   metrics = _evaluate(model, context, source, last)
   metrics.update({
       'epochs': config.epochs,
@@ -299,6 +333,7 @@ def _metrics(model, context, source, training):
       'train_images_per_second': _summarise_throughput(training.history),
       'history': training.history,
   })
+  metrics.update(training.best or {})
   for key in ('val_accuracy', 'val_loss', 'accuracy', 'loss'):
     if key in last:
       metrics[key] = last[key]
