@@ -3,10 +3,7 @@
 The runs are tiny (softmax, 4 steps of 32 digits an epoch). Their validation
 is forced to peak at epoch 2: from epoch 3 on, validation sees the negated
 weights (the arg max flips, the accuracy collapses) while training goes on
-unchanged. Interruptions are simulated in process: an exception raised by a
-callback leaves the checkpoint folder exactly as a kill -9 at that point
-would (nothing after it is written), and a fresh context and model resume
-from the files alone, as a new process would.
+unchanged. Interruptions are simulated in process (tests/helpers/interrupt.py).
 """
 
 import os
@@ -19,22 +16,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests.helpers import interrupt
 from trainer import best_epoch
-from trainer import callbacks
 from trainer import checkpoints
 from trainer import config as config_lib
-from trainer import run_context
 from trainer import storage
-from trainer import train
 
 PEAK = 2  # The forced best epoch.
 _RUN = {'model': 'softmax', 'epochs': 6, 'steps_per_epoch': 4,
         'batch_size': 32, 'train_examples': 256, 'learning_rate': 0.01,
         'export_best': 'val_accuracy', 'early_stopping_patience': 2}
-
-
-class _Killed(Exception):
-  """Stands for a kill -9: nothing after the raise point is written."""
 
 
 class _WorseAfterPeak(keras.callbacks.Callback):
@@ -59,37 +50,11 @@ class _WorseAfterPeak(keras.callbacks.Callback):
         variable.assign(-variable)
 
 
-class _KillDuring(keras.callbacks.Callback):
-  """Raises _Killed at the second training batch of `epoch` (1-based)."""
-
-  def __init__(self, epoch):
-    super().__init__()
-    self._kill_epoch = epoch
-    self._epoch = 0
-
-  def on_epoch_begin(self, epoch, logs=None):
-    self._epoch = epoch + 1
-
-  def on_train_batch_begin(self, batch, logs=None):
-    if self._epoch == self._kill_epoch and batch == 1:
-      raise _Killed(f'during epoch {self._epoch}')
-
-
-def _run(job_dir, monkeypatch, *extra_callbacks):
+def _run(job_dir, *extra_callbacks):
   """One attempt: a fresh context and model, as a new process has."""
-  for_phase = callbacks.for_phase
-
-  def with_extras(*args, **kwargs):
-    found = for_phase(*args, **kwargs)
-    found.all[:0] = [_WorseAfterPeak(), *extra_callbacks]
-    return found
-
-  monkeypatch.setattr(callbacks, 'for_phase', with_extras)
-  config = config_lib.build(overrides=dict(_RUN, job_dir=str(job_dir)))
-  try:
-    return train.run(run_context.create(config, tf.distribute.get_strategy()))
-  finally:
-    monkeypatch.setattr(callbacks, 'for_phase', for_phase)
+  return interrupt.attempt(dict(_RUN, job_dir=str(job_dir)),
+                           tf.distribute.get_strategy(), _WorseAfterPeak(),
+                           *extra_callbacks)
 
 
 def _layer_weights(weights_file):
@@ -116,9 +81,7 @@ def _assert_same_weights(actual, expected):
 @pytest.fixture(scope='module')
 def uninterrupted(tmp_path_factory):
   job_dir = tmp_path_factory.mktemp('uninterrupted') / 'job'
-  with pytest.MonkeyPatch.context() as monkeypatch:
-    metrics = _run(job_dir, monkeypatch)
-  return job_dir, metrics
+  return job_dir, _run(job_dir)
 
 
 @pytest.mark.slow
@@ -156,24 +119,24 @@ def test_interrupted_runs_make_the_uninterrupted_runs_decisions(
   stop = expected['stopped_epoch']
   # Killed during the epoch after the best one: the best state and its
   # weights come from the first attempt's files.
-  with pytest.raises(_Killed):
-    _run(job_dir, monkeypatch, _KillDuring(PEAK + 1))
+  with pytest.raises(interrupt.Killed):
+    _run(job_dir, interrupt.KillDuring(PEAK + 1))
   # Killed at the end of the stopping epoch, after the best state was
   # written but before the backup's record: the state is one epoch ahead.
   backup_end = checkpoints.BackupAndRestore.on_epoch_end
 
   def killed_before_the_record(self, epoch, logs=None):
     if epoch + 1 == stop:
-      raise _Killed('before the record')
+      raise interrupt.Killed('before the record')
     backup_end(self, epoch, logs)
 
   monkeypatch.setattr(checkpoints.BackupAndRestore, 'on_epoch_end',
                       killed_before_the_record)
-  with pytest.raises(_Killed):
-    _run(job_dir, monkeypatch)
+  with pytest.raises(interrupt.Killed):
+    _run(job_dir)
   monkeypatch.setattr(checkpoints.BackupAndRestore, 'on_epoch_end',
                       backup_end)
-  metrics = _run(job_dir, monkeypatch)
+  metrics = _run(job_dir)
 
   for key in ('best_epoch', 'stopped_epoch', 'exported_epoch', 'monitor'):
     assert metrics[key] == expected[key], key
@@ -190,7 +153,7 @@ def test_interrupted_runs_make_the_uninterrupted_runs_decisions(
   # trains no further epoch and exports the same weights.
   os.remove(os.path.join(job_dir, 'metrics.json'))
   shutil.rmtree(os.path.join(job_dir, 'export'))
-  again = _run(job_dir, monkeypatch)
+  again = _run(job_dir)
   assert again['history'] == metrics['history']
   assert again['stopped_epoch'] == stop
   _assert_same_weights(_exported_weights(job_dir, tmp_path / 'c'),

@@ -113,11 +113,19 @@ class EpochLog(keras.callbacks.Callback):
       entry['images_per_second'] = round(self._images / train_seconds, 1)
     entry.update({k: float(v) for k, v in (logs or {}).items()
                   if np.isscalar(v) and k != 'learning_rate'})
+    optimizer = getattr(self.model, 'optimizer', None)
+    if optimizer is not None:
+      # The rate of the next step, as Keras' TensorBoard logs it: a
+      # schedule's value at the global step the epoch ended at.
+      entry['learning_rate'] = float(
+          keras.ops.convert_to_numpy(optimizer.learning_rate))
     self.history.append(entry)
     checkpoints.write_json(self._save_path, self.history, 'the history')
     shown = ' - '.join(f'{k} {v:.4f}' for k, v in entry.items()
                        if k not in ('epoch', 'attempt', 'seconds',
-                                    'images_per_second'))
+                                    'images_per_second', 'learning_rate'))
+    if 'learning_rate' in entry:
+      shown += f' - learning_rate {entry["learning_rate"]:.3g}'
     speed = (f' - {entry["images_per_second"]:.0f} images/s'
              if 'images_per_second' in entry else '')
     logging.info('Epoch %d/%d - %.1fs%s - %s', epoch + 1, self._epochs,

@@ -139,6 +139,16 @@ class Config:
   min_delta: float = _field(
       0.0, 'The smallest change of the monitored metric that counts as an '
       'improvement (export_best, early_stopping_patience).')
+  learning_rate_schedule: str = _field(
+      'constant', f'{", ".join(registry.LEARNING_RATE_SCHEDULES)}: the '
+      'learning rate after the warm-up stays at learning_rate, decays along '
+      'half a cosine to 0, or drops tenfold at 1/2 and 3/4 of the steps. A '
+      'function of the global step (one global batch): a resumed run '
+      'continues the curve. The per-epoch rate is in the history and '
+      'TensorBoard.')
+  warmup_epochs: float = _field(
+      0.0, 'Epochs (may be fractional) of linear learning-rate warm-up '
+      'before the schedule; 0 = none.')
 
   def __post_init__(self):
     _validate(self)
@@ -256,7 +266,9 @@ def _validate_choices(config):
       ('model', 'model', tuple(registry.MODELS)),
       ('strategy', 'strategy', registry.STRATEGIES),
       ('mixed_precision', 'policy', registry.MIXED_PRECISION_CHOICES),
-      ('cache', 'cache mode', registry.CACHE_MODES)):
+      ('cache', 'cache mode', registry.CACHE_MODES),
+      ('learning_rate_schedule', 'schedule',
+       registry.LEARNING_RATE_SCHEDULES)):
     value = getattr(config, key)
     _check(value in choices, key,
            f'unknown {what} {value!r}; choose one of {choices}.')
@@ -271,6 +283,8 @@ def _validate_numbers(config):
   _check(config.learning_rate > 0, 'learning_rate', 'must be positive.')
   _check(config.fine_tune_learning_rate >= 0, 'fine_tune_learning_rate',
          'must not be negative.')
+  _check(0 <= config.warmup_epochs < config.epochs, 'warmup_epochs',
+         'must be at least 0 and less than epochs.')
   _check(config.channels in (0, 1, 3), 'channels', 'must be 1, 3 or 0 (auto).')
   _check(config.image_size == 0 or config.image_size >= 8, 'image_size',
          'must be at least 8 (or 0 for the dataset default).')

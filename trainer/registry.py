@@ -121,3 +121,5 @@ HYPERTUNE_METRICS = ('val_accuracy', 'val_loss', 'accuracy', 'loss')
 # Metrics --export_best and early stopping may watch, and which way is
 # better (best_epoch.py).
 MONITORED_METRICS = {'val_accuracy': 'max', 'val_loss': 'min'}
+# Learning-rate curves after the warm-up (schedules.py).
+LEARNING_RATE_SCHEDULES = ('constant', 'cosine', 'step')

@@ -39,6 +39,7 @@ from trainer import precision
 from trainer import preemption
 from trainer import publish
 from trainer import run_context
+from trainer import schedules
 from trainer import storage
 from trainer import transfer
 from trainer.data import checks
@@ -146,7 +147,9 @@ def build_and_compile(context, info):
                                  info.num_classes)
     else:
       model = transfer.build_model(context.base, info.num_classes)
-    compile_model(model, config.learning_rate, config.jit_compile)
+    compile_model(model, schedules.make(config, config.learning_rate,
+                                        config.epochs, info.sizes.get('train')),
+                  config.jit_compile)
   if policy != 'float32':
     logging.info('Mixed precision: %s (--mixed_precision=%s).', policy,
                  config.mixed_precision)
@@ -156,7 +159,10 @@ def build_and_compile(context, info):
 
 
 def compile_model(model, learning_rate, jit_compile=False):
-  """(Re)compiles; needed again after changing which layers are trainable."""
+  """(Re)compiles; needed again after changing which layers are trainable.
+
+  `learning_rate` is a float or a schedule (schedules.make).
+  """
   model.compile(
       optimizer=keras.optimizers.Adam(learning_rate),
       loss='sparse_categorical_crossentropy',
@@ -223,7 +229,10 @@ def _fine_tune(model, context, source, dirs):
     return []
   with context.strategy.scope():
     names = transfer.unfreeze_top_layers(model, config.fine_tune_layers)
-    compile_model(model, config.fine_tune_rate, config.jit_compile)
+    compile_model(model, schedules.make(
+        config, config.fine_tune_rate,
+        config.fine_tune_epochs or config.epochs,
+        source.info.sizes.get('train')), config.jit_compile)
   logging.info('Fine-tuning %s at learning rate %g.', ', '.join(names),
                config.fine_tune_rate)
   phase = run_context.Phase(config.fine_tune_epochs or config.epochs,
