@@ -23,8 +23,10 @@ from trainer import errors
 from trainer import registry
 from trainer import storage
 
-def _field(default, help_text):
-  return dataclasses.field(default=default, metadata={'help': help_text})
+def _field(default, help_text, bare_flag=False):
+  """A Config field; `bare_flag`: `--name` alone (and `--noname`) parse."""
+  return dataclasses.field(default=default, metadata={
+      'help': help_text, 'bare_flag': bare_flag})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,8 +75,14 @@ class Config:
   cache: str = _field(
       'auto', 'Cache decoded training data: auto (in memory when it fits in '
       'a quarter of RAM), memory, none.')
-  augment: bool = _field(
-      False, 'Random shifts of up to 10% during training.')
+  augment: str = _field(
+      '', 'Random augmentations of the training split (never validation, '
+      'test or the export), comma-separated: crop (random resized crop, '
+      '50-100% of the area), flip (horizontal; refused for the digits, '
+      'whose mirror images are no digits), shift (up to 10%), color '
+      '(brightness and contrast jitter). A bare --augment, or true in a '
+      'config file, means shift (the flag was a boolean). Empty = none.',
+      bare_flag=True)
   strategy: str = _field(
       'auto', 'tf.distribute strategy: '
       f'{", ".join(registry.STRATEGIES)}. auto: '
@@ -165,6 +173,11 @@ class Config:
     return (size, size, self.channels or channels)
 
   @property
+  def augmentations(self):
+    """--augment's names, as a tuple (empty: no augmentation)."""
+    return tuple(name for name in self.augment.split(',') if name)
+
+  @property
   def transfer(self):
     return bool(self.base_model)
 
@@ -221,12 +234,43 @@ def _validate(config):
   _validate_transfer(config)
   _check(config.job_dir, 'job_dir', 'required (or set AIP_MODEL_DIR).')
   _validate_best_epoch(config)
+  _validate_augment(config)
   _check(config.hypertune_metric in registry.HYPERTUNE_METRICS + ('',),
          'hypertune_metric', f'choose one of {registry.HYPERTUNE_METRICS}.')
   _check(not config.hypertune_metric.startswith('val_') or
          config.validation_fraction > 0, 'hypertune_metric',
          f'{config.hypertune_metric} needs a validation split '
          '(validation_fraction > 0).')
+
+
+def parse_augment(value):
+  """--augment's value in canonical form: names in registry order, or ''.
+
+  True and 'true' (the flag's old boolean form, a bare --augment) mean
+  shift; False, 'false' and '' mean none. Unknown names are left for
+  validation to name.
+  """
+  if value is True or value == 'true':
+    return 'shift'
+  if value is False or value in ('false', None):
+    return ''
+  if not isinstance(value, str):
+    return value  # Validation names the type.
+  names = {name.strip() for name in value.split(',') if name.strip()}
+  known = [name for name in registry.AUGMENTATIONS if name in names]
+  return ','.join(known + sorted(names - set(known)))
+
+
+def _validate_augment(config):
+  names = config.augmentations
+  unknown = [name for name in names if name not in registry.AUGMENTATIONS]
+  if unknown:
+    raise ConfigError(f'augment: unknown augmentation {unknown[0]!r}; choose '
+                      f'from {registry.AUGMENTATIONS}, comma-separated.')
+  _check('flip' not in names or
+         config.dataset not in registry.NO_FLIP_DATASETS, 'augment',
+         f'flip mirrors images, and a mirrored digit is no digit '
+         f'({config.dataset}); use shift, crop or color.')
 
 
 def _validate_best_epoch(config):
@@ -396,6 +440,8 @@ def _coerce(name, value, source):
   if expected is float and isinstance(value, int) and not isinstance(
       value, bool):
     return float(value)
+  if name == 'augment':
+    return parse_augment(value)
   if value is None and expected is str:
     return ''
   return value
@@ -445,6 +491,8 @@ def training_differences(config, previous):
   the strategy and XLA do not.
   """
   current = config.to_dict()
+  if 'augment' in previous:  # Saved as a boolean before it took names.
+    previous = dict(previous, augment=parse_augment(previous['augment']))
   return sorted(k for k in current
                 if k not in _NOT_TRAINING_KEYS and k in previous and
                 previous[k] != current[k])

@@ -305,7 +305,7 @@ def _input(context, source, split, training, seed=None):
         seed=config.seed if seed is None else seed,
         shuffle_buffer=config.shuffle_buffer,
         cache=config.cache if split != 'test' else 'none',
-        augment=config.augment and training, shard=shard)
+        augment=config.augmentations if training else (), shard=shard)
     if training and config.steps_per_epoch:
       dataset = dataset.repeat()
     return dataset
