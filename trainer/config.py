@@ -157,6 +157,15 @@ class Config:
   warmup_epochs: float = _field(
       0.0, 'Epochs (may be fractional) of linear learning-rate warm-up '
       'before the schedule; 0 = none.')
+  label_smoothing: float = _field(
+      0.0, 'Label smoothing in [0, 1): train against 1 - e on the true class '
+      'and e spread over all classes. The losses reported are the smoothed '
+      'ones.')
+  class_weight: str = _field(
+      '', 'balanced: weight each training example by n / (classes * n_class) '
+      'from the training split\'s label counts, for unbalanced folders '
+      '(the training loss and accuracy are then weighted too). Empty = all '
+      'examples weigh the same.')
 
   def __post_init__(self):
     _validate(self)
@@ -329,6 +338,11 @@ def _validate_numbers(config):
          'must not be negative.')
   _check(0 <= config.warmup_epochs < config.epochs, 'warmup_epochs',
          'must be at least 0 and less than epochs.')
+  _check(0 <= config.label_smoothing < 1, 'label_smoothing',
+         'must be in [0, 1).')
+  _check(config.class_weight in registry.CLASS_WEIGHTS + ('',),
+         'class_weight', f'unknown class_weight {config.class_weight!r}; '
+         f'choose {" or ".join(registry.CLASS_WEIGHTS)}, or leave it empty.')
   _check(config.channels in (0, 1, 3), 'channels', 'must be 1, 3 or 0 (auto).')
   _check(config.image_size == 0 or config.image_size >= 8, 'image_size',
          'must be at least 8 (or 0 for the dataset default).')

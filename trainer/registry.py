@@ -130,3 +130,5 @@ AUGMENTATIONS = ('crop', 'flip', 'shift', 'color')
 # Datasets whose classes a horizontal flip changes (a mirrored 2 or 7 is no
 # digit): --augment=flip is refused for them.
 NO_FLIP_DATASETS = ('mnist_sample', 'mnist')
+# --class_weight's choices (losses.py); empty = every example weighs 1.
+CLASS_WEIGHTS = ('balanced',)

@@ -34,6 +34,7 @@ from trainer import config as config_lib
 from trainer import data
 from trainer import distribute
 from trainer import job_dir
+from trainer import losses
 from trainer import models
 from trainer import precision
 from trainer import preemption
@@ -149,7 +150,7 @@ def build_and_compile(context, info):
       model = transfer.build_model(context.base, info.num_classes)
     compile_model(model, schedules.make(config, config.learning_rate,
                                         config.epochs, info.sizes.get('train')),
-                  config.jit_compile)
+                  config.jit_compile, config.label_smoothing)
   if policy != 'float32':
     logging.info('Mixed precision: %s (--mixed_precision=%s).', policy,
                  config.mixed_precision)
@@ -158,14 +159,14 @@ def build_and_compile(context, info):
   return model
 
 
-def compile_model(model, learning_rate, jit_compile=False):
+def compile_model(model, learning_rate, jit_compile=False, label_smoothing=0.0):
   """(Re)compiles; needed again after changing which layers are trainable.
 
   `learning_rate` is a float or a schedule (schedules.make).
   """
   model.compile(
       optimizer=keras.optimizers.Adam(learning_rate),
-      loss='sparse_categorical_crossentropy',
+      loss=losses.loss_for(label_smoothing),
       metrics=['accuracy'],
       jit_compile=jit_compile)
 
@@ -232,7 +233,8 @@ def _fine_tune(model, context, source, dirs):
     compile_model(model, schedules.make(
         config, config.fine_tune_rate,
         config.fine_tune_epochs or config.epochs,
-        source.info.sizes.get('train')), config.jit_compile)
+        source.info.sizes.get('train')), config.jit_compile,
+                  config.label_smoothing)
   logging.info('Fine-tuning %s at learning rate %g.', ', '.join(names),
                config.fine_tune_rate)
   phase = run_context.Phase(config.fine_tune_epochs or config.epochs,
@@ -298,6 +300,7 @@ def _images_per_epoch(config, info):
 def _input(context, source, split, training, seed=None):
   """One split's input pipeline, distributed as the strategy needs it."""
   config = context.config
+  weights = _class_weights(config, source) if training else None
 
   def make(batch_size, shard):
     dataset = pipeline.make_dataset(
@@ -305,13 +308,27 @@ def _input(context, source, split, training, seed=None):
         seed=config.seed if seed is None else seed,
         shuffle_buffer=config.shuffle_buffer,
         cache=config.cache if split != 'test' else 'none',
-        augment=config.augmentations if training else (), shard=shard)
+        augment=config.augmentations if training else (), shard=shard,
+        class_weights=weights)
     if training and config.steps_per_epoch:
       dataset = dataset.repeat()
     return dataset
 
   return distribute.distribute_dataset(context.strategy, make,
                                        config.batch_size)
+
+
+def _class_weights(config, source):
+  """--class_weight=balanced: weights from the training split's labels."""
+  if config.class_weight != 'balanced':
+    return None
+  counts = pipeline.label_counts(source, 'train', source.info.num_classes)
+  weights = losses.balanced_weights(counts)
+  logging.info('Class weights (balanced, from %d training labels): %s.',
+               int(counts.sum()), ', '.join(
+                   f'{name} {weight:.3g}' for name, weight in zip(
+                       source.info.class_names, weights)))
+  return weights
 
 
 # --------------------------------------------------------------------------

@@ -10,6 +10,7 @@ large as decoding a small image (preprocessing.py).
 import math
 import os
 
+import numpy as np
 import tensorflow as tf
 
 from trainer import registry
@@ -48,7 +49,7 @@ def should_cache(source, split, mode):
 
 def make_dataset(source, split, batch_size, image_shape, *, training,
                  seed=None, shuffle_buffer=10_000, cache='auto',
-                 augment=(), shard=None):
+                 augment=(), shard=None, class_weights=None):
   """The batched tf.data pipeline of one split.
 
   Order of operations: decode (parallel, in the source), cache, shuffle,
@@ -67,6 +68,8 @@ def make_dataset(source, split, batch_size, image_shape, *, training,
     cache: 'auto', 'memory' or 'none'.
     augment: names of registry.AUGMENTATIONS to apply (training only);
       True means ('shift',), the flag's old boolean meaning.
+    class_weights: None, or one weight per class: (training only) each
+      batch then carries its examples' weights as a third element.
     shard: None, or (number of shards, index) to read only one worker's
       shard; the pipeline is then marked as sharded already, so that
       tf.distribute does not shard it again.
@@ -93,12 +96,32 @@ def make_dataset(source, split, batch_size, image_shape, *, training,
     dataset = dataset.enumerate().map(
         _make_augmenter(tuple(augment), seed or 0, (height, width)),
         num_parallel_calls=tf.data.AUTOTUNE)
+  if training and class_weights is not None:
+    table = tf.constant(class_weights, tf.float32)
+    dataset = dataset.map(
+        lambda images, labels: (images, labels, tf.gather(table, labels)),
+        num_parallel_calls=tf.data.AUTOTUNE)
   if shard:
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = (
         tf.data.experimental.AutoShardPolicy.OFF)
     dataset = dataset.with_options(options)
   return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def label_counts(source, split, num_classes):
+  """Examples per class of a split, in label order (numpy int64).
+
+  Reads the split once (an image folder's or TFRecords' images are decoded
+  on the way; the array sources only slice).
+  """
+  labels = source.examples(split).map(
+      lambda image, label: label,
+      num_parallel_calls=tf.data.AUTOTUNE).batch(8192)
+  counts = np.zeros(num_classes, np.int64)
+  for batch in labels.as_numpy_iterator():
+    counts += np.bincount(batch, minlength=num_classes)[:num_classes]
+  return counts
 
 
 def _make_augmenter(names, seed, size):
