@@ -8,7 +8,9 @@
   3. the model, built and compiled under the strategy's scope (models.py,
      transfer.py, precision.py, distribute.py);
   4. fit, one phase or, for a transfer run with --fine_tune_layers, two,
-     with resume-safe callbacks (callbacks.py, checkpoints.py);
+     with resume-safe callbacks (callbacks.py, checkpoints.py,
+     best_epoch.py: the best epoch's weights are put back with
+     --export_best) and the learning-rate schedule (schedules.py);
   5. the evaluation on the test split, or on what exists;
   6. publishing: the export, logs, chart and metrics.json last
      (publish.py).
@@ -159,7 +161,8 @@ def build_and_compile(context, info):
   return model
 
 
-def compile_model(model, learning_rate, jit_compile=False, label_smoothing=0.0):
+def compile_model(model, learning_rate, jit_compile=False,
+                  label_smoothing=0.0):
   """(Re)compiles; needed again after changing which layers are trainable.
 
   `learning_rate` is a float or a schedule (schedules.make).
@@ -230,11 +233,10 @@ def _fine_tune(model, context, source, dirs):
     return []
   with context.strategy.scope():
     names = transfer.unfreeze_top_layers(model, config.fine_tune_layers)
-    compile_model(model, schedules.make(
-        config, config.fine_tune_rate,
-        config.fine_tune_epochs or config.epochs,
-        source.info.sizes.get('train')), config.jit_compile,
-                  config.label_smoothing)
+    rate = schedules.make(config, config.fine_tune_rate,
+                          config.fine_tune_epochs or config.epochs,
+                          source.info.sizes.get('train'))
+    compile_model(model, rate, config.jit_compile, config.label_smoothing)
   logging.info('Fine-tuning %s at learning rate %g.', ', '.join(names),
                config.fine_tune_rate)
   phase = run_context.Phase(config.fine_tune_epochs or config.epochs,
