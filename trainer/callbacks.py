@@ -4,6 +4,9 @@
                     before anything of its epoch is saved
   EpochLog          one log line per epoch, and the resumable history
                     (checkpoints/history.json)
+  BestEpoch         the best epoch's weights and early stopping, resumable
+                    (best_epoch.py; with --export_best or
+                    --early_stopping_patience)
   BackupAndRestore  the resume backup (checkpoints.py)
   PeriodicWeights   checkpoints/epoch-NNN.weights.h5, the newest three
   TensorBoard       Keras' own, into logs/
@@ -25,6 +28,7 @@ from absl import logging
 import keras
 import numpy as np
 
+from trainer import best_epoch
 from trainer import checkpoints
 from trainer import errors
 from trainer import hptuning
@@ -109,11 +113,19 @@ class EpochLog(keras.callbacks.Callback):
       entry['images_per_second'] = round(self._images / train_seconds, 1)
     entry.update({k: float(v) for k, v in (logs or {}).items()
                   if np.isscalar(v) and k != 'learning_rate'})
+    optimizer = getattr(self.model, 'optimizer', None)
+    if optimizer is not None:
+      # The rate of the next step, as Keras' TensorBoard logs it: a
+      # schedule's value at the global step the epoch ended at.
+      entry['learning_rate'] = float(
+          keras.ops.convert_to_numpy(optimizer.learning_rate))
     self.history.append(entry)
     checkpoints.write_json(self._save_path, self.history, 'the history')
     shown = ' - '.join(f'{k} {v:.4f}' for k, v in entry.items()
                        if k not in ('epoch', 'attempt', 'seconds',
-                                    'images_per_second'))
+                                    'images_per_second', 'learning_rate'))
+    if 'learning_rate' in entry:
+      shown += f' - learning_rate {entry["learning_rate"]:.3g}'
     speed = (f' - {entry["images_per_second"]:.0f} images/s'
              if 'images_per_second' in entry else '')
     logging.info('Epoch %d/%d - %.1fs%s - %s', epoch + 1, self._epochs,
@@ -212,9 +224,10 @@ class Callbacks:
   all: list
   epoch_log: EpochLog
   backup: checkpoints.BackupAndRestore
+  best: best_epoch.BestEpoch = None
 
 
-def for_phase(context, phase, images_per_epoch):
+def for_phase(context, phase, images_per_epoch, best_state=None):
   """The callbacks of one phase, in the order that matters.
 
   A non-finite loss stops the run before anything of its epoch is saved.
@@ -229,6 +242,9 @@ def for_phase(context, phase, images_per_epoch):
     phase: the run_context.Phase being fitted.
     images_per_epoch: training images per epoch (None: unknown), for the
       logged throughput.
+    best_state: the restored best-epoch state (best_epoch.restored_state)
+      when --export_best or --early_stopping_patience is set, else None.
+      Its callback runs before the backup: its state is written first.
 
   Returns:
     A Callbacks.
@@ -239,9 +255,14 @@ def for_phase(context, phase, images_per_epoch):
                        phase.epochs, images_per_epoch, phase.started_at)
   backup = checkpoints.BackupAndRestore(dirs.restore_dir, dirs.checkpoint_dir,
                                         context.config)
+  best = None
+  if best_state is not None:
+    best = best_epoch.BestEpoch(dirs.restore_dir, dirs.checkpoint_dir,
+                                context.config, best_state)
   ordered = [
       StopOnNonFinite(phase.learning_rate),
       epoch_log,
+      *([best] if best else []),
       backup,
       PeriodicWeights(dirs.checkpoint_dir, KEEP_CHECKPOINTS),
       keras.callbacks.TensorBoard(dirs.log_dir, profile_batch=0),
@@ -251,4 +272,4 @@ def for_phase(context, phase, images_per_epoch):
   if metric and dirs.is_chief:
     ordered.append(hptuning.ReportMetric(metric))
   ordered.append(StopAtSafePoint(context.stop_signal))
-  return Callbacks(ordered, epoch_log, backup)
+  return Callbacks(ordered, epoch_log, backup, best)

@@ -7,6 +7,8 @@ The checkpoint folder (JOB_DIR/checkpoints, or AIP_CHECKPOINT_DIR) holds:
   backup/epoch-NNNN.weights.h5   weights and optimizer state after an epoch;
                                  the newest two are kept
   history.json                   per-epoch history (callbacks.py)
+  best/                          the best epoch and early stopping state
+                                 (best_epoch.py), written before the record
   epoch-NNN.weights.h5           periodic weight checkpoints (callbacks.py)
 
 Keras' own BackupAndRestore overwrites one weights file in place and then its

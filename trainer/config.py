@@ -23,8 +23,10 @@ from trainer import errors
 from trainer import registry
 from trainer import storage
 
-def _field(default, help_text):
-  return dataclasses.field(default=default, metadata={'help': help_text})
+def _field(default, help_text, bare_flag=False):
+  """A Config field; `bare_flag`: `--name` alone (and `--noname`) parse."""
+  return dataclasses.field(default=default, metadata={
+      'help': help_text, 'bare_flag': bare_flag})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,8 +75,14 @@ class Config:
   cache: str = _field(
       'auto', 'Cache decoded training data: auto (in memory when it fits in '
       'a quarter of RAM), memory, none.')
-  augment: bool = _field(
-      False, 'Random shifts of up to 10% during training.')
+  augment: str = _field(
+      '', 'Random augmentations of the training split (never validation, '
+      'test or the export), comma-separated: crop (random resized crop, '
+      '50-100% of the area), flip (horizontal; refused for the digits, '
+      'whose mirror images are no digits), shift (up to 10%), color '
+      '(brightness and contrast jitter). A bare --augment, or true in a '
+      'config file, means shift (the flag was a boolean). Empty = none.',
+      bare_flag=True)
   strategy: str = _field(
       'auto', 'tf.distribute strategy: '
       f'{", ".join(registry.STRATEGIES)}. auto: '
@@ -131,6 +139,37 @@ class Config:
       True, 'Let TensorFlow take GPU memory as it needs it, rather than '
       'nearly all of every GPU at start-up (so other processes can share '
       'the GPUs). false: TensorFlow\'s default.')
+  export_best: str = _field(
+      '', 'Export the weights of the best epoch instead of the last: '
+      f'{" or ".join(registry.MONITORED_METRICS)} (highest accuracy, lowest '
+      'loss). Needs a validation split; metrics.json records best_epoch and '
+      'best_value. Empty = the last epoch.')
+  early_stopping_patience: int = _field(
+      0, 'Stop once this many epochs in a row did not improve the monitored '
+      'metric (export_best\'s, else val_loss) by more than min_delta; 0 = '
+      'off. Survives preemption: its state is part of the resume state.')
+  min_delta: float = _field(
+      0.0, 'The smallest change of the monitored metric that counts as an '
+      'improvement (export_best, early_stopping_patience).')
+  learning_rate_schedule: str = _field(
+      'constant', f'{", ".join(registry.LEARNING_RATE_SCHEDULES)}: the '
+      'learning rate after the warm-up stays at learning_rate, decays along '
+      'half a cosine to 0, or drops tenfold at 1/2 and 3/4 of the steps. A '
+      'function of the global step (one global batch): a resumed run '
+      'continues the curve. The per-epoch rate is in the history and '
+      'TensorBoard.')
+  warmup_epochs: float = _field(
+      0.0, 'Epochs (may be fractional) of linear learning-rate warm-up '
+      'before the schedule; 0 = none.')
+  label_smoothing: float = _field(
+      0.0, 'Label smoothing in [0, 1): train against 1 - e on the true class '
+      'and e spread over all classes. The losses reported are the smoothed '
+      'ones.')
+  class_weight: str = _field(
+      '', 'balanced: weight each training example by n / (classes * n_class) '
+      'from the training split\'s label counts, for unbalanced folders '
+      '(the training loss and accuracy are then weighted too). Empty = all '
+      'examples weigh the same.')
 
   def __post_init__(self):
     _validate(self)
@@ -145,6 +184,11 @@ class Config:
         registry.DEFAULT_CHANNELS)
     size = self.image_size or size
     return (size, size, self.channels or channels)
+
+  @property
+  def augmentations(self):
+    """--augment's names, as a tuple (empty: no augmentation)."""
+    return tuple(name for name in self.augment.split(',') if name)
 
   @property
   def transfer(self):
@@ -203,12 +247,60 @@ def _validate(config):
          'only applies with --base_model.')
   _validate_transfer(config)
   _check(config.job_dir, 'job_dir', 'required (or set AIP_MODEL_DIR).')
+  _validate_best_epoch(config)
+  _validate_augment(config)
   _check(config.hypertune_metric in registry.HYPERTUNE_METRICS + ('',),
          'hypertune_metric', f'choose one of {registry.HYPERTUNE_METRICS}.')
   _check(not config.hypertune_metric.startswith('val_') or
          config.validation_fraction > 0, 'hypertune_metric',
          f'{config.hypertune_metric} needs a validation split '
          '(validation_fraction > 0).')
+
+
+def parse_augment(value):
+  """--augment's value in canonical form: names in registry order, or ''.
+
+  True and 'true' (the flag's old boolean form, a bare --augment) mean
+  shift; False, 'false' and '' mean none. Unknown names are left for
+  validation to name.
+  """
+  if value is True or value == 'true':
+    return 'shift'
+  if value is False or value in ('false', None):
+    return ''
+  if not isinstance(value, str):
+    return value  # Validation names the type.
+  names = {name.strip() for name in value.split(',') if name.strip()}
+  known = [name for name in registry.AUGMENTATIONS if name in names]
+  return ','.join(known + sorted(names - set(known)))
+
+
+def _validate_augment(config):
+  names = config.augmentations
+  unknown = [name for name in names if name not in registry.AUGMENTATIONS]
+  if unknown:
+    raise ConfigError(f'augment: unknown augmentation {unknown[0]!r}; choose '
+                      f'from {registry.AUGMENTATIONS}, comma-separated.')
+  _check('flip' not in names or
+         config.dataset not in registry.NO_FLIP_DATASETS, 'augment',
+         f'flip mirrors images, and a mirrored digit is no digit '
+         f'({config.dataset}); use shift, crop or color.')
+
+
+def _validate_best_epoch(config):
+  """--export_best, --early_stopping_patience and --min_delta."""
+  choices = tuple(registry.MONITORED_METRICS)
+  _check(config.export_best in choices + ('',), 'export_best',
+         f'unknown metric {config.export_best!r}; choose one of {choices}.')
+  _check(config.early_stopping_patience >= 0, 'early_stopping_patience',
+         'must not be negative.')
+  _check(config.min_delta >= 0, 'min_delta', 'must not be negative.')
+  for key in ('export_best', 'early_stopping_patience'):
+    if getattr(config, key):
+      _check(config.validation_fraction > 0, key,
+             'needs a validation split (validation_fraction > 0).')
+      _check(not config.fine_tune_layers, key,
+             'does not apply to a run with fine_tune_layers (two phases).')
 
 
 def _validate_types(config):
@@ -232,7 +324,9 @@ def _validate_choices(config):
       ('model', 'model', tuple(registry.MODELS)),
       ('strategy', 'strategy', registry.STRATEGIES),
       ('mixed_precision', 'policy', registry.MIXED_PRECISION_CHOICES),
-      ('cache', 'cache mode', registry.CACHE_MODES)):
+      ('cache', 'cache mode', registry.CACHE_MODES),
+      ('learning_rate_schedule', 'schedule',
+       registry.LEARNING_RATE_SCHEDULES)):
     value = getattr(config, key)
     _check(value in choices, key,
            f'unknown {what} {value!r}; choose one of {choices}.')
@@ -247,6 +341,13 @@ def _validate_numbers(config):
   _check(config.learning_rate > 0, 'learning_rate', 'must be positive.')
   _check(config.fine_tune_learning_rate >= 0, 'fine_tune_learning_rate',
          'must not be negative.')
+  _check(0 <= config.warmup_epochs < config.epochs, 'warmup_epochs',
+         'must be at least 0 and less than epochs.')
+  _check(0 <= config.label_smoothing < 1, 'label_smoothing',
+         'must be in [0, 1).')
+  _check(config.class_weight in registry.CLASS_WEIGHTS + ('',),
+         'class_weight', f'unknown class_weight {config.class_weight!r}; '
+         f'choose {" or ".join(registry.CLASS_WEIGHTS)}, or leave it empty.')
   _check(config.channels in (0, 1, 3), 'channels', 'must be 1, 3 or 0 (auto).')
   _check(config.image_size == 0 or config.image_size >= 8, 'image_size',
          'must be at least 8 (or 0 for the dataset default).')
@@ -358,6 +459,8 @@ def _coerce(name, value, source):
   if expected is float and isinstance(value, int) and not isinstance(
       value, bool):
     return float(value)
+  if name == 'augment':
+    return parse_augment(value)
   if value is None and expected is str:
     return ''
   return value
@@ -407,6 +510,8 @@ def training_differences(config, previous):
   the strategy and XLA do not.
   """
   current = config.to_dict()
+  if 'augment' in previous:  # Saved as a boolean before it took names.
+    previous = dict(previous, augment=parse_augment(previous['augment']))
   return sorted(k for k in current
                 if k not in _NOT_TRAINING_KEYS and k in previous and
                 previous[k] != current[k])

@@ -118,3 +118,17 @@ STRATEGIES = ('auto', 'default', 'mirrored', 'multi_worker')
 CACHE_MODES = ('auto', 'memory', 'none')
 # Keras log values a tuning trial may report (hptuning.py).
 HYPERTUNE_METRICS = ('val_accuracy', 'val_loss', 'accuracy', 'loss')
+# Metrics --export_best and early stopping may watch, and which way is
+# better (best_epoch.py).
+MONITORED_METRICS = {'val_accuracy': 'max', 'val_loss': 'min'}
+# Learning-rate curves after the warm-up (schedules.py).
+LEARNING_RATE_SCHEDULES = ('constant', 'cosine', 'step')
+# --augment's named augmentations, in the order the training pipeline
+# applies them (data/pipeline.py). `true` (the flag's old boolean form)
+# means shift only.
+AUGMENTATIONS = ('crop', 'flip', 'shift', 'color')
+# Datasets whose classes a horizontal flip changes (a mirrored 2 or 7 is no
+# digit): --augment=flip is refused for them.
+NO_FLIP_DATASETS = ('mnist_sample', 'mnist')
+# --class_weight's choices (losses.py); empty = every example weighs 1.
+CLASS_WEIGHTS = ('balanced',)

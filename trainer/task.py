@@ -62,6 +62,13 @@ def define_config_flags():
   import typing  # pylint: disable=g-import-not-at-top
   hints = typing.get_type_hints(config_lib.Config)
   for name, field in config_lib.FIELDS.items():
+    if field.metadata.get('bare_flag'):
+      # `--augment` alone (its boolean past) parses as 'true', `--noaugment`
+      # as 'false'; config.py maps both.
+      flags.DEFINE_flag(flags.Flag(
+          flags.ArgumentParser(), flags.ArgumentSerializer(), name,
+          field.default, field.metadata['help'], boolean=True))
+      continue
     _DEFINERS[hints[name]](name, field.default, field.metadata['help'])
 
 

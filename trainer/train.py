@@ -8,7 +8,9 @@
   3. the model, built and compiled under the strategy's scope (models.py,
      transfer.py, precision.py, distribute.py);
   4. fit, one phase or, for a transfer run with --fine_tune_layers, two,
-     with resume-safe callbacks (callbacks.py, checkpoints.py);
+     with resume-safe callbacks (callbacks.py, checkpoints.py,
+     best_epoch.py: the best epoch's weights are put back with
+     --export_best) and the learning-rate schedule (schedules.py);
   5. the evaluation on the test split, or on what exists, and its report
      (evaluate_lib.py);
   6. publishing: the export, logs, chart and metrics.json last
@@ -28,6 +30,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from trainer import best_epoch
 from trainer import callbacks
 from trainer import checkpoints
 from trainer import config as config_lib
@@ -35,11 +38,13 @@ from trainer import data
 from trainer import distribute
 from trainer import evaluate_lib
 from trainer import job_dir
+from trainer import losses
 from trainer import models
 from trainer import precision
 from trainer import preemption
 from trainer import publish
 from trainer import run_context
+from trainer import schedules
 from trainer import storage
 from trainer import transfer
 from trainer.data import checks
@@ -56,11 +61,14 @@ class Training:
     first_step_seconds: seconds from the process start to its first
       training step, or None.
     seconds: how long fitting took in this process.
+    best: best_epoch.BestEpoch.summary() with --export_best or
+      --early_stopping_patience, else None.
   """
   history: list
   resumed_from_epoch: int
   first_step_seconds: float
   seconds: float
+  best: dict = None
 
 
 def run(context):
@@ -121,6 +129,11 @@ def _load_data(context):
     raise config_lib.ConfigError(
         f'hypertune_metric: {config.hypertune_metric} needs a validation '
         f'split, and the {info.name} dataset in {config.data_dir} has none.')
+  for key in ('export_best', 'early_stopping_patience'):
+    if getattr(config, key) and info.sizes.get('validation') == 0:
+      raise config_lib.ConfigError(
+          f'{key}: needs a validation split, and the {info.name} dataset '
+          f'in {config.data_dir} has none.')
   return source
 
 
@@ -139,7 +152,9 @@ def build_and_compile(context, info):
                                  info.num_classes)
     else:
       model = transfer.build_model(context.base, info.num_classes)
-    compile_model(model, config.learning_rate, config.jit_compile)
+    compile_model(model, schedules.make(config, config.learning_rate,
+                                        config.epochs, info.sizes.get('train')),
+                  config.jit_compile, config.label_smoothing)
   if policy != 'float32':
     logging.info('Mixed precision: %s (--mixed_precision=%s).', policy,
                  config.mixed_precision)
@@ -148,11 +163,15 @@ def build_and_compile(context, info):
   return model
 
 
-def compile_model(model, learning_rate, jit_compile=False):
-  """(Re)compiles; needed again after changing which layers are trainable."""
+def compile_model(model, learning_rate, jit_compile=False,
+                  label_smoothing=0.0):
+  """(Re)compiles; needed again after changing which layers are trainable.
+
+  `learning_rate` is a float or a schedule (schedules.make).
+  """
   model.compile(
       optimizer=keras.optimizers.Adam(learning_rate),
-      loss='sparse_categorical_crossentropy',
+      loss=losses.loss_for(label_smoothing),
       metrics=['accuracy'],
       jit_compile=jit_compile)
 
@@ -178,13 +197,28 @@ def _train(model, context, source, dirs):
   start = time.perf_counter()
   head = run_context.Phase(config.epochs, config.learning_rate, dirs,
                            started_at=context.started_at)
-  history, resumed_from, first_step_seconds = fit(model, context, source,
-                                                  head)
+  history, resumed_from, first_step_seconds, best = fit(model, context,
+                                                        source, head)
+  if best is not None:
+    _keep_best_weights(model, context, best)
   if context.base is not None:
     history = transfer.combine_histories(
         history, _fine_tune(model, context, source, dirs), config.epochs)
   return Training(history, resumed_from, first_step_seconds,
-                  time.perf_counter() - start)
+                  time.perf_counter() - start,
+                  best.summary() if best is not None else None)
+
+
+def _keep_best_weights(model, context, best):
+  """With --export_best, puts the best epoch's weights back in the model."""
+  path = best.best_weights_path()
+  if path is None:
+    return
+  with context.strategy.scope():
+    model.load_weights(path)
+  logging.info('Exporting the weights of epoch %d, the best by %s (%.4f).',
+               best.state['best_epoch'], best.metric,
+               best.state['best_value'])
 
 
 def _fine_tune(model, context, source, dirs):
@@ -202,13 +236,16 @@ def _fine_tune(model, context, source, dirs):
     return []
   with context.strategy.scope():
     names = transfer.unfreeze_top_layers(model, config.fine_tune_layers)
-    compile_model(model, config.fine_tune_rate, config.jit_compile)
+    rate = schedules.make(config, config.fine_tune_rate,
+                          config.fine_tune_epochs or config.epochs,
+                          source.info.sizes.get('train'))
+    compile_model(model, rate, config.jit_compile, config.label_smoothing)
   logging.info('Fine-tuning %s at learning rate %g.', ', '.join(names),
                config.fine_tune_rate)
   phase = run_context.Phase(config.fine_tune_epochs or config.epochs,
                             config.fine_tune_rate,
                             dirs.phase(job_dir.FINE_TUNE_DIR))
-  history, _, _ = fit(model, context, source, phase)
+  history, _, _, _ = fit(model, context, source, phase)
   return history
 
 
@@ -218,7 +255,7 @@ def fit(model, context, source, phase):
   Returns:
     (per-epoch history including restored epochs, the epoch training resumed
     from (0: from scratch), seconds from `phase.started_at` to the first
-    training step or None).
+    training step or None, the best_epoch.BestEpoch callback or None).
 
   Raises:
     callbacks.TrainingDiverged: when the loss becomes NaN or infinite.
@@ -232,12 +269,18 @@ def fit(model, context, source, phase):
                       seed=config.seed + resume_at)
   validation_data = _input(context, source, 'validation', False) if (
       source.info.sizes.get('validation') != 0) else None
+  best_state, epochs = None, phase.epochs
+  if best_epoch.is_enabled(config):
+    best_state = best_epoch.restored_state(phase.dirs.restore_dir, resume_at)
+    if best_state['stopped']:  # Stopped early, then interrupted: no more.
+      epochs = resume_at
   fit_callbacks = callbacks.for_phase(context, phase,
-                                      _images_per_epoch(config, source.info))
+                                      _images_per_epoch(config, source.info),
+                                      best_state)
   try:
     with distribute.unknown_length_input():
       model.fit(
-          train_data, validation_data=validation_data, epochs=phase.epochs,
+          train_data, validation_data=validation_data, epochs=epochs,
           steps_per_epoch=config.steps_per_epoch or None,
           callbacks=fit_callbacks.all,
           shuffle=False,  # The tf.data pipeline shuffles.
@@ -250,7 +293,7 @@ def fit(model, context, source, phase):
         'with --start_fresh); the backup of the last finished epoch is '
         'kept.') from None
   return (fit_callbacks.epoch_log.history, fit_callbacks.backup.restored_epoch,
-          fit_callbacks.epoch_log.first_step_seconds)
+          fit_callbacks.epoch_log.first_step_seconds, fit_callbacks.best)
 
 
 def _images_per_epoch(config, info):
@@ -262,6 +305,7 @@ def _images_per_epoch(config, info):
 def _input(context, source, split, training, seed=None):
   """One split's input pipeline, distributed as the strategy needs it."""
   config = context.config
+  weights = _class_weights(config, source) if training else None
 
   def make(batch_size, shard):
     dataset = pipeline.make_dataset(
@@ -269,13 +313,27 @@ def _input(context, source, split, training, seed=None):
         seed=config.seed if seed is None else seed,
         shuffle_buffer=config.shuffle_buffer,
         cache=config.cache if split != 'test' else 'none',
-        augment=config.augment and training, shard=shard)
+        augment=config.augmentations if training else (), shard=shard,
+        class_weights=weights)
     if training and config.steps_per_epoch:
       dataset = dataset.repeat()
     return dataset
 
   return distribute.distribute_dataset(context.strategy, make,
                                        config.batch_size)
+
+
+def _class_weights(config, source):
+  """--class_weight=balanced: weights from the training split's labels."""
+  if config.class_weight != 'balanced':
+    return None
+  counts = pipeline.label_counts(source, 'train', source.info.num_classes)
+  weights = losses.balanced_weights(counts)
+  logging.info('Class weights (balanced, from %d training labels): %s.',
+               int(counts.sum()), ', '.join(
+                   f'{name} {weight:.3g}' for name, weight in zip(
+                       source.info.class_names, weights)))
+  return weights
 
 
 # --------------------------------------------------------------------------
@@ -286,6 +344,10 @@ def _metrics(model, context, source, training):
   """The metrics.json document: held-out figures, then how the run went."""
   config = context.config
   last = training.history[-1] if training.history else {}
+  if training.best and training.best['exported_epoch']:
+    # The held-out figures are those of the weights exported.
+    last = next(entry for entry in training.history
+                if entry['epoch'] == training.best['exported_epoch'])
   metrics = _evaluate(model, context, source, last)
   metrics.update({
       'epochs': config.epochs,
@@ -302,6 +364,7 @@ def _metrics(model, context, source, training):
       'train_images_per_second': _summarise_throughput(training.history),
       'history': training.history,
   })
+  metrics.update(training.best or {})
   for key in ('val_accuracy', 'val_loss', 'accuracy', 'loss'):
     if key in last:
       metrics[key] = last[key]
