@@ -16,7 +16,8 @@ until its outputs are published, so a second scorer on the same --output
 is refused (`--break_lease` takes over the lease of one that is gone).
 
 Every error the user can fix (a flag, the model, the input, a busy output
-prefix) is a `trainer.errors.UserError`; `main` catches those, in one place,
+prefix) is a `trainer.errors.UserError`; `main` catches those, and Google
+Cloud's errors for a missing bucket or missing credentials, in one place,
 and prints one line.
 """
 
@@ -33,6 +34,7 @@ from batch_predict import model_handler
 from batch_predict import options as options_lib
 from batch_predict import outputs
 from batch_predict import transforms
+from trainer import cli
 from trainer import errors
 from trainer import lease as lease_lib
 
@@ -207,8 +209,17 @@ def main(argv=None):
     run(argv)
   except errors.UserError as e:
     # The user's to fix: say what is wrong, without a traceback.
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+    _exit_with_error(e)
+  except Exception as e:  # pylint: disable=broad-except
+    line = cli.cloud_error_line(e)  # A missing bucket, refused credentials.
+    if line is None:
+      raise  # A bug: keep its traceback.
+    _exit_with_error(line)
+
+
+def _exit_with_error(error):
+  print(f'error: {cli.one_line(error)}', file=sys.stderr)
+  sys.exit(2)
 
 
 if __name__ == '__main__':

@@ -12,10 +12,12 @@ multi-worker job. SIGTERM stops training at a safe point with exit status
 One run per job dir: the chief holds JOB_DIR/_LEASE (trainer/lease.py) from
 before any TensorFlow work until the end, so a second trainer on the same job
 dir is refused at once. Errors a user can act on (errors.UserError: a bad
-flag, bad data, a diverged run, a full disk, a job dir in use) are caught in
-one place, `main`, and end with one line and exit status 2; absl's own flag
-parsing errors (an unknown flag, a malformed number) keep absl's usage
-message and status 1.
+flag, bad data, a diverged run, a full disk, a job dir in use, and Google
+Cloud's errors for a missing bucket or missing credentials) are caught in
+one place, `main`, and end with one line and exit status 2; so do absl's
+own flag parsing errors (an unknown flag, a malformed number: `parse_flags`),
+with a pointer to --helpfull instead of the usage text. --help and
+--helpfull exit 0.
 
 This binary owns flags -> Config (with Vertex AI's environment), the cluster
 from the environment, the lease, the strategy, and the exit status; the run
@@ -37,6 +39,7 @@ from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 from absl import logging
 
+from trainer import cli
 from trainer import cluster as cluster_lib
 from trainer import config as config_lib
 from trainer import errors
@@ -105,19 +108,54 @@ def build_config(flag_values, environ):
 _USER_ERROR_STATUS = 2
 
 
+_HELP_FLAGS = ('--help', '-h', '-?', '--helpshort', '--helpfull',
+               '--helpxml')
+
+
+def parse_flags(argv):
+  """absl's flag parsing, with its errors in one line (status 2).
+
+  absl prints "FATAL Flags parsing error" and a second line, and exits 1;
+  its --help exits 1 too. Here a bad flag is one line naming --helpfull,
+  and asking for help is a success.
+
+  Returns:
+    The arguments that are not flags (the program name first).
+  """
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    # Before absl's logging is set up (which would add a line of its own).
+    sys.stderr.write(f'error: {cli.one_line(e)} (--helpfull lists the '
+                     'flags).\n')
+    sys.exit(_USER_ERROR_STATUS)
+  except SystemExit:
+    if any(arg.split('=')[0] in _HELP_FLAGS for arg in argv[1:]):
+      sys.exit(0)
+    raise
+
+
 def main(argv):
   """The command: every error a user can fix ends here, in one line."""
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   try:
+    if len(argv) > 1:
+      raise config_lib.ConfigError(
+          f'Unexpected arguments: {" ".join(argv[1:])} (flags are '
+          '--name=value; --helpfull lists them).')
     run_command(flags.FLAGS, os.environ)
   except errors.UserError as e:
     _exit_with_error(e)
   except OSError as e:  # Writing a small output (the lease, config.yaml...).
-    _exit_with_error(f'Cannot write {e.filename or "an output"}: '
+    _exit_with_error(cli.cloud_error_line(e) or
+                     f'Cannot write {e.filename or "an output"}: '
                      f'{storage.describe_os_error(e)}.')
   except preemption.Preempted as e:
     sys.exit(e.exit_status)
+  except Exception as e:  # pylint: disable=broad-except
+    line = cli.cloud_error_line(e)  # A missing bucket, refused credentials.
+    if line is None:
+      raise  # A bug: keep its traceback.
+    _exit_with_error(line)
 
 
 def _exit_with_error(error):
@@ -127,7 +165,7 @@ def _exit_with_error(error):
   final clean-up would crash in HDF5: exit at once, after flushing the logs
   (the run's own clean-up, the lease included, has run by now).
   """
-  logging.error('%s', error)
+  logging.error('%s', cli.one_line(error))
   if getattr(error, 'hard_exit', False):
     logging.flush()
     sys.stdout.flush()
@@ -222,4 +260,4 @@ def run(config, cluster, task, lease=None):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

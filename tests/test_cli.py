@@ -1,0 +1,144 @@
+"""Both commands as a new user meets them: one-line errors, --help, speed.
+
+Mirrors trainer/cli.py (shared by the two entry points) and the entry
+points' own handling of bad flags and of Google Cloud's errors.
+"""
+
+import os
+import subprocess
+import sys
+
+from google.api_core import exceptions as api_exceptions
+from google.auth import exceptions as auth_exceptions
+import pytest
+
+from tests import helpers
+from trainer import cli
+
+
+def _run(module, *args, env=None, drop=()):
+  """`python -m module args`; `drop` names variables to leave unset."""
+  full_env = dict(os.environ, PYTHONPATH=helpers.REPO)
+  for name in drop:
+    full_env.pop(name, None)
+  full_env.update(env or {})
+  return subprocess.run([sys.executable, '-m', module, *args],
+                        cwd=helpers.REPO, env=full_env, capture_output=True,
+                        text=True, timeout=300)
+
+
+def _no_credentials(tmp_path):
+  """An environment with no Google Cloud credentials and no emulator."""
+  return dict(env={'GOOGLE_APPLICATION_CREDENTIALS': str(tmp_path / 'none'),
+                   'CLOUDSDK_CONFIG': str(tmp_path / 'gcloud')},
+              drop=('STORAGE_EMULATOR_HOST',))
+
+
+def _assert_one_line_error(process):
+  lines = process.stderr.splitlines()
+  assert process.returncode != 0
+  assert len(lines) == 1, process.stderr
+  return lines[0]
+
+
+def test_one_line_joins_the_lines_of_a_message():
+  error = ValueError('Pipeline has validations errors: \n'
+                     'Invalid Project ID (p).\n')
+  assert cli.one_line(error) == ('Pipeline has validations errors: Invalid '
+                                 'Project ID (p).')
+
+
+def test_a_missing_bucket_deep_in_a_write_is_one_line_naming_it():
+  error = api_exceptions.NotFound(
+      'POST http://127.0.0.1:1/upload/storage/v1/b/no-bucket/o?x=1: {"error":'
+      '\n {"code": 404}}')
+  try:
+    raise RuntimeError('writing failed') from error
+  except RuntimeError as wrapped:
+    line = cli.cloud_error_line(wrapped)
+  assert '\n' not in line
+  assert 'gs://no-bucket' in line and '404' in line
+  assert 'bucket exists' in line
+
+
+def test_refused_credentials_are_one_line_saying_how_to_log_in():
+  line = cli.cloud_error_line(auth_exceptions.RefreshError(
+      'invalid_grant: Bad Request\n{"error": "invalid_grant"}'))
+  assert '\n' not in line
+  assert 'gcloud auth application-default login' in line
+
+
+def test_other_errors_are_not_cloud_errors():
+  assert cli.cloud_error_line(KeyError('x')) is None
+
+
+def test_quiet_stderr_hides_what_is_written_to_fd_2_unless_asked(capfd):
+  with cli.quiet_stderr():
+    os.write(2, b'cuInit noise\n')
+  assert capfd.readouterr().err == ''
+  with cli.quiet_stderr(replay=True):
+    os.write(2, b'replayed\n')
+  assert capfd.readouterr().err == 'replayed\n'
+
+
+def test_quiet_stderr_replays_what_it_hid_when_the_block_fails(capfd):
+  with pytest.raises(RuntimeError):
+    with cli.quiet_stderr():
+      os.write(2, b'why it failed\n')
+      raise RuntimeError('failed')
+  assert capfd.readouterr().err == 'why it failed\n'
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--epochs=abc'], 'flag --epochs=abc'),
+    (['--epocs=3'], "Unknown command line flag 'epocs'"),
+    (['--epochs=-1'], 'epochs: must be at least 1'),
+    (['stray'], 'Unexpected arguments: stray'),
+])
+def test_trainer_flag_errors_are_one_line_pointing_at_helpfull(
+    tmp_path, args, message):
+  job_dir = tmp_path / 'job'
+  line = _assert_one_line_error(
+      _run('trainer.task', f'--job_dir={job_dir}', *args))
+  assert message in line
+  assert not job_dir.exists()
+
+
+def test_trainer_config_file_key_error_is_one_line(tmp_path):
+  config = tmp_path / 'run.yaml'
+  config.write_text('epocs: 3\n')
+  line = _assert_one_line_error(_run(
+      'trainer.task', f'--job_dir={tmp_path / "job"}', f'--config={config}'))
+  assert "epocs: unknown key" in line and "'epochs'" in line
+
+
+@pytest.mark.parametrize('module', ['trainer.task', 'batch_predict.pipeline'])
+def test_help_exits_0(module):
+  process = _run(module, '--help')
+  assert process.returncode == 0, process.stderr
+  assert '--job_dir' in process.stdout or '--model_dir' in process.stdout
+
+
+def test_trainer_job_dir_in_a_missing_bucket_is_one_line(gcs_server,
+                                                         tmp_path):
+  line = _assert_one_line_error(_run(
+      'trainer.task', '--job_dir=gs://no-such-bucket/run', '--epochs=1'))
+  assert 'gs://no-such-bucket' in line
+
+
+def test_trainer_gs_job_dir_without_credentials_is_one_line(tmp_path):
+  line = _assert_one_line_error(_run(
+      'trainer.task', '--job_dir=gs://test-bucket/run', '--epochs=1',
+      **_no_credentials(tmp_path)))
+  assert 'credentials' in line
+
+
+def test_scorer_dataflow_dry_run_without_credentials_is_one_line(tmp_path):
+  line = _assert_one_line_error(_run(
+      'batch_predict.pipeline', '--runner=DataflowRunner',
+      '--project=test-project', '--region=us-central1',
+      '--temp_location=gs://test-bucket/tmp', '--setup_file=./setup.py',
+      '--model_dir=gs://test-bucket/job/export',
+      '--input=gs://test-bucket/in/*.png', '--output=gs://test-bucket/out/s',
+      '--dry_run=True', **_no_credentials(tmp_path)))
+  assert 'credentials' in line
