@@ -25,18 +25,64 @@ import argparse
 import logging
 import sys
 
+from batch_predict import options as options_lib
+from trainer import cli
+from trainer import errors
+
+
+def _print_help():
+  parser = argparse.ArgumentParser(
+      prog='python -m batch_predict.pipeline', description=__doc__,
+      formatter_class=_HelpFormatter)
+  # Beam's documented hook for defining options (see options.py), called
+  # here to list only the scoring flags.
+  options_lib.ScoringFlags._add_argparse_args(parser)  # pylint: disable=protected-access
+  parser.print_help()
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+  """The module doc as written, and each flag's default where it has one."""
+
+  def _get_help_string(self, action):
+    if action.default in (None, False, argparse.SUPPRESS):
+      return action.help
+    return f'{action.help} (default: {action.default})'
+
+
+def _exit_with_error(error):
+  print(f'error: {cli.one_line(error)}', file=sys.stderr)
+  sys.exit(2)
+
+
+def check_flags_first(argv):
+  """--help, and the scoring flags' own errors, before Beam is imported.
+
+  Importing Beam and TensorFlow takes 1.5 s on a warm machine and 8-15 s in
+  a fresh virtual environment; a misspelled flag should not wait for it.
+  """
+  if '--help' in argv or '-h' in argv:
+    _print_help()
+    sys.exit(0)
+  try:
+    options_lib.check_flags(argv)
+  except errors.UserError as e:
+    _exit_with_error(e)
+
+
+if __name__ == '__main__':
+  check_flags_first(sys.argv[1:])
+
+# pylint: disable=g-import-not-at-top,g-bad-import-order
 import apache_beam as beam
 from apache_beam.metrics import metric
 from apache_beam.options import pipeline_options
 from apache_beam.runners import runner
 
 from batch_predict import model_handler
-from batch_predict import options as options_lib
 from batch_predict import outputs
 from batch_predict import transforms
-from trainer import cli
-from trainer import errors
 from trainer import lease as lease_lib
+# pylint: enable=g-import-not-at-top,g-bad-import-order
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -189,21 +235,9 @@ def _run_and_publish(pipeline, config, lease):
   return result
 
 
-def _print_help():
-  parser = argparse.ArgumentParser(
-      prog='python -m batch_predict.pipeline', description=__doc__,
-      formatter_class=argparse.RawDescriptionHelpFormatter)
-  # Beam's documented hook for defining options (see options.py), called
-  # here to list only the scoring flags; checked against Beam 2.77.
-  options_lib.ScoringOptions._add_argparse_args(parser)  # pylint: disable=protected-access
-  parser.print_help()
-
-
 def main(argv=None):
   argv = sys.argv[1:] if argv is None else argv
-  if '--help' in argv or '-h' in argv:
-    _print_help()
-    return
+  check_flags_first(argv)
   logging.getLogger().setLevel(logging.INFO)
   try:
     run(argv)
@@ -215,11 +249,6 @@ def main(argv=None):
     if line is None:
       raise  # A bug: keep its traceback.
     _exit_with_error(line)
-
-
-def _exit_with_error(error):
-  print(f'error: {cli.one_line(error)}', file=sys.stderr)
-  sys.exit(2)
 
 
 if __name__ == '__main__':

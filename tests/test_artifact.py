@@ -94,3 +94,19 @@ def test_check_refuses_a_broken_artifact_in_one_line(trained_export, tmp_path,
     artifact.check(copy)
   assert '\n' not in str(raised.value)
   assert raised.value.kind == artifact.ArtifactError.kind
+
+
+def test_a_job_dir_as_model_dir_is_no_artifact_and_names_its_export(
+    trained_job_dir):
+  with pytest.raises(artifact.ArtifactError) as error:
+    artifact.read_metadata(trained_job_dir)
+  message = str(error.value)
+  assert 'no model artifact there' in message
+  assert f'--model_dir={os.path.join(trained_job_dir, "export")}' in message
+  assert 'still be running' not in message
+
+
+def test_an_empty_folder_as_model_dir_is_no_artifact(tmp_path):
+  with pytest.raises(artifact.ArtifactError,
+                     match='no model artifact there .*JOB_DIR/export'):
+    artifact.read_metadata(str(tmp_path))

@@ -142,3 +142,35 @@ def test_scorer_dataflow_dry_run_without_credentials_is_one_line(tmp_path):
       '--input=gs://test-bucket/in/*.png', '--output=gs://test-bucket/out/s',
       '--dry_run=True', **_no_credentials(tmp_path)))
   assert 'credentials' in line
+
+
+# Runs `python -m MODULE ARGS...` in this interpreter, then prints the exit
+# status and which heavy packages had been imported by then.
+_IMPORTS_AFTER_A_BAD_FLAG = """
+import runpy, sys
+module = sys.argv[1]
+sys.argv = [module] + sys.argv[2:]
+try:
+  runpy.run_module(module, run_name='__main__', alter_sys=True)
+except SystemExit as e:
+  heavy = {m.split('.')[0] for m in sys.modules}
+  print(e.code, sorted(heavy & {'tensorflow', 'apache_beam', 'keras'}))
+"""
+
+
+@pytest.mark.parametrize('module, args', [
+    ('batch_predict.pipeline', ['--modle_dir=m', '--input=x', '--output=o']),
+    ('batch_predict.pipeline', ['--model_dir=m', '--input=x']),
+    ('batch_predict.pipeline', ['--model_dir=m', '--input=x', '--output=o',
+                                '--top_k=0']),
+    ('trainer.task', ['--job_dir=j', '--epochs=-1']),
+    ('trainer.task', ['--job_dir=j', '--epocs=1']),
+])
+def test_bad_flags_are_reported_before_heavy_imports(tmp_path, module, args):
+  process = subprocess.run(
+      [sys.executable, '-c', _IMPORTS_AFTER_A_BAD_FLAG, module, *args],
+      cwd=str(tmp_path), env=dict(os.environ, PYTHONPATH=helpers.REPO),
+      capture_output=True, text=True, timeout=120)
+  assert process.stdout.split() == ['2', '[]'], process.stdout
+  assert len(process.stderr.splitlines()) == 1, process.stderr
+  assert not (tmp_path / 'j').exists()

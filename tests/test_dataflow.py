@@ -22,7 +22,8 @@ from trainer import storage
 
 # The trainer's modules the scorer may import: light ones, shared by both
 # commands (README, Development).
-_SHARED_TRAINER_MODULES = {'trainer', 'trainer.artifact', 'trainer.errors',
+_SHARED_TRAINER_MODULES = {'trainer', 'trainer.artifact', 'trainer.cli',
+                           'trainer.errors',
                            'trainer.lease', 'trainer.storage', 'trainer.walk'}
 # A worker unpickles the pipeline's steps (and, with save_main_session, the
 # main module, batch_predict.pipeline), importing their modules.
