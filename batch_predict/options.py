@@ -122,6 +122,11 @@ class ScoringFlags:
     parser.add_argument(
         '--progress_interval_secs', type=float, default=30.0,
         help='How often each worker logs how many images it has scored.')
+    parser.add_argument(
+        '--verbosity', type=int, default=0,
+        help='1 also shows what TensorFlow and Beam log themselves (their '
+        'start-up notes, runner choices and warnings), which are hidden by '
+        'default; they are shown anyway when the run fails.')
 
 
 def _beam_options():

@@ -54,6 +54,12 @@ def _exit_with_error(error):
   sys.exit(2)
 
 
+def _verbosity(argv):
+  parser = argparse.ArgumentParser(add_help=False)
+  parser.add_argument('--verbosity', type=int, default=0)
+  return parser.parse_known_args(argv)[0].verbosity
+
+
 def check_flags_first(argv):
   """--help, and the scoring flags' own errors, before Beam is imported.
 
@@ -238,9 +244,18 @@ def _run_and_publish(pipeline, config, lease):
 def main(argv=None):
   argv = sys.argv[1:] if argv is None else argv
   check_flags_first(argv)
-  logging.getLogger().setLevel(logging.INFO)
+  verbose = _verbosity(argv) >= 1
+  logging.basicConfig(level=logging.INFO)
+  if not verbose:
+    # Beam's runner choices and warnings (a Prism download it falls back
+    # from, "Resource module is not available") say nothing a user can act
+    # on; TensorFlow's INFO lines neither.
+    cli.hide_library_logs(('apache_beam',), below=logging.ERROR)
+    cli.hide_library_logs(('tensorflow', 'keras'))
   try:
-    run(argv)
+    # TensorFlow's C++ start-up notes (CUDA probing), unless asked for.
+    with cli.quiet_stderr(replay=verbose, expected=errors.UserError):
+      run(argv)
   except errors.UserError as e:
     # The user's to fix: say what is wrong, without a traceback.
     _exit_with_error(e)

@@ -174,3 +174,70 @@ def test_bad_flags_are_reported_before_heavy_imports(tmp_path, module, args):
   assert process.stdout.split() == ['2', '[]'], process.stdout
   assert len(process.stderr.splitlines()) == 1, process.stderr
   assert not (tmp_path / 'j').exists()
+
+
+# What TensorFlow prints on a machine without a GPU, and its export internals.
+_NOISE = ('cuInit', 'cudart_stub', 'oneDNN', 'absl::InitializeLog',
+          'Sharding callback', 'fingerprint', 'signature_serialization',
+          'Assets written')
+
+
+def test_the_trainers_log_is_quiet_by_default(trained_job_dir):
+  with open(os.path.join(os.path.dirname(trained_job_dir),
+                         'trainer.log')) as f:
+    lines = f.read().splitlines()
+  for noise in _NOISE:
+    assert not [line for line in lines if noise in line], noise
+  configuration = [line for line in lines if 'Configuration' in line]
+  assert len(configuration) == 1
+  assert 'model=deep_mnist' in configuration[0]
+  assert 'config.yaml' in configuration[0]
+  assert any('Strategy: tf.distribute.get_strategy()' in line
+             for line in lines)
+  assert len(lines) < 20, lines
+
+
+@pytest.mark.slow
+def test_verbosity_brings_the_full_configuration_and_notes_back(
+    trained_job_dir):
+  # A rerun of the finished job: TensorFlow is imported, nothing trained.
+  process = _run('trainer.task', f'--job_dir={trained_job_dir}',
+                 '--epochs=2', '--train_examples=1000', '--model=deep_mnist',
+                 '--verbosity=1')
+  assert process.returncode == 0, process.stderr
+  assert "  model: 'deep_mnist'" in process.stderr
+  with open(os.path.join(os.path.dirname(trained_job_dir),
+                         'trainer.log')) as f:
+    quiet = f.read()
+  # TensorFlow's C++ notes of this machine (no GPU), hidden by default.
+  notes = [noise for noise in _NOISE[:3] if noise in process.stderr]
+  assert notes and not [noise for noise in notes if noise in quiet]
+
+
+def test_library_logs_below_the_level_are_hidden_on_every_handler():
+  import logging  # pylint: disable=g-import-not-at-top
+  import apache_beam  # pylint: disable=g-import-not-at-top
+  records = []
+
+  class Keep(logging.Handler):
+
+    def emit(self, record):
+      records.append(record.getMessage())
+
+  handler = Keep()
+  root = logging.getLogger()
+  root.addHandler(handler)
+  try:
+    cli.hide_library_logs(('apache_beam',), below=logging.ERROR)
+    beam_file = os.path.join(os.path.dirname(apache_beam.__file__),
+                             'runners', 'direct', 'direct_runner.py')
+    for level, path, message in (
+        (logging.INFO, beam_file, 'Running pipeline with PrismRunner.'),
+        (logging.WARNING, beam_file, 'Resource module is not available'),
+        (logging.ERROR, beam_file, 'a real Beam error'),
+        (logging.INFO, __file__, 'Scored 1 images')):
+      handler.handle(logging.LogRecord('root', level, path, 1, message, (),
+                                       None))
+  finally:
+    root.removeHandler(handler)
+  assert records == ['a real Beam error', 'Scored 1 images']

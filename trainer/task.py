@@ -243,20 +243,46 @@ def run(config, cluster, task, lease=None):
   stop_signal.install()
   # TensorFlow is imported only now, so bad input fails in a fraction of a
   # second; and the strategy comes first, before any other TensorFlow call.
-  from trainer import distribute  # pylint: disable=g-import-not-at-top
-  strategy = distribute.create_strategy(config.strategy, cluster, task)
-  from trainer import hptuning  # pylint: disable=g-import-not-at-top
-  from trainer import run_context  # pylint: disable=g-import-not-at-top
-  from trainer import train  # pylint: disable=g-import-not-at-top
+  # Its C++ start-up notes (CUDA probing on machines without a GPU) are
+  # shown with --verbosity=1, or if this fails.
+  verbose = logging.get_verbosity() >= logging.DEBUG
+  if not verbose:  # TensorFlow's own INFO lines (export internals...).
+    cli.hide_library_logs(('tensorflow', 'keras'))
+  with cli.quiet_stderr(replay=verbose, expected=errors.UserError):
+    from trainer import distribute  # pylint: disable=g-import-not-at-top
+    strategy = distribute.create_strategy(config.strategy, cluster, task)
+    from trainer import hptuning  # pylint: disable=g-import-not-at-top
+    from trainer import run_context  # pylint: disable=g-import-not-at-top
+    from trainer import train  # pylint: disable=g-import-not-at-top
   if config.hypertune_metric:
     hptuning.check_available()
   context = run_context.create(config, strategy, task,
                                stop_signal=stop_signal,
                                started_at=_STARTED_AT, lease=lease)
   # The resolved configuration: the one config.yaml and the backups record.
-  logging.info('Configuration:\n%s', '\n'.join(
-      f'  {k}: {v!r}' for k, v in context.config.to_dict().items()))
+  if verbose:
+    logging.info('Configuration:\n%s', '\n'.join(
+        f'  {k}: {v!r}' for k, v in context.config.to_dict().items()))
+  else:
+    logging.info('Configuration: %s (all of it: %s).',
+                 config_summary(context.config), context.layout.config_path)
   train.run(context)
+
+
+# Always in the one-line summary; other keys when they are not the default.
+_SUMMARY_KEYS = ('dataset', 'model', 'epochs', 'batch_size', 'learning_rate',
+                 'mixed_precision')
+_NOT_SUMMARISED = ('job_dir', 'checkpoint_dir', 'tensorboard_dir',
+                   'export_dir')
+
+
+def config_summary(config):
+  """'dataset=mnist_sample, model=cnn_bn, ...': the main keys and the rest
+  that differ from their defaults."""
+  values = config.to_dict()
+  shown = [key for key in values if key not in _NOT_SUMMARISED and (
+      key in _SUMMARY_KEYS or values[key] != config_lib.default(key))]
+  return ', '.join(f'{key}={values[key]}' for key in shown)
 
 
 if __name__ == '__main__':
