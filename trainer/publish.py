@@ -71,7 +71,8 @@ def publish(model, context, source, dirs, metrics):
   export.export_model(model, layout.export_dir, metadata)
   dirs.push()
   curves.write_chart(metrics['history'], layout.chart_path,
-                     f'{model.name} on {context.config.dataset}')
+                     f'{model.name} on {context.config.dataset}',
+                     test_accuracy=metrics.get('test_accuracy'))
   checkpoints.write_json(layout.metrics_path, metrics, 'the metrics')
   logging.info('Wrote %s.', layout.metrics_path)
 
