@@ -1,4 +1,4 @@
-r"""Scores image files with a trained classifier (Contract 3 of DESIGN.md).
+r"""Scores image files with a trained classifier (README.md, "Scoring").
 
   python -m batch_predict.pipeline --model_dir=/tmp/mnist_sample/export \
       --input='/tmp/mnist_sample/samples/*.png' \
@@ -9,7 +9,8 @@ PREFIX-errors-*.jsonl ({"uri", "error", "kind"}): every input in exactly one.
 DirectRunner by default; add `--runner=DataflowRunner --project=... \
 --region=... --temp_location=gs://... --setup_file=./setup.py` for Dataflow,
 and `--dry_run=True` to check a command without scoring or submitting.
-`--help` lists the scoring flags; Beam's own are in its documentation.
+`--help` lists the scoring flags, with their defaults; Beam's own
+(`--runner`, `--project`, `--region`, `--temp_location`, ...) are taken too.
 
 A run holds a lease on PREFIX (FOLDER/.BASENAME.lease) from before any work
 until its outputs are published, so a second scorer on the same --output

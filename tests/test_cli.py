@@ -241,3 +241,11 @@ def test_library_logs_below_the_level_are_hidden_on_every_handler():
   finally:
     root.removeHandler(handler)
   assert records == ['a real Beam error', 'Scored 1 images']
+
+
+def test_scorer_help_shows_defaults_and_cites_only_the_repository():
+  help_text = _run('batch_predict.pipeline', '--help').stdout
+  assert '(default: 3)' in help_text  # --top_k
+  assert '(default: 10)' in help_text  # --num_shards
+  for outside in ('DESIGN.md', 'http://', 'https://'):
+    assert outside not in help_text
