@@ -91,6 +91,10 @@ from batch_predict import transforms
 from trainer import lease as lease_lib
 # pylint: enable=g-import-not-at-top,g-bad-import-order
 
+# Beam is loaded: its options know the scoring flags from here on, as when
+# ScoringOptions was a class statement (options.py).
+options_lib.scoring_options_class()
+
 _LOGGER = logging.getLogger(__name__)
 
 
