@@ -6,6 +6,13 @@ than in `pipeline.py` because that module runs as `__main__`, and Beam
 registers every `PipelineOptions` subclass by its qualified name: a second
 copy under another name would clash.
 
+The flags themselves are defined in `ScoringFlags`, which needs no Beam, and
+this module imports Beam only when it is used: `check_flags` reads argv
+before Beam and TensorFlow are imported (1.5 s warm, 8-15 s in a fresh
+virtual environment), so a misspelled or missing flag is reported at once.
+`ScoringOptions` (ScoringFlags on Beam's PipelineOptions) is made on first
+use, or at import when Beam is already loaded (a Dataflow worker).
+
 `build_config` checks everything a run needs before any work starts: the
 model is a complete artifact whose SavedModel loads and returns one
 probability per label (`artifact.check`), `--input` names files, the
@@ -15,14 +22,14 @@ value Beam misreads, its own `--dry_run`, is normalised in argv before the
 options are made (`normalize_dry_run`).
 """
 
+import argparse
 import dataclasses
+import difflib
+import functools
 import os
+import sys
+import tempfile
 
-from apache_beam.options import pipeline_options
-from google.api_core import exceptions as gcs_exceptions
-
-from batch_predict import inputs
-from batch_predict import manifests
 from batch_predict import outputs
 from trainer import artifact
 from trainer import errors
@@ -37,6 +44,9 @@ DEFAULT_MAX_BATCH_SIZE = 64
 # decoded pixel at its peak (one 60-megapixel JPEG: 2.0 GB, measured), so
 # this bounds a batch's decoding at about 1 GB.
 DEFAULT_MAX_BATCH_PIXELS = 30_000_000
+# The prefix inside a folder given as --output (`--output=DIR/` writes
+# DIR/scores-predictions-*.jsonl and DIR/scores-errors-*.jsonl).
+FOLDER_PREFIX = 'scores'
 _REMOTE_RUNNERS = ('DataflowRunner', 'TestDataflowRunner')
 _DRY_RUN_FLAG = '--dry_run'
 _TRUE = ('true', '1', 'yes')
@@ -49,8 +59,12 @@ class ConfigError(errors.UserError, ValueError):
   kind = 'invalid_flag'
 
 
-class ScoringOptions(pipeline_options.PipelineOptions):
-  """Flags of `python -m batch_predict.pipeline` (beside Beam's own)."""
+class ScoringFlags:
+  """Flags of `python -m batch_predict.pipeline` (beside Beam's own).
+
+  Without Beam, so that `check_flags` can read them first; `ScoringOptions`
+  puts them on Beam's PipelineOptions.
+  """
 
   # `_add_argparse_args` is the hook Beam documents for defining options
   # (PipelineOptions' docstring), private by name only.
@@ -66,14 +80,14 @@ class ScoringOptions(pipeline_options.PipelineOptions):
         'folders), a folder (every file under it), a text file of image URIs '
         '(one per line), or one image. Local, gs:// or /gcs/. Required.')
     parser.add_argument(
-        '--input_format', default=inputs.AUTO,
+        '--input_format', default='auto',
         help='How a single --input file is read: auto (by its extension: '
         'an image extension such as .jpg or .png is one image, .csv and '
         '.jsonl a manifest, anything else a list of URIs; a name holding '
         '.tfrecord is TFRecord shards), image, list, csv, jsonl or tfrecord '
         '(this one for globs too).')
     parser.add_argument(
-        '--uri_column', default=manifests.DEFAULT_URI_COLUMN,
+        '--uri_column', default='uri',
         help='The column of a CSV or JSONL manifest that holds each image\'s '
         'URI (relative ones start at the manifest\'s folder). A `label` '
         'column is the true label; every other column comes back unchanged '
@@ -84,7 +98,8 @@ class ScoringOptions(pipeline_options.PipelineOptions):
         'and PREFIX-errors-SSSSS-of-NNNNN.jsonl (.csv, .parquet with '
         '--output_format). A run replaces the shards of earlier runs (in any '
         'format) once its own are complete, and deletes nothing else. '
-        'Required.')
+        'An existing folder, or a path ending in /, is the folder to write '
+        f'in: DIR/ means the prefix DIR/{FOLDER_PREFIX}. Required.')
     parser.add_argument(
         '--break_lease', action='store_true', default=False,
         help='Take over the gs:// lease on --output that another scorer '
@@ -156,13 +171,47 @@ class ScoringOptions(pipeline_options.PipelineOptions):
         'count of --dataflow_service_options=worker_accelerator=...;count:N '
         'when given, else 0: each worker process loads its own copy (CPU '
         'workers).')
+    parser.add_argument(
+        '--verbosity', type=int, default=0,
+        help='1 also shows what TensorFlow and Beam log themselves (their '
+        'start-up notes, runner choices and warnings), which are hidden by '
+        'default; they are shown anyway when the run fails.')
+
+
+def _beam_options():
+  """Beam's options module, imported on first use (see the module doc)."""
+  from apache_beam.options import pipeline_options  # pylint: disable=g-import-not-at-top
+  return pipeline_options
+
+
+@functools.cache
+def scoring_options_class():
+  """`ScoringOptions`: the scoring flags as a Beam PipelineOptions subclass.
+
+  Made once, here rather than at import, so that importing this module
+  imports no Beam. Named as if defined at module level, which is how Beam
+  registers it and how pickle finds it.
+  """
+  class ScoringOptions(ScoringFlags, _beam_options().PipelineOptions):
+    __doc__ = ScoringFlags.__doc__
+
+  ScoringOptions.__module__ = __name__
+  ScoringOptions.__qualname__ = 'ScoringOptions'
+  globals()['ScoringOptions'] = ScoringOptions
+  return ScoringOptions
+
+
+def __getattr__(name):  # `options.ScoringOptions` before it is made.
+  if name == 'ScoringOptions':
+    return scoring_options_class()
+  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
 
 
 @dataclasses.dataclass(frozen=True)
 class ScoringConfig:
   """A checked scoring run: paths normalized, the model's labels read."""
   model_dir: str
-  source: inputs.InputSource
+  source: object  # inputs.InputSource (not imported here: it imports Beam)
   output: str
   labels: tuple
   top_k: int
@@ -196,7 +245,7 @@ class ScoringConfig:
 
 def is_remote_runner(options):
   """Whether the pipeline runs on Dataflow (paths must be gs://)."""
-  runner = options.view_as(pipeline_options.StandardOptions).runner or ''
+  runner = options.view_as(_beam_options().StandardOptions).runner or ''
   return str(runner).rsplit('.', 1)[-1] in _REMOTE_RUNNERS
 
 
@@ -204,7 +253,7 @@ def gpus_per_worker(options):
   """The GPUs each Dataflow worker gets: the `count` of the
   `worker_accelerator` service option (0 without one)."""
   service_options = options.view_as(
-      pipeline_options.GoogleCloudOptions).dataflow_service_options or []
+      _beam_options().GoogleCloudOptions).dataflow_service_options or []
   for option in service_options:
     name, _, value = option.partition('=')
     if name.strip() != 'worker_accelerator':
@@ -253,6 +302,78 @@ def normalize_dry_run(argv):
   return normalized + ([f'{_DRY_RUN_FLAG}=True'] if dry_run else []), dry_run
 
 
+class _FlagParser(argparse.ArgumentParser):
+  """argparse that raises ConfigError instead of printing usage and exiting."""
+
+  def error(self, message):
+    raise ConfigError(f'{message}; see --help.')
+
+
+def check_flags(argv):
+  """Checks the scoring flags in `argv` without importing Beam.
+
+  A flag that no Beam option could be (one within a typo of a scoring flag:
+  tests/test_options.py checks that no Beam flag is), a missing flag, a
+  number out of range and an output place that cannot be written are found
+  here; `build_config` checks them again, with the rest, once Beam is
+  loaded.
+
+  Raises:
+    ConfigError: naming the flag and what to do.
+  """
+  argv, _ = normalize_dry_run(argv)
+  parser = _FlagParser(allow_abbrev=False, add_help=False)
+  ScoringFlags._add_argparse_args(parser)  # pylint: disable=protected-access
+  flags, rest = parser.parse_known_args(argv)
+  misspelt = misspelt_flags(rest, scoring_flag_names())
+  if misspelt:
+    raise ConfigError(f'Unknown flag(s) {", ".join(misspelt)}; see --help.')
+  missing = [f'--{name}' for name in ('model_dir', 'input', 'output')
+             if not getattr(flags, name)]
+  if missing:
+    raise ConfigError(f'Missing {", ".join(missing)}; see --help.')
+  _check_numbers(_numbers(flags))
+  _check_output(flags.output)
+
+
+def scoring_flag_names():
+  """['--model_dir', '--input', ...]: every flag ScoringFlags defines."""
+  parser = argparse.ArgumentParser(add_help=False)
+  ScoringFlags._add_argparse_args(parser)  # pylint: disable=protected-access
+  return [option for action in parser._actions  # pylint: disable=protected-access
+          for option in action.option_strings]
+
+
+def misspelt_flags(argv, names):
+  """Flags in `argv` within a typo of one of `names` (and not one of them).
+
+  Returns:
+    ['--flag (did you mean --name?)', ...].
+  """
+  found = []
+  for argument in argv:
+    flag = argument.split('=', 1)[0]
+    if not flag.startswith('--') or flag in names:
+      continue
+    close = difflib.get_close_matches(flag.replace('-', '_'),
+                                      [n.replace('-', '_') for n in names],
+                                      n=1, cutoff=0.8)
+    if close:
+      found.append(f'{flag} (did you mean --{close[0][2:]}?)')
+  return found
+
+
+def _numbers(flags):
+  """{flag name: value} of the numeric flags, with min_batch_size's default."""
+  numbers = {name: getattr(flags, name) for name in (
+      'top_k', 'min_batch_size', 'max_batch_size', 'max_image_pixels',
+      'max_file_bytes', 'num_shards', 'progress_interval_secs',
+      'max_batch_pixels')}
+  if numbers['min_batch_size'] is None:  # Fixed-size batches by default.
+    numbers['min_batch_size'] = numbers['max_batch_size']
+  return numbers
+
+
 def unknown_flags(argv):
   """Flags in `argv` that no PipelineOptions class defines.
 
@@ -264,6 +385,8 @@ def unknown_flags(argv):
   `_add_argparse_args`. Checked against Beam 2.77 (setup.py pins <2.78);
   tests/test_options.py fails if a later Beam changes either.
   """
+  pipeline_options = _beam_options()
+  scoring_options_class()
   parser = pipeline_options._BeamArgumentParser(allow_abbrev=False)  # pylint: disable=protected-access
   classes = {str(cls): cls
              for cls in pipeline_options.PipelineOptions.__subclasses__()}
@@ -293,17 +416,12 @@ def build_config(options, argv=None):
   unknown = unknown_flags(argv)
   if unknown:
     raise ConfigError(f'Unknown flag(s) {", ".join(unknown)}; see --help.')
-  flags = options.view_as(ScoringOptions)
+  flags = options.view_as(scoring_options_class())
   missing = [f'--{name}' for name in ('model_dir', 'input', 'output')
              if not getattr(flags, name)]
   if missing:
     raise ConfigError(f'Missing {", ".join(missing)}; see --help.')
-  numbers = {name: getattr(flags, name) for name in (
-      'top_k', 'min_batch_size', 'max_batch_size', 'max_image_pixels',
-      'max_file_bytes', 'num_shards', 'progress_interval_secs',
-      'max_batch_pixels')}
-  if numbers['min_batch_size'] is None:  # Fixed-size batches by default.
-    numbers['min_batch_size'] = numbers['max_batch_size']
+  numbers = _numbers(flags)
   numbers['model_copies'] = (gpus_per_worker(options)
                              if flags.model_copies is None
                              else flags.model_copies)
@@ -312,7 +430,7 @@ def build_config(options, argv=None):
     raise ConfigError(f'--output_format={flags.output_format}: use one of '
                       f'{", ".join(outputs.OUTPUT_FORMATS)}.')
   model_dir = _normalize('model_dir', flags.model_dir)
-  output = _check_output(_normalize('output', flags.output))
+  output = _check_output(flags.output)
   if is_remote_runner(options):
     _check_remote(options, {'--model_dir': model_dir, '--input': flags.input,
                             '--output': output})
@@ -336,6 +454,8 @@ def _check_input(flags):
     The ScoringConfig fields `source`, `manifest`, `field_names`,
     `labels_from_folders` and `label_names`.
   """
+  from batch_predict import inputs  # pylint: disable=g-import-not-at-top
+  from batch_predict import manifests  # pylint: disable=g-import-not-at-top
   source = inputs.resolve_input(flags.input, flags.input_format)
   labels_from_folders = bool(flags.labels_from_folders)
   if flags.evaluate and not labels_from_folders and source.kind in (
@@ -386,35 +506,81 @@ def _check_numbers(numbers):
                       f'than --max_batch_size={numbers["max_batch_size"]}.')
 
 
+def output_prefix(output):
+  """The prefix `--output` names: inside it if it is (or ends as) a folder.
+
+  `--output=DIR/` (a trailing slash) or an existing folder means "write in
+  that folder", as `cp` reads it; anything else is a prefix as given.
+
+  Raises:
+    ConfigError: for a path storage cannot normalise.
+  """
+  folder = output.endswith('/') or _is_folder(output)
+  output = _normalize('output', output)
+  return storage.join(output, FOLDER_PREFIX) if folder else output
+
+
+def _is_folder(path):
+  if not storage.is_gcs(path):
+    return os.path.isdir(path)
+  from google.api_core import exceptions as gcs_exceptions  # pylint: disable=g-import-not-at-top
+  try:
+    return storage.isdir(path)
+  except gcs_exceptions.NotFound:  # No such bucket: `_check_output` says so.
+    return False
+
+
 def _check_output(output):
-  """The output prefix names files in a folder the run can write to."""
+  """The output prefix names files in a folder the run can write to.
+
+  Args:
+    output: the --output flag as given.
+
+  Returns:
+    The prefix (see `output_prefix`).
+  """
   if storage.has_glob(output):
     raise ConfigError(f'--output={output}: a prefix cannot contain *, ? or [ '
                       '(the outputs are read with globs such as '
                       'PREFIX-predictions-*.jsonl).')
+  if storage.is_gcs(output) and '/' not in output[
+      len(storage.GCS_PREFIX):].rstrip('/'):
+    raise ConfigError(f'--output={output} is a bucket; give a prefix in it, '
+                      f'e.g. --output={output.rstrip("/")}/scores/run.')
+  output = output_prefix(output)
   if storage.is_gcs(output):
-    if '/' not in output[len(storage.GCS_PREFIX):]:
-      raise ConfigError(f'--output={output} is a bucket; give a prefix in it, '
-                        f'e.g. --output={output}/scores/run.')
+    from google.api_core import exceptions as gcs_exceptions  # pylint: disable=g-import-not-at-top
     try:
       storage.scan_folder(storage.dirname(output))
     except gcs_exceptions.NotFound as e:
       raise ConfigError(f'--output={output}: no such bucket.') from e
     return output
-  if os.path.isdir(output):
-    raise ConfigError(f'--output={output} is a folder; give a prefix inside '
-                      f'it, e.g. --output={storage.join(output, "scores")}.')
+  _check_writable(output)
+  return output
+
+
+def _check_writable(output):
+  """Creates (and removes) a file where the outputs go, before any work.
+
+  `os.access` says yes to root on a read-only disk; only a write shows it.
+  The folders still to be made are made by the run, under this one.
+  """
   folder = os.path.dirname(output)
   while not os.path.exists(folder):
     folder = os.path.dirname(folder)
-  if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+  if not os.path.isdir(folder):
+    raise ConfigError(f'--output={output}: {folder} is a file, not a folder.')
+  try:
+    with tempfile.TemporaryFile(dir=folder, prefix='.write-check-'):
+      pass
+  except OSError as e:
     raise ConfigError(f'--output={output}: cannot create files under '
-                      f'{folder}.')
-  return output
+                      f'{folder} ({storage.describe_os_error(e)}).') from e
 
 
 def _check_remote(options, paths):
   """On Dataflow, workers cannot see the launcher's disk or this checkout."""
+  pipeline_options = _beam_options()
   local = [f'{flag}={path}' for flag, path in paths.items()
            if not storage.is_gcs(storage.normalize(path))]
   if local:
@@ -431,3 +597,9 @@ def _check_remote(options, paths):
   if setup.setup_file and not os.path.isfile(setup.setup_file):
     raise ConfigError(f'--setup_file={setup.setup_file}: no such file (run '
                       'from the repository root, or give its path).')
+
+
+# Beam is loaded (a Dataflow worker, or the scorer past `check_flags`):
+# register the scoring flags with it now, as a class statement would.
+if 'apache_beam.options.pipeline_options' in sys.modules:
+  scoring_options_class()

@@ -50,8 +50,12 @@ def trained_job_dir(tmp_path_factory):
   compare outputs, not accuracy), quick enough to share across test files.
   """
   job_dir = str(tmp_path_factory.mktemp('trained') / 'job')
-  helpers.run_module('trainer.task', f'--job_dir={job_dir}', '--epochs=2',
-                     '--train_examples=1000', '--model=deep_mnist')
+  process = helpers.run_module('trainer.task', f'--job_dir={job_dir}',
+                               '--epochs=2', '--train_examples=1000',
+                               '--model=deep_mnist')
+  # What a user sees (tests/test_cli.py reads it), beside the job dir.
+  with open(os.path.join(os.path.dirname(job_dir), 'trainer.log'), 'w') as f:
+    f.write(process.stderr)
   return job_dir
 
 

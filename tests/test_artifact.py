@@ -118,3 +118,19 @@ def test_artifacts_from_before_dct_scaling_decode_at_full_size():
   assert artifact.input_size(old) == (28, 20)
   new = {'input': {'height': 28, 'width': 28, 'jpeg_dct_ratios': [2, 4, 8]}}
   assert artifact.jpeg_dct_ratios(new) == (2, 4, 8)
+
+
+def test_a_job_dir_as_model_dir_is_no_artifact_and_names_its_export(
+    trained_job_dir):
+  with pytest.raises(artifact.ArtifactError) as error:
+    artifact.read_metadata(trained_job_dir)
+  message = str(error.value)
+  assert 'no model artifact there' in message
+  assert f'--model_dir={os.path.join(trained_job_dir, "export")}' in message
+  assert 'still be running' not in message
+
+
+def test_an_empty_folder_as_model_dir_is_no_artifact(tmp_path):
+  with pytest.raises(artifact.ArtifactError,
+                     match='no model artifact there .*JOB_DIR/export'):
+    artifact.read_metadata(str(tmp_path))

@@ -24,11 +24,12 @@ from trainer import storage
 # commands (README, Development). trainer.evaluation (numpy) and
 # trainer.evaluation_charts (matplotlib, imported only to draw) are the one
 # definition of the evaluation report, which --evaluate shares with the
-# trainer; trainer.devices turns on GPU memory growth before the model loads.
-_SHARED_TRAINER_MODULES = {'trainer', 'trainer.artifact', 'trainer.devices',
-                           'trainer.errors', 'trainer.evaluation',
-                           'trainer.evaluation_charts', 'trainer.lease',
-                           'trainer.storage', 'trainer.walk'}
+# trainer; trainer.devices turns on GPU memory growth before the model loads;
+# trainer.cli makes both commands' errors one line.
+_SHARED_TRAINER_MODULES = {'trainer', 'trainer.artifact', 'trainer.cli',
+                           'trainer.devices', 'trainer.errors',
+                           'trainer.evaluation', 'trainer.evaluation_charts',
+                           'trainer.lease', 'trainer.storage', 'trainer.walk'}
 # A worker unpickles the pipeline's steps (and, with save_main_session, the
 # main module, batch_predict.pipeline), importing their modules.
 _IMPORT_THE_SCORER = f"""

@@ -128,7 +128,7 @@ def _mirrored_run(tmp_path, devices):
 def test_mirrored_over_two_devices_matches_one_device(tmp_path):
   one, _ = _mirrored_run(tmp_path, 1)
   two, log = _mirrored_run(tmp_path, 2)
-  assert re.search(r'Strategy: MirroredStrategy .*2 replica\(s\) in sync',
+  assert re.search(r'Strategy: tf.distribute.MirroredStrategy .*2 replica\(s\) in sync',
                    log)
   assert (one['replicas'], two['replicas']) == (1, 2)
   # The same global batches, each split in two halves whose gradients are

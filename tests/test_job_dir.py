@@ -1,6 +1,7 @@
 """The job dir: its layout, and what an earlier run in it means for this one."""
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -65,14 +66,56 @@ def test_previous_runs_are_new_resumable_or_finished(tmp_path):
 
 @pytest.mark.parametrize('finished, what', [(True, 'finished run'),
                                             (False, 'checkpoint')])
-def test_a_run_of_another_configuration_is_refused(tmp_path, finished, what):
+@pytest.mark.parametrize('change, described', [
+    ({'epochs': 1}, 'epochs: 2 -> 1'),
+    ({'epochs': 3, 'learning_rate': 0.01}, 'learning_rate: 0.001 -> 0.01'),
+])
+def test_a_run_of_another_configuration_is_refused(tmp_path, finished, what,
+                                                   change, described):
   layout = _leave_a_run(tmp_path, _config(tmp_path), finished)
   with pytest.raises(config_lib.ConfigError) as raised:
-    job_dir_lib.previous_run_state(layout, _config(tmp_path, epochs=3))
+    job_dir_lib.previous_run_state(layout, _config(tmp_path, **change))
   message = str(raised.value)
   assert message.startswith(f'job_dir: {layout.job_dir} holds a {what} of '
-                            'a different configuration (epochs: 2 -> 3)')
+                            f'a different configuration ({described})')
   assert '--start_fresh' in message
+
+
+@pytest.mark.parametrize('finished', [True, False])
+def test_more_epochs_extend_a_finished_or_interrupted_run(tmp_path, finished):
+  layout = _leave_a_run(tmp_path, _config(tmp_path), finished)
+  assert job_dir_lib.previous_run_state(layout, _config(
+      tmp_path, epochs=3)) is job_dir_lib.RunState.RESUMABLE
+
+
+def test_a_finished_run_without_its_backup_cannot_be_extended(tmp_path):
+  layout = _leave_a_run(tmp_path, _config(tmp_path), finished=True)
+  storage.delete_tree(layout.checkpoint_dir)
+  with pytest.raises(config_lib.ConfigError,
+                     match='without its backup .* cannot be extended to 3'):
+    job_dir_lib.previous_run_state(layout, _config(tmp_path, epochs=3))
+
+
+@pytest.mark.slow
+def test_extending_a_finished_run_trains_one_more_epoch_and_exports(
+    trained_job_dir, tmp_path):
+  # A copy of the session's finished 2-epoch run (config.yaml names the
+  # original job dir: where outputs go does not change what is trained).
+  job_dir = str(tmp_path / 'job')
+  shutil.copytree(trained_job_dir, job_dir)
+  before = helpers.read_json(os.path.join(job_dir, 'metrics.json'))
+  helpers.run_module('trainer.task', f'--job_dir={job_dir}', '--epochs=3',
+                     '--train_examples=1000', '--model=deep_mnist')
+  metrics = helpers.read_json(os.path.join(job_dir, 'metrics.json'))
+  assert metrics['epochs'] == 3 and metrics['resumed_from_epoch'] == 2
+  history = metrics['history']
+  assert [entry['epoch'] for entry in history] == [1, 2, 3]
+  assert history[:2] == before['history']
+  assert history[2]['attempt'] == history[1]['attempt'] + 1
+  assert helpers.read_json(os.path.join(
+      job_dir, 'checkpoints', 'history.json')) == history
+  assert artifact.read_metadata(os.path.join(job_dir, 'export'))[
+      'metrics']['test_accuracy'] == metrics['test_accuracy']
 
 
 def test_start_fresh_discards_on_the_chief_only(tmp_path):

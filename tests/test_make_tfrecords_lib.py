@@ -26,6 +26,13 @@ def test_tfrecord_round_trip_from_an_image_folder(tmp_path):
   assert counts['train'] + counts['validation'] + counts['test'] == len(
       written)
   assert (tmp_path / 'shards' / 'labels.txt').read_text() == 'x\ny\nz\n'
+  # --num_shards is the train split's count; the others' follow its size.
+  names = sorted(os.listdir(shards))
+  assert [n for n in names if n.startswith('train-')] == [
+      f'train-{i:05d}-of-00003.tfrecord' for i in range(3)]
+  for split in ('validation', 'test'):
+    expected = max(1, round(3 * counts[split] / counts['train']))
+    assert len([n for n in names if n.startswith(f'{split}-')]) == expected
   source = tfrecords.load_tfrecord(shards, (28, 28, 1), 0.1, 0.1)
   assert source.info.class_names == ('x', 'y', 'z')
   for split in sources.SPLITS:

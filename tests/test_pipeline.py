@@ -276,7 +276,7 @@ def earlier_output(tmp_path):
     (['--min_batch_size=64', '--max_batch_size=8'], options_lib.ConfigError,
      'more than --max_batch_size'),
     (['--output=OUT/sc*res'], options_lib.ConfigError, 'cannot contain'),
-    (['--output=OUT'], options_lib.ConfigError, 'is a folder'),
+    (['--output=gs://a-bucket'], options_lib.ConfigError, 'is a bucket'),
     (['--input=IMAGES/*.jpg'], inputs.InputError, 'no files match'),
     (['--model_dir=MISSING'], artifact.ArtifactError, 'no such model'),
     (['--dry_run=maybe'], options_lib.ConfigError, '--dry_run=True or False'),

@@ -52,10 +52,11 @@ def test_rerunning_a_finished_job_does_not_retrain(trained_job_dir):
 @pytest.mark.slow
 def test_rerunning_with_another_configuration_is_refused(trained_job_dir):
   process = helpers.run_module(
-      'trainer.task', f'--job_dir={trained_job_dir}', '--epochs=3',
-      '--train_examples=1000', '--model=deep_mnist', check=False)
+      'trainer.task', f'--job_dir={trained_job_dir}', '--epochs=2',
+      '--train_examples=1000', '--model=deep_mnist', '--learning_rate=0.01',
+      check=False)
   assert process.returncode != 0
-  assert 'epochs: 2 -> 3' in process.stderr
+  assert 'learning_rate: 0.001 -> 0.01' in process.stderr
   assert '--start_fresh' in process.stderr
 
 

@@ -76,10 +76,7 @@ def read_metadata(export_dir):
   if not storage.exists(export_dir):
     raise ArtifactError(f'{export_dir}: no such model directory.')
   if not is_complete(export_dir):
-    raise ArtifactError(
-        f'{export_dir}: incomplete model artifact (no {COMPLETE_MARKER} '
-        'marker). Its writer may still be running or was killed; wait for '
-        'it, or re-run training. Point --model_dir at JOB_DIR/export.')
+    raise ArtifactError(_not_complete_message(export_dir))
   try:
     metadata = storage.read_json(storage.join(export_dir, METADATA_FILE))
   except (FileNotFoundError, ValueError) as e:
@@ -90,6 +87,32 @@ def read_metadata(export_dir):
         f'{export_dir}: artifact format_version {version!r}; this code reads '
         f'version {FORMAT_VERSION}.')
   return metadata
+
+
+# The job dir's export folder (job_dir.py's layout), for the advice below.
+_JOB_DIR_EXPORT = 'export'
+
+
+def _not_complete_message(export_dir):
+  """Why `export_dir` (which exists, without the marker) is not an artifact.
+
+  A folder with none of the artifact's files (a job dir, an empty folder)
+  has no artifact at all; one with some of them is an artifact whose writer
+  is still running or was killed.
+  """
+  parts = [name for name in (METADATA_FILE, MODEL_FILE, SAVED_MODEL_DIR)
+           if storage.exists(storage.join(export_dir, name))]
+  if parts:
+    return (f'{export_dir}: incomplete model artifact (no {COMPLETE_MARKER} '
+            'marker). Its writer may still be running or was killed; wait '
+            'for it, or re-run training.')
+  inner = storage.join(export_dir, _JOB_DIR_EXPORT)
+  if is_complete(inner):
+    return (f'{export_dir}: no model artifact there; it is a job dir: use '
+            f'--model_dir={inner}.')
+  return (f'{export_dir}: no model artifact there (no {METADATA_FILE}, '
+          f'{SAVED_MODEL_DIR}/ or {COMPLETE_MARKER}). Point --model_dir at '
+          'JOB_DIR/export of a finished training run.')
 
 
 @contextlib.contextmanager

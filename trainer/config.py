@@ -507,14 +507,28 @@ def training_differences(config, previous):
   """Keys whose values differ between `config` and a saved config dict.
 
   Only keys that change what is trained count; where outputs go, caching,
-  the strategy and XLA do not.
+  the strategy and XLA do not; nor does a larger `epochs` (`extends`).
   """
   current = config.to_dict()
   if 'augment' in previous:  # Saved as a boolean before it took names.
     previous = dict(previous, augment=parse_augment(previous['augment']))
   return sorted(k for k in current
                 if k not in _NOT_TRAINING_KEYS and k in previous and
-                previous[k] != current[k])
+                previous[k] != current[k] and
+                not (k == 'epochs' and extends(config, previous)))
+
+
+def extends(config, previous):
+  """Whether `config` continues a saved run to more epochs.
+
+  More epochs of the same training continue it from its last epoch (a
+  finished run, or an interrupted one), rather than starting another run.
+  Not for transfer runs with fine-tuning, whose second phase follows the
+  first's last epoch.
+  """
+  saved = previous.get('epochs')
+  return (isinstance(saved, int) and not isinstance(saved, bool) and
+          saved < config.epochs and not config.fine_tune_layers)
 
 
 def describe_changes(config, saved):

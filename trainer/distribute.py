@@ -121,9 +121,18 @@ def create_strategy(requested='auto', cluster=None,
              if name != 'default' else 'the default device')
   logging.info(
       'Strategy: %s (--strategy=%s), %d replica(s) in sync; task %s of %d; '
-      'local devices: %s.', type(strategy).__name__, requested,
+      'local devices: %s.', _PUBLIC_NAMES[name], requested,
       strategy.num_replicas_in_sync, task.name, num_tasks, devices)
   return strategy
+
+
+# How the strategies are known in TensorFlow's API (their classes' names
+# are private, or not the API's).
+_PUBLIC_NAMES = {
+    'default': 'tf.distribute.get_strategy(), the default',
+    'mirrored': 'tf.distribute.MirroredStrategy',
+    'multi_worker': 'tf.distribute.MultiWorkerMirroredStrategy',
+}
 
 
 def _local_devices():

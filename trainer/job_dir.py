@@ -20,7 +20,9 @@ An earlier run in the job dir is in one of three states (`RunState`): none
 with a complete export (FINISHED). Outputs of a configuration that trains
 something else are refused, naming the keys that differ; checkpoints.py
 refuses a backup of another configuration with the same comparison
-(`config.describe_changes`).
+(`config.describe_changes`). A larger --epochs extends a run
+(`config.extends`): a finished one is then RESUMABLE from its backup, and
+trains on from its last epoch to the new total.
 
 This module imports no TensorFlow: task.py takes the lease on
 `Layout.lease_path` before any TensorFlow work.
@@ -111,6 +113,7 @@ def previous_run_state(layout, config):
                                            RESUME_RECORD))
   if not (finished or has_backup):
     return RunState.NEW
+  saved = {}
   if storage.exists(layout.config_path):
     saved = yaml.safe_load(storage.read_text(layout.config_path)) or {}
     changes = config_lib.describe_changes(config, saved)
@@ -120,7 +123,17 @@ def previous_run_state(layout, config):
           f'{"finished run" if finished else "checkpoint"} of a different '
           f'configuration ({changes}). Use a new --job_dir, or pass '
           '--start_fresh to discard it.')
-  return RunState.FINISHED if finished else RunState.RESUMABLE
+  if not (saved and config_lib.extends(config, saved)):
+    return RunState.FINISHED if finished else RunState.RESUMABLE
+  if not has_backup:
+    raise config_lib.ConfigError(
+        f'job_dir: {layout.job_dir} holds a finished run of '
+        f'{saved["epochs"]} epochs without its backup in '
+        f'{layout.checkpoint_dir}, so it cannot be extended to '
+        f'{config.epochs}. Use a new --job_dir, or pass --start_fresh.')
+  logging.info('Extending the run in %s from %d to %d epochs.',
+               layout.job_dir, saved['epochs'], config.epochs)
+  return RunState.RESUMABLE
 
 
 def discard_previous_run(layout):

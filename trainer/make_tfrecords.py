@@ -19,7 +19,10 @@ _IMAGE_DIR = flags.DEFINE_string(
     'image_dir', None, 'Image folder: one sub-folder per class.')
 _OUTPUT_DIR = flags.DEFINE_string(
     'output_dir', None, 'Where to write the shards and labels.txt.')
-_NUM_SHARDS = flags.DEFINE_integer('num_shards', 4, 'Shards for train.')
+_NUM_SHARDS = flags.DEFINE_integer(
+    'num_shards', 4, 'Shards of the train split, exactly; validation and '
+    'test get as many as their size relative to train (at least one each).',
+    lower_bound=1)
 _VALIDATION_FRACTION = flags.DEFINE_float(
     'validation_fraction', 0.1, 'Share of images for validation.')
 _TEST_FRACTION = flags.DEFINE_float(

@@ -35,8 +35,8 @@ def convert_image_folder(image_dir, output_dir, num_shards=4,
   Args:
     image_dir: one sub-folder per class (local or gs://).
     output_dir: where the shards go (local or gs://).
-    num_shards: shards for the train split; validation and test get
-      proportionally fewer (at least one each when they hold images).
+    num_shards: shards of the train split, exactly; validation and test
+      get as many as their size relative to train's (at least one each).
     validation_fraction: share of images for validation.
     test_fraction: share of images for test.
 
@@ -54,11 +54,12 @@ def convert_image_folder(image_dir, output_dir, num_shards=4,
     raise sources.DataError(
         f'image_dir {image_dir}: class folder name(s) {broken!r} hold a line '
         'break, which labels.txt cannot; rename them.')
-  total = sum(len(items) for items in by_split.values())
+  train_size = len(by_split.get('train', ())) or 1
   counts = {'skipped': 0}
   with tempfile.TemporaryDirectory(prefix='tfrecords-') as staging:
     for split, items in by_split.items():
-      shards = max(1, round(num_shards * len(items) / total))
+      shards = num_shards if split == 'train' else max(
+          1, round(num_shards * len(items) / train_size))
       counts[split] = _write_split(image_dir, class_names, split, items,
                                    shards, staging, counts)
     with open(os.path.join(staging, tfrecords.LABELS_FILE), 'w') as f:

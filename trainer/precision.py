@@ -23,6 +23,7 @@ hardware, whatever trained it.
 
 import contextlib
 
+from absl import logging
 import keras
 import tensorflow as tf
 
@@ -69,16 +70,31 @@ def resolve(requested, gpu_capabilities=None, flags=None):
                      f'{registry.MIXED_PRECISION_CHOICES}.')
   if requested != 'auto':
     return requested
+  policy, why = _choose(gpu_capabilities, flags)
+  logging.info('--mixed_precision=auto: %s (%s).', policy, why)
+  return policy
+
+
+def _choose(gpu_capabilities, flags):
+  """(policy, why) for `auto`; see `resolve`."""
   if gpu_capabilities is None:
     gpu_capabilities = gpu_compute_capabilities()
   if gpu_capabilities:
     slowest = min(gpu_capabilities)
+    shown = '.'.join(map(str, slowest))
     if slowest >= (8, 0):
-      return 'mixed_bfloat16'
-    return 'mixed_float16' if slowest >= (7, 0) else 'float32'
+      return 'mixed_bfloat16', f'GPU compute capability {shown} >= 8.0'
+    if slowest >= (7, 0):
+      return 'mixed_float16', f'GPU compute capability {shown} >= 7.0'
+    return 'float32', (f'GPU compute capability {shown}: below 7.0, '
+                       'float16 would be slower')
   if flags is None:
     flags = cpu_flags()
-  return 'mixed_bfloat16' if set(_BF16_CPU_FLAGS) & set(flags) else 'float32'
+  found = sorted(set(_BF16_CPU_FLAGS) & set(flags))
+  if found:
+    return 'mixed_bfloat16', f'no GPU; the CPU has {", ".join(found)}'
+  return 'float32', ('falling back: no GPU, and the CPU has no '
+                     f'{" or ".join(_BF16_CPU_FLAGS)} instructions')
 
 
 @contextlib.contextmanager

@@ -72,7 +72,8 @@ def publish(model, context, source, dirs, metrics):
   export.export_model(model, layout.export_dir, metadata)
   dirs.push()
   curves.write_chart(metrics['history'], layout.chart_path,
-                     f'{model.name} on {context.config.dataset}')
+                     f'{model.name} on {context.config.dataset}',
+                     test_accuracy=metrics.get('test_accuracy'))
   evaluate_lib.write_pictures(metrics.get('evaluation'), source,
                               context.config.image_shape, layout.job_dir,
                               f'{model.name} on {context.config.dataset}')

@@ -12,10 +12,12 @@ multi-worker job. SIGTERM stops training at a safe point with exit status
 One run per job dir: the chief holds JOB_DIR/_LEASE (trainer/lease.py) from
 before any TensorFlow work until the end, so a second trainer on the same job
 dir is refused at once. Errors a user can act on (errors.UserError: a bad
-flag, bad data, a diverged run, a full disk, a job dir in use) are caught in
-one place, `main`, and end with one line and exit status 2; absl's own flag
-parsing errors (an unknown flag, a malformed number) keep absl's usage
-message and status 1.
+flag, bad data, a diverged run, a full disk, a job dir in use, and Google
+Cloud's errors for a missing bucket or missing credentials) are caught in
+one place, `main`, and end with one line and exit status 2; so do absl's
+own flag parsing errors (an unknown flag, a malformed number: `parse_flags`),
+with a pointer to --helpfull instead of the usage text. --help and
+--helpfull exit 0.
 
 This binary owns flags -> Config (with Vertex AI's environment), the cluster
 from the environment, the lease, the strategy, and the exit status; the run
@@ -37,6 +39,7 @@ from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 from absl import logging
 
+from trainer import cli
 from trainer import cluster as cluster_lib
 from trainer import config as config_lib
 from trainer import errors
@@ -112,19 +115,54 @@ def build_config(flag_values, environ):
 _USER_ERROR_STATUS = 2
 
 
+_HELP_FLAGS = ('--help', '-h', '-?', '--helpshort', '--helpfull',
+               '--helpxml')
+
+
+def parse_flags(argv):
+  """absl's flag parsing, with its errors in one line (status 2).
+
+  absl prints "FATAL Flags parsing error" and a second line, and exits 1;
+  its --help exits 1 too. Here a bad flag is one line naming --helpfull,
+  and asking for help is a success.
+
+  Returns:
+    The arguments that are not flags (the program name first).
+  """
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    # Before absl's logging is set up (which would add a line of its own).
+    sys.stderr.write(f'error: {cli.one_line(e)} (--helpfull lists the '
+                     'flags).\n')
+    sys.exit(_USER_ERROR_STATUS)
+  except SystemExit:
+    if any(arg.split('=')[0] in _HELP_FLAGS for arg in argv[1:]):
+      sys.exit(0)
+    raise
+
+
 def main(argv):
   """The command: every error a user can fix ends here, in one line."""
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   try:
+    if len(argv) > 1:
+      raise config_lib.ConfigError(
+          f'Unexpected arguments: {" ".join(argv[1:])} (flags are '
+          '--name=value; --helpfull lists them).')
     run_command(flags.FLAGS, os.environ)
   except errors.UserError as e:
     _exit_with_error(e)
   except OSError as e:  # Writing a small output (the lease, config.yaml...).
-    _exit_with_error(f'Cannot write {e.filename or "an output"}: '
+    _exit_with_error(cli.cloud_error_line(e) or
+                     f'Cannot write {e.filename or "an output"}: '
                      f'{storage.describe_os_error(e)}.')
   except preemption.Preempted as e:
     sys.exit(e.exit_status)
+  except Exception as e:  # pylint: disable=broad-except
+    line = cli.cloud_error_line(e)  # A missing bucket, refused credentials.
+    if line is None:
+      raise  # A bug: keep its traceback.
+    _exit_with_error(line)
 
 
 def _exit_with_error(error):
@@ -134,7 +172,7 @@ def _exit_with_error(error):
   final clean-up would crash in HDF5: exit at once, after flushing the logs
   (the run's own clean-up, the lease included, has run by now).
   """
-  logging.error('%s', error)
+  logging.error('%s', cli.one_line(error))
   if getattr(error, 'hard_exit', False):
     logging.flush()
     sys.stdout.flush()
@@ -212,22 +250,48 @@ def run(config, cluster, task, lease=None):
   stop_signal.install()
   # TensorFlow is imported only now, so bad input fails in a fraction of a
   # second; and the strategy comes first, before any other TensorFlow call.
-  from trainer import distribute  # pylint: disable=g-import-not-at-top
-  strategy = distribute.create_strategy(config.strategy, cluster, task,
-                                        config.gpu_memory_growth)
-  from trainer import hptuning  # pylint: disable=g-import-not-at-top
-  from trainer import run_context  # pylint: disable=g-import-not-at-top
-  from trainer import train  # pylint: disable=g-import-not-at-top
+  # Its C++ start-up notes (CUDA probing on machines without a GPU) are
+  # shown with --verbosity=1, or if this fails.
+  verbose = logging.get_verbosity() >= logging.DEBUG
+  if not verbose:  # TensorFlow's own INFO lines (export internals...).
+    cli.hide_library_logs(('tensorflow', 'keras'))
+  with cli.quiet_stderr(replay=verbose, expected=errors.UserError):
+    from trainer import distribute  # pylint: disable=g-import-not-at-top
+    strategy = distribute.create_strategy(
+        config.strategy, cluster, task, config.gpu_memory_growth)
+    from trainer import hptuning  # pylint: disable=g-import-not-at-top
+    from trainer import run_context  # pylint: disable=g-import-not-at-top
+    from trainer import train  # pylint: disable=g-import-not-at-top
   if config.hypertune_metric:
     hptuning.check_available()
   context = run_context.create(config, strategy, task,
                                stop_signal=stop_signal,
                                started_at=_STARTED_AT, lease=lease)
   # The resolved configuration: the one config.yaml and the backups record.
-  logging.info('Configuration:\n%s', '\n'.join(
-      f'  {k}: {v!r}' for k, v in context.config.to_dict().items()))
+  if verbose:
+    logging.info('Configuration:\n%s', '\n'.join(
+        f'  {k}: {v!r}' for k, v in context.config.to_dict().items()))
+  else:
+    logging.info('Configuration: %s (all of it: %s).',
+                 config_summary(context.config), context.layout.config_path)
   train.run(context)
 
 
+# Always in the one-line summary; other keys when they are not the default.
+_SUMMARY_KEYS = ('dataset', 'model', 'epochs', 'batch_size', 'learning_rate',
+                 'mixed_precision')
+_NOT_SUMMARISED = ('job_dir', 'checkpoint_dir', 'tensorboard_dir',
+                   'export_dir')
+
+
+def config_summary(config):
+  """'dataset=mnist_sample, model=cnn_bn, ...': the main keys and the rest
+  that differ from their defaults."""
+  values = config.to_dict()
+  shown = [key for key in values if key not in _NOT_SUMMARISED and (
+      key in _SUMMARY_KEYS or values[key] != config_lib.default(key))]
+  return ', '.join(f'{key}={values[key]}' for key in shown)
+
+
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -30,6 +30,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from trainer import batch_norm
 from trainer import best_epoch
 from trainer import callbacks
 from trainer import checkpoints
@@ -179,6 +180,7 @@ def compile_model(model, learning_rate, jit_compile=False,
 def _train_evaluate_publish(model, context, source, dirs):
   training = _train(model, context, source, dirs)
   publish.check_finite_weights(model, context.config.learning_rate)
+  batch_norm.recalibrate(model, context, source)  # Before evaluation, export.
   metrics = _metrics(model, context, source, training)
   evaluate_lib.add_to_run(model, context, source, dirs, metrics)
   context.stop_signal.check()

@@ -40,3 +40,18 @@ def file_size_limit(limit_bytes):
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
 
   return limit
+
+
+@contextlib.contextmanager
+def read_only_folder(path):
+  """An empty read-only tmpfs at `path` (or skips): even root cannot write."""
+  os.makedirs(path, exist_ok=True)
+  mounted = subprocess.run(
+      ['mount', '-t', 'tmpfs', '-o', 'ro,size=1m', 'tmpfs', path],
+      capture_output=True, text=True, check=False)
+  if mounted.returncode != 0:
+    pytest.skip(f'cannot mount a tmpfs here: {mounted.stderr.strip()}')
+  try:
+    yield path
+  finally:
+    subprocess.run(['umount', '-l', path], check=False)

@@ -1,0 +1,251 @@
+"""Both commands as a new user meets them: one-line errors, --help, speed.
+
+Mirrors trainer/cli.py (shared by the two entry points) and the entry
+points' own handling of bad flags and of Google Cloud's errors.
+"""
+
+import os
+import subprocess
+import sys
+
+from google.api_core import exceptions as api_exceptions
+from google.auth import exceptions as auth_exceptions
+import pytest
+
+from tests import helpers
+from trainer import cli
+
+
+def _run(module, *args, env=None, drop=()):
+  """`python -m module args`; `drop` names variables to leave unset."""
+  full_env = dict(os.environ, PYTHONPATH=helpers.REPO)
+  for name in drop:
+    full_env.pop(name, None)
+  full_env.update(env or {})
+  return subprocess.run([sys.executable, '-m', module, *args],
+                        cwd=helpers.REPO, env=full_env, capture_output=True,
+                        text=True, timeout=300)
+
+
+def _no_credentials(tmp_path):
+  """An environment with no Google Cloud credentials and no emulator."""
+  return dict(env={'GOOGLE_APPLICATION_CREDENTIALS': str(tmp_path / 'none'),
+                   'CLOUDSDK_CONFIG': str(tmp_path / 'gcloud')},
+              drop=('STORAGE_EMULATOR_HOST',))
+
+
+def _assert_one_line_error(process):
+  lines = process.stderr.splitlines()
+  assert process.returncode != 0
+  assert len(lines) == 1, process.stderr
+  return lines[0]
+
+
+def test_one_line_joins_the_lines_of_a_message():
+  error = ValueError('Pipeline has validations errors: \n'
+                     'Invalid Project ID (p).\n')
+  assert cli.one_line(error) == ('Pipeline has validations errors: Invalid '
+                                 'Project ID (p).')
+
+
+def test_a_missing_bucket_deep_in_a_write_is_one_line_naming_it():
+  error = api_exceptions.NotFound(
+      'POST http://127.0.0.1:1/upload/storage/v1/b/no-bucket/o?x=1: {"error":'
+      '\n {"code": 404}}')
+  try:
+    raise RuntimeError('writing failed') from error
+  except RuntimeError as wrapped:
+    line = cli.cloud_error_line(wrapped)
+  assert '\n' not in line
+  assert 'gs://no-bucket' in line and '404' in line
+  assert 'bucket exists' in line
+
+
+def test_refused_credentials_are_one_line_saying_how_to_log_in():
+  line = cli.cloud_error_line(auth_exceptions.RefreshError(
+      'invalid_grant: Bad Request\n{"error": "invalid_grant"}'))
+  assert '\n' not in line
+  assert 'gcloud auth application-default login' in line
+
+
+def test_other_errors_are_not_cloud_errors():
+  assert cli.cloud_error_line(KeyError('x')) is None
+
+
+def test_quiet_stderr_hides_what_is_written_to_fd_2_unless_asked(capfd):
+  with cli.quiet_stderr():
+    os.write(2, b'cuInit noise\n')
+  assert capfd.readouterr().err == ''
+  with cli.quiet_stderr(replay=True):
+    os.write(2, b'replayed\n')
+  assert capfd.readouterr().err == 'replayed\n'
+
+
+def test_quiet_stderr_replays_what_it_hid_when_the_block_fails(capfd):
+  with pytest.raises(RuntimeError):
+    with cli.quiet_stderr():
+      os.write(2, b'why it failed\n')
+      raise RuntimeError('failed')
+  assert capfd.readouterr().err == 'why it failed\n'
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--epochs=abc'], 'flag --epochs=abc'),
+    (['--epocs=3'], "Unknown command line flag 'epocs'"),
+    (['--epochs=-1'], 'epochs: must be at least 1'),
+    (['stray'], 'Unexpected arguments: stray'),
+])
+def test_trainer_flag_errors_are_one_line_pointing_at_helpfull(
+    tmp_path, args, message):
+  job_dir = tmp_path / 'job'
+  line = _assert_one_line_error(
+      _run('trainer.task', f'--job_dir={job_dir}', *args))
+  assert message in line
+  assert not job_dir.exists()
+
+
+def test_trainer_config_file_key_error_is_one_line(tmp_path):
+  config = tmp_path / 'run.yaml'
+  config.write_text('epocs: 3\n')
+  line = _assert_one_line_error(_run(
+      'trainer.task', f'--job_dir={tmp_path / "job"}', f'--config={config}'))
+  assert "epocs: unknown key" in line and "'epochs'" in line
+
+
+@pytest.mark.parametrize('module', ['trainer.task', 'batch_predict.pipeline'])
+def test_help_exits_0(module):
+  process = _run(module, '--help')
+  assert process.returncode == 0, process.stderr
+  assert '--job_dir' in process.stdout or '--model_dir' in process.stdout
+
+
+def test_trainer_job_dir_in_a_missing_bucket_is_one_line(gcs_server,
+                                                         tmp_path):
+  line = _assert_one_line_error(_run(
+      'trainer.task', '--job_dir=gs://no-such-bucket/run', '--epochs=1'))
+  assert 'gs://no-such-bucket' in line
+
+
+def test_trainer_gs_job_dir_without_credentials_is_one_line(tmp_path):
+  line = _assert_one_line_error(_run(
+      'trainer.task', '--job_dir=gs://test-bucket/run', '--epochs=1',
+      **_no_credentials(tmp_path)))
+  assert 'credentials' in line
+
+
+def test_scorer_dataflow_dry_run_without_credentials_is_one_line(tmp_path):
+  line = _assert_one_line_error(_run(
+      'batch_predict.pipeline', '--runner=DataflowRunner',
+      '--project=test-project', '--region=us-central1',
+      '--temp_location=gs://test-bucket/tmp', '--setup_file=./setup.py',
+      '--model_dir=gs://test-bucket/job/export',
+      '--input=gs://test-bucket/in/*.png', '--output=gs://test-bucket/out/s',
+      '--dry_run=True', **_no_credentials(tmp_path)))
+  assert 'credentials' in line
+
+
+# Runs `python -m MODULE ARGS...` in this interpreter, then prints the exit
+# status and which heavy packages had been imported by then.
+_IMPORTS_AFTER_A_BAD_FLAG = """
+import runpy, sys
+module = sys.argv[1]
+sys.argv = [module] + sys.argv[2:]
+try:
+  runpy.run_module(module, run_name='__main__', alter_sys=True)
+except SystemExit as e:
+  heavy = {m.split('.')[0] for m in sys.modules}
+  print(e.code, sorted(heavy & {'tensorflow', 'apache_beam', 'keras'}))
+"""
+
+
+@pytest.mark.parametrize('module, args', [
+    ('batch_predict.pipeline', ['--modle_dir=m', '--input=x', '--output=o']),
+    ('batch_predict.pipeline', ['--model_dir=m', '--input=x']),
+    ('batch_predict.pipeline', ['--model_dir=m', '--input=x', '--output=o',
+                                '--top_k=0']),
+    ('trainer.task', ['--job_dir=j', '--epochs=-1']),
+    ('trainer.task', ['--job_dir=j', '--epocs=1']),
+])
+def test_bad_flags_are_reported_before_heavy_imports(tmp_path, module, args):
+  process = subprocess.run(
+      [sys.executable, '-c', _IMPORTS_AFTER_A_BAD_FLAG, module, *args],
+      cwd=str(tmp_path), env=dict(os.environ, PYTHONPATH=helpers.REPO),
+      capture_output=True, text=True, timeout=120)
+  assert process.stdout.split() == ['2', '[]'], process.stdout
+  assert len(process.stderr.splitlines()) == 1, process.stderr
+  assert not (tmp_path / 'j').exists()
+
+
+# What TensorFlow prints on a machine without a GPU, and its export internals.
+_NOISE = ('cuInit', 'cudart_stub', 'oneDNN', 'absl::InitializeLog',
+          'Sharding callback', 'fingerprint', 'signature_serialization',
+          'Assets written')
+
+
+def test_the_trainers_log_is_quiet_by_default(trained_job_dir):
+  with open(os.path.join(os.path.dirname(trained_job_dir),
+                         'trainer.log')) as f:
+    lines = f.read().splitlines()
+  for noise in _NOISE:
+    assert not [line for line in lines if noise in line], noise
+  configuration = [line for line in lines if 'Configuration' in line]
+  assert len(configuration) == 1
+  assert 'model=deep_mnist' in configuration[0]
+  assert 'config.yaml' in configuration[0]
+  assert any('Strategy: tf.distribute.get_strategy()' in line
+             for line in lines)
+  assert len(lines) < 20, lines
+
+
+@pytest.mark.slow
+def test_verbosity_brings_the_full_configuration_and_notes_back(
+    trained_job_dir):
+  # A rerun of the finished job: TensorFlow is imported, nothing trained.
+  process = _run('trainer.task', f'--job_dir={trained_job_dir}',
+                 '--epochs=2', '--train_examples=1000', '--model=deep_mnist',
+                 '--verbosity=1')
+  assert process.returncode == 0, process.stderr
+  assert "  model: 'deep_mnist'" in process.stderr
+  with open(os.path.join(os.path.dirname(trained_job_dir),
+                         'trainer.log')) as f:
+    quiet = f.read()
+  # TensorFlow's C++ notes of this machine (no GPU), hidden by default.
+  notes = [noise for noise in _NOISE[:3] if noise in process.stderr]
+  assert notes and not [noise for noise in notes if noise in quiet]
+
+
+def test_library_logs_below_the_level_are_hidden_on_every_handler():
+  import logging  # pylint: disable=g-import-not-at-top
+  import apache_beam  # pylint: disable=g-import-not-at-top
+  records = []
+
+  class Keep(logging.Handler):
+
+    def emit(self, record):
+      records.append(record.getMessage())
+
+  handler = Keep()
+  root = logging.getLogger()
+  root.addHandler(handler)
+  try:
+    cli.hide_library_logs(('apache_beam',), below=logging.ERROR)
+    beam_file = os.path.join(os.path.dirname(apache_beam.__file__),
+                             'runners', 'direct', 'direct_runner.py')
+    for level, path, message in (
+        (logging.INFO, beam_file, 'Running pipeline with PrismRunner.'),
+        (logging.WARNING, beam_file, 'Resource module is not available'),
+        (logging.ERROR, beam_file, 'a real Beam error'),
+        (logging.INFO, __file__, 'Scored 1 images')):
+      handler.handle(logging.LogRecord('root', level, path, 1, message, (),
+                                       None))
+  finally:
+    root.removeHandler(handler)
+  assert records == ['a real Beam error', 'Scored 1 images']
+
+
+def test_scorer_help_shows_defaults_and_cites_only_the_repository():
+  help_text = _run('batch_predict.pipeline', '--help').stdout
+  assert '(default: 3)' in help_text  # --top_k
+  assert '(default: 10)' in help_text  # --num_shards
+  for outside in ('DESIGN.md', 'http://', 'https://'):
+    assert outside not in help_text
