@@ -32,7 +32,7 @@ def test_the_command_ends_a_bad_flag_in_one_line(tmp_path):
                                check=False)
   assert process.returncode == 2
   errors = [line for line in process.stderr.splitlines()
-            if 'no such model directory' in line or 'incomplete' in line]
+            if 'no model artifact there' in line]
   assert len(errors) == 1 and 'Traceback' not in process.stderr
 
 
