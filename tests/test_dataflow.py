@@ -56,6 +56,7 @@ def _what_the_scorer_imports():
   return json.loads(child.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # 2.1 s here: over the fast tier's ~1.5 s a test.
 def test_the_scorer_imports_no_keras_and_only_the_shared_trainer_modules():
   imported = _what_the_scorer_imports()
   trainer_modules = {name for name in imported['project']
@@ -80,6 +81,7 @@ def _copy_project(destination):
   return destination
 
 
+@pytest.mark.slow  # 2.4 s here: over the fast tier's ~1.5 s a test.
 def test_sdist_and_wheel_hold_both_packages(tmp_path):
   project = _copy_project(str(tmp_path / 'project'))
   dist = str(tmp_path / 'dist')
@@ -104,6 +106,7 @@ def test_sdist_and_wheel_hold_both_packages(tmp_path):
   assert not any('tests/' in name for name in in_wheel)
 
 
+@pytest.mark.slow  # 3.7 s here: over the fast tier's ~1.5 s a test.
 def test_dataflow_dry_run_builds_the_package_and_job_without_submitting(
     gcs_server, beam_gcs_anonymous, trained_export, tmp_path):
   project = _copy_project(str(tmp_path / 'project'))

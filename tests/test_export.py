@@ -67,6 +67,7 @@ def test_grey_model_scores_colour_and_odd_sized_images(trained_export):
   assert big_out.shape == (1, 10)
 
 
+@pytest.mark.slow  # 2.1 s here: over the fast tier's ~1.5 s a test.
 def test_colour_model_accepts_grey_images(tmp_path):
   model = models.build_model('cnn_bn', (32, 32, 3), 3)
   metadata = export.build_metadata(class_names=['a', 'b', 'c'],
@@ -95,6 +96,7 @@ def test_keras_files_with_python_code_are_refused(tmp_path):
     export.load_keras_model(path)
 
 
+@pytest.mark.slow  # 1.9 s here: over the fast tier's ~1.5 s a test.
 def test_export_to_gcs_and_load_back(gcs_server, trained_export):
   model = export.load_keras_model(trained_export)
   metadata = artifact.read_metadata(trained_export)
@@ -160,6 +162,7 @@ def test_an_rgba_png_is_served_as_composited_onto_white(tmp_path):
 _SCALED_PROBABILITY_TOLERANCE = 0.05
 
 
+@pytest.mark.slow  # 2.3 s here: over the fast tier's ~1.5 s a test.
 def test_a_large_jpeg_scores_as_its_full_size_decode(trained_export):
   pixels, _ = _test_digits(8)
   photos_of_digits = []

@@ -144,6 +144,7 @@ def test_a_folder_lists_every_entry_once_and_reading_names_each_problem(
   assert kinds == expected
 
 
+@pytest.mark.slow  # 2.1 s here: over the fast tier's ~1.5 s a test.
 def test_an_unreadable_sub_folder_is_one_entry(tmp_path):
   if not processes.can_make_unreadable_folders(str(tmp_path)):
     pytest.skip('cannot make a folder unreadable here (running as root, '

@@ -13,6 +13,7 @@ from tests.helpers import image_files
 from tests import helpers
 
 
+@pytest.mark.slow  # 4.7 s here: over the fast tier's ~1.5 s a test.
 def test_tfrecord_round_trip_from_an_image_folder(tmp_path):
   root = str(tmp_path / 'images')
   written = image_files.write_image_folder(root, ['x', 'y', 'z'], per_class=20,

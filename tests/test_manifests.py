@@ -122,6 +122,7 @@ def test_the_source_reads_every_line_once_in_any_split(tmp_path):
         (source, None, None), splits)
 
 
+@pytest.mark.slow  # 1.5 s here: over the fast tier's ~1.5 s a test.
 def test_csv_and_jsonl_manifests_keep_every_row_and_its_id(tmp_path):
   """Every row in exactly one output, with its id; bad rows name their
   line; relative URIs start at the manifest's folder. Both manifests in

@@ -215,6 +215,7 @@ def test_handler_returns_prediction_results_for_a_batch():
   assert handler.get_num_bytes(images) == sum(len(i) for i in images)
 
 
+@pytest.mark.slow  # 1.9 s here: over the fast tier's ~1.5 s a test.
 def test_loads_an_artifact_from_a_bucket(gcs_server, trained_export,
                                          classifier):
   storage.upload_tree(trained_export, 'gs://test-bucket/run/export')

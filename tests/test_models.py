@@ -16,6 +16,7 @@ SHAPES = [((28, 28, 1), 10),
 
 @pytest.mark.parametrize('name', registry.MODELS)
 @pytest.mark.parametrize('input_shape, num_classes', SHAPES)
+@pytest.mark.slow  # 4.6 s here: over the fast tier's ~1.5 s a test.
 def test_model_builds_and_learns_a_few_steps(name, input_shape, num_classes):
   # Unseeded, the initial weights and dropout masks depend on earlier tests,
   # and mlp's loss rose over 5 epochs in about 1 run in 4.

@@ -146,6 +146,7 @@ def test_an_output_folder_means_a_prefix_inside_it(tmp_path):
       tmp_path / 'run')
 
 
+@pytest.mark.slow  # 3.0 s here: over the fast tier's ~1.5 s a test.
 def test_output_with_a_trailing_slash_is_written_inside_it(trained_export,
                                                            tmp_path):
   from apache_beam.testing import test_pipeline  # pylint: disable=g-import-not-at-top

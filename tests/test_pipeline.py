@@ -53,6 +53,7 @@ def _write_digits(folder, count, image_format='png', offset=0):
   return paths
 
 
+@pytest.mark.slow  # 3.2 s here: over the fast tier's ~1.5 s a test.
 def test_pipeline_outputs_are_what_it_writes(trained_export, tmp_path):
   good, bad = image_files.write_catalogue(str(tmp_path / 'images'),
                                           good_count=3)
@@ -75,6 +76,7 @@ def test_pipeline_outputs_are_what_it_writes(trained_export, tmp_path):
   assert len(os.listdir(tmp_path / 'scores')) == 6  # 3 shards of each.
 
 
+@pytest.mark.slow  # 2.1 s here: over the fast tier's ~1.5 s a test.
 def test_run_scores_a_uri_list_with_missing_and_unreadable_entries(
     trained_export, tmp_path):
   paths = _write_digits(str(tmp_path / 'images'), 4)
@@ -98,6 +100,7 @@ def test_run_scores_a_uri_list_with_missing_and_unreadable_entries(
   assert totals['errors_not_found'] == totals['errors_invalid_uri'] == 1
 
 
+@pytest.mark.slow  # 1.5 s here: over the fast tier's ~1.5 s a test.
 def test_scores_one_image_file(trained_export, tmp_path):
   path = _write_digits(str(tmp_path), 1)[0]
   prefix = str(tmp_path / 'one')
@@ -130,6 +133,7 @@ def test_labels_from_folders_put_each_class_folder_in_its_records(
   assert error['true_label'] == 'seven'
 
 
+@pytest.mark.slow  # 1.6 s here: over the fast tier's ~1.5 s a test.
 def test_a_csv_manifest_scores_into_parquet_with_its_columns(
     trained_export, tmp_path):
   paths = _write_digits(str(tmp_path / 'images'), 3)
@@ -170,6 +174,7 @@ def test_a_manifest_column_named_like_an_output_field_is_refused(
   assert os.listdir(earlier_output.parent) == [earlier_output.name]
 
 
+@pytest.mark.slow  # 3.4 s here: over the fast tier's ~1.5 s a test.
 def test_gcs_end_to_end_model_images_and_outputs_in_buckets(
     gcs_server, beam_gcs_anonymous, trained_export, tmp_path):
   local_images = str(tmp_path / 'images')
@@ -544,6 +549,7 @@ def _user_files(folder):
   return user
 
 
+@pytest.mark.slow  # 1.9 s here: over the fast tier's ~1.5 s a test.
 def test_user_files_beside_the_outputs_survive_and_are_scored(
     trained_export, tmp_path):
   folder = str(tmp_path / 'scores')
@@ -560,6 +566,7 @@ def test_user_files_beside_the_outputs_survive_and_are_scored(
   assert not outputs.read_records(prefix, outputs.ERRORS)
 
 
+@pytest.mark.slow  # 1.8 s here: over the fast tier's ~1.5 s a test.
 def test_user_files_beside_the_outputs_survive_on_a_bucket(
     gcs_server, beam_gcs_anonymous, trained_export):
   folder = 'gs://test-bucket/out'
@@ -613,6 +620,7 @@ def test_broken_artifact_fails_in_one_line_and_leaves_earlier_outputs(
   assert _snapshot(str(tmp_path / 'scores')) == before
 
 
+@pytest.mark.slow  # 1.6 s here: over the fast tier's ~1.5 s a test.
 def test_a_run_that_fails_leaves_the_earlier_outputs_and_no_staging(
     trained_export, tmp_path, earlier_output, monkeypatch):
   images = _write_digits(str(tmp_path / 'images'), 3)
@@ -633,6 +641,7 @@ def test_a_run_that_fails_leaves_the_earlier_outputs_and_no_staging(
   assert len(images) == 3
 
 
+@pytest.mark.slow  # 1.7 s here: over the fast tier's ~1.5 s a test.
 def test_rerun_removes_a_killed_runs_staging_and_other_shard_counts_only(
     trained_export, tmp_path):
   _write_digits(str(tmp_path / 'images'), 2)
@@ -663,6 +672,7 @@ def test_rerun_removes_a_killed_runs_staging_and_other_shard_counts_only(
 # One scorer per output prefix.
 
 
+@pytest.mark.slow  # 3.5 s here: over the fast tier's ~1.5 s a test.
 def test_a_second_scorer_on_the_same_output_is_refused_before_any_work(
     trained_export, tmp_path, earlier_output):
   images = _write_digits(str(tmp_path / 'images'), 1)
@@ -686,6 +696,7 @@ def test_a_second_scorer_on_the_same_output_is_refused_before_any_work(
       _shard_names('run', 1))  # The lease file went with its run.
 
 
+@pytest.mark.slow  # 2.4 s here: over the fast tier's ~1.5 s a test.
 def test_break_lease_takes_over_a_lease_on_a_bucket(
     gcs_server, beam_gcs_anonymous, trained_export, tmp_path):
   images = _write_digits(str(tmp_path / 'images'), 1)
@@ -718,6 +729,7 @@ def _records_by_uri(prefix):
   return found
 
 
+@pytest.mark.slow  # 2.4 s here: over the fast tier's ~1.5 s a test.
 def test_a_hostile_folder_scores_every_entry_once_in_process(trained_export,
                                                               tmp_path):
   """The hostile folder less its unreadable sub-folder, which needs a child
@@ -760,6 +772,7 @@ def test_a_hostile_folder_finishes_with_every_entry_once(trained_export,
       'ran as root without a way to make a folder unreadable')
 
 
+@pytest.mark.slow  # 2.4 s here: over the fast tier's ~1.5 s a test.
 def test_a_uri_list_with_every_bad_kind_of_line(trained_export, tmp_path):
   good = _write_digits(str(tmp_path / 'images'), 2)
   odd_name = str(tmp_path / 'images' / 'digit\u2028new\u0085line.png')
@@ -799,6 +812,7 @@ def test_a_uri_list_with_every_bad_kind_of_line(trained_export, tmp_path):
                                      for line, kind in lines.items()}
 
 
+@pytest.mark.slow  # 1.4 s here: over the fast tier's ~1.5 s a test.
 def test_one_corrupt_image_is_one_error_record(trained_export, tmp_path):
   photo = tmp_path / 'photo.jpg'
   photo.write_bytes(image_files.random_bytes())
@@ -809,6 +823,7 @@ def test_one_corrupt_image_is_one_error_record(trained_export, tmp_path):
   assert _records_by_uri(prefix) == {str(photo): 'not_an_image'}
 
 
+@pytest.mark.slow  # 4.5 s here: over the fast tier's ~1.5 s a test.
 def test_input_format_overrides_the_extension(trained_export, tmp_path):
   image = _write_digits(str(tmp_path / 'images'), 1)[0]
   named_like_a_list = tmp_path / 'digit.txt'

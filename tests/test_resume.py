@@ -127,6 +127,7 @@ def test_another_model_on_a_reused_checkpoint_dir_fails_then_start_fresh(
   assert processes.saved_epoch(shared) == 2
 
 
+@pytest.mark.slow  # 7.0 s here: over the fast tier's ~1.5 s a test.
 def test_a_resumed_run_does_not_replay_the_first_epochs_shuffle(
     tmp_path, monkeypatch):
   config = config_lib.build(overrides={

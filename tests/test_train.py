@@ -30,6 +30,7 @@ def _context(tmp_path, **overrides):
   return run_context.create(config, tf.distribute.get_strategy())
 
 
+@pytest.mark.slow  # 3.1 s here: over the fast tier's ~1.5 s a test.
 def test_a_run_leaves_every_output_and_a_rerun_does_nothing(tmp_path,
                                                            caplog):
   context = _context(tmp_path)
@@ -63,6 +64,7 @@ def test_a_run_leaves_every_output_and_a_rerun_does_nothing(tmp_path,
 @pytest.mark.parametrize('fractions, evaluated_on', [
     ({'test_fraction': 0.0}, 'validation'),
     ({'test_fraction': 0.0, 'validation_fraction': 0.0}, None)])
+@pytest.mark.slow  # 3.8 s here: over the fast tier's ~1.5 s a test.
 def test_without_a_test_split_the_run_says_what_it_evaluated_on(
     tmp_path, fractions, evaluated_on):
   context = _context(tmp_path, **fractions)
@@ -97,6 +99,7 @@ def test_a_signal_stops_the_run_before_it_publishes(tmp_path):
   assert not os.path.exists(context.layout.export_dir)
 
 
+@pytest.mark.slow  # 6.5 s here: over the fast tier's ~1.5 s a test.
 def test_a_transfer_run_resolves_its_config_once_and_fine_tunes(tmp_path):
   keras.utils.set_random_seed(0)
   base = str(tmp_path / 'base.keras')

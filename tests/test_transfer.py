@@ -225,6 +225,7 @@ def test_shipped_transfer_configs_resolve_against_a_real_base(
 # Freezing and fine-tuning, in process.
 
 
+@pytest.mark.slow  # 1.4 s here: over the fast tier's ~1.5 s a test.
 def test_frozen_extractor_and_batch_norm_do_not_change_in_either_phase(
     cnn_base):
   original = _load(cnn_base)
@@ -278,6 +279,7 @@ def _mobilenet_weights_file(directory, size=32):
   return path, reference.get_weights()
 
 
+@pytest.mark.slow  # 3.9 s here: over the fast tier's ~1.5 s a test.
 def test_backbone_loads_a_local_weights_file(tmp_path):
   path, expected = _mobilenet_weights_file(str(tmp_path))
   base = transfer.load_base('mobilenet_v2', path, image_size=32, seed=42)

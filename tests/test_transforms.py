@@ -44,6 +44,7 @@ def _counters(result):
   return totals
 
 
+@pytest.mark.slow  # 2.1 s here: over the fast tier's ~1.5 s a test.
 def test_bad_input_catalogue_each_gets_its_error_and_good_images_are_scored(
     trained_export, catalogue):
   good, bad = catalogue
@@ -197,6 +198,7 @@ def _read_batch_log(path):
     return [tuple(int(n) for n in line.split()) for line in f]
 
 
+@pytest.mark.slow  # 1.5 s here: over the fast tier's ~1.5 s a test.
 def test_batches_are_bounded_by_decoded_pixels_and_count(tmp_path):
   # 6 photos of 500 x 500 and 30 thumbnails: with a budget of 625,000
   # pixels and 8 images, at most 2 photos share a batch, 8 thumbnails do.
@@ -412,6 +414,7 @@ def test_csv_and_parquet_outputs_hold_the_json_records_in_their_shards(
                  for r in record_files.read_shard(path))
 
 
+@pytest.mark.slow  # 2.1 s here: over the fast tier's ~1.5 s a test.
 def test_write_records_writes_every_shard_whole_and_rewrites_on_rerun(
     tmp_path):
   prefix = str(tmp_path / 'out' / 'run')
@@ -456,6 +459,7 @@ def _strict_json(line):
   return json.loads(line, parse_constant=refuse)
 
 
+@pytest.mark.slow  # 1.8 s here: over the fast tier's ~1.5 s a test.
 def test_non_finite_model_outputs_become_error_records(tmp_path):
   png = image_files.encode(image_files.digits(1)[0][0], 'PNG')
   rows = {png: [0.25, 0.75, 0.0], png + b'\x00': [float('nan')] * 3,
@@ -490,6 +494,7 @@ def test_non_finite_model_outputs_become_error_records(tmp_path):
   assert all('retrain' in r['error'].lower() for r in records if 'error' in r)
 
 
+@pytest.mark.slow  # 1.6 s here: over the fast tier's ~1.5 s a test.
 def test_list_images_gives_every_entry_of_a_hostile_folder_once(tmp_path):
   folder = str(tmp_path / 'images')
   expected = image_files.write_hostile_folder(folder)

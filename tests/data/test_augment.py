@@ -31,6 +31,7 @@ def _assert_changed(raw, images):
   assert sum(changed) >= len(changed) // 4
 
 
+@pytest.mark.slow  # 1.6 s here: over the fast tier's ~1.5 s a test.
 def test_training_batches_differ_from_the_raw_images(source):
   raw, raw_labels = _first_batch(source, 'train', True, ())
   images, labels = _first_batch(source, 'train', True, registry.AUGMENTATIONS)

@@ -14,6 +14,7 @@ from trainer.data import sources
 from tests.helpers import image_files
 
 
+@pytest.mark.slow  # 3.4 s here: over the fast tier's ~1.5 s a test.
 def test_image_folder_mixed_grey_colour_small_large(tmp_path):
   root = str(tmp_path / 'images')
   written = image_files.write_image_folder(
@@ -72,6 +73,7 @@ def test_image_folder_errors(tmp_path, layout, problem):
     folder.load_image_folder(str(root), (28, 28, 1), 0.1, 0.1)
 
 
+@pytest.mark.slow  # 1.6 s here: over the fast tier's ~1.5 s a test.
 def test_undecodable_files_in_an_image_folder_are_left_out_and_counted(
     tmp_path):
   root = str(tmp_path / 'images')
@@ -108,6 +110,7 @@ def _hostile_folder(tmp_path):
   return str(root)
 
 
+@pytest.mark.slow  # 2.2 s here: over the fast tier's ~1.5 s a test.
 def test_a_hostile_image_folder_trains_on_what_it_reports(tmp_path):
   root = _hostile_folder(tmp_path)
   pipe = os.path.join(root, 'cat', 'pipe.png')

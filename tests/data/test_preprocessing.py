@@ -190,6 +190,7 @@ def _smooth_jpeg(width, height, seed=0):
 @pytest.mark.parametrize('size,channels', [
     ((28, 28), 3), pytest.param((20, 28), 1, marks=pytest.mark.slow)],
                          ids=['square', 'non-square-grey'])
+@pytest.mark.slow  # 1.5 s here: over the fast tier's ~1.5 s a test.
 def test_a_large_jpeg_decoded_scaled_matches_the_full_decode(size, channels):
   large = _smooth_jpeg(800, 600)  # At 1/8: 100 x 75, still over 28.
   scaled = _decode([large], size, channels)

@@ -12,6 +12,7 @@ from trainer.data import tfrecords
 from tests.helpers import image_files
 
 
+@pytest.mark.slow  # 2.9 s here: over the fast tier's ~1.5 s a test.
 def test_tfrecord_glob_is_split_by_record_position(tmp_path):
   path = str(tmp_path / 'all.tfrecord')
   with tf.io.TFRecordWriter(path) as writer:
@@ -59,6 +60,7 @@ def test_tfrecord_label_out_of_range_fails_before_training(tmp_path):
     tfrecords.load_tfrecord(str(tmp_path), (28, 28, 1), 0.1, 0.1)
 
 
+@pytest.mark.slow  # 4.3 s here: over the fast tier's ~1.5 s a test.
 def test_tfrecord_records_that_do_not_decode_are_counted_and_reported(
     tmp_path):
   for split, count in (('train', 12), ('validation', 4), ('test', 4)):
