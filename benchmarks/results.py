@@ -43,9 +43,26 @@ def write_section(title, body, path=RESULTS_PATH):
 
 
 def machine():
-  """One line about where the figures were measured."""
-  return (f'{os.cpu_count()} CPU cores, Python {platform.python_version()}, '
-          f'{platform.machine()}')
+  """One line about where the figures were measured: the CPU model and
+  whether it has AVX-512 (and bfloat16), which change TensorFlow's speed."""
+  return (f'{cpu()}, {os.cpu_count()} CPU cores, Python '
+          f'{platform.python_version()}, {platform.machine()}')
+
+
+def cpu(cpuinfo='/proc/cpuinfo'):
+  """E.g. 'AMD EPYC (AVX-512 with bfloat16)'."""
+  try:
+    with open(cpuinfo, encoding='utf-8') as f:
+      text = f.read()
+  except OSError:
+    return platform.processor() or 'unknown CPU'
+  name = re.search(r'^model name\s*:\s*(.+)$', text, re.M)
+  flags = re.search(r'^flags\s*:\s*(.+)$', text, re.M)
+  flags = set(flags.group(1).split()) if flags else set()
+  vector = ('AVX-512 with bfloat16' if 'avx512_bf16' in flags else
+            'AVX-512' if 'avx512f' in flags else
+            'AVX2, no AVX-512' if 'avx2' in flags else 'no AVX2')
+  return f'{name.group(1).strip() if name else "unknown CPU"} ({vector})'
 
 
 def markdown_table(header, rows):

@@ -197,6 +197,22 @@ def test_the_trainers_log_is_quiet_by_default(trained_job_dir):
   assert len(lines) < 20, lines
 
 
+@pytest.mark.slow  # Two TensorFlow processes: ~10 s.
+def test_the_other_commands_of_the_main_job_are_quiet_too(trained_export,
+                                                         tmp_path):
+  samples = helpers.run_module('trainer.write_samples',
+                               f'--output_dir={tmp_path / "samples"}',
+                               '--count=3')
+  evaluated = helpers.run_module('trainer.evaluate',
+                                 f'--model_dir={trained_export}',
+                                 f'--output_dir={tmp_path / "evaluation"}')
+  for process in (samples, evaluated):
+    for noise in _NOISE:
+      assert noise not in process.stderr, (noise, process.stderr)
+  assert len(os.listdir(tmp_path / 'samples')) == 3
+  assert len(evaluated.stderr.splitlines()) <= 2, evaluated.stderr
+
+
 @pytest.mark.slow
 def test_verbosity_brings_the_full_configuration_and_notes_back(
     trained_job_dir):

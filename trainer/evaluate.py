@@ -27,6 +27,7 @@ from absl import flags
 from absl import logging
 
 from trainer import artifact
+from trainer import cli
 from trainer import config as config_lib
 from trainer import errors
 from trainer import evaluation
@@ -80,10 +81,15 @@ def run(model_dir, output_dir, dataset=None, data_dir='', split='test',
     config_lib.check_dataset(dataset, data_dir)
   except config_lib.ConfigError as e:
     raise FlagError(str(e)) from e
-  from trainer import evaluate_lib  # pylint: disable=g-import-not-at-top
-  report = evaluate_lib.evaluate_export(
-      model_dir, dataset, data_dir, split, validation_fraction,
-      test_fraction, output_dir)
+  # TensorFlow's C++ start-up notes (CUDA probing on machines without a
+  # GPU) are hidden as in trainer.task: shown with --verbosity=1 or on a
+  # failure that is not the user's.
+  with cli.quiet_stderr(replay=logging.get_verbosity() >= logging.DEBUG,
+                        expected=errors.UserError):
+    from trainer import evaluate_lib  # pylint: disable=g-import-not-at-top
+    report = evaluate_lib.evaluate_export(
+        model_dir, dataset, data_dir, split, validation_fraction,
+        test_fraction, output_dir)
   path = storage.join(storage.normalize(output_dir),
                       evaluation.REPORT_FILE)
   logging.info('Accuracy %s on %d examples of %s (%s); macro F1 %s, '

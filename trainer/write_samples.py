@@ -14,12 +14,21 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from trainer import cli
 from trainer import config as config_lib
-from trainer import data
 from trainer import errors
 from trainer import registry
-from trainer.data import samples
-from trainer.data import sources
+
+# TensorFlow's C++ start-up notes (CUDA probing on machines without a GPU)
+# are hidden, as in trainer.task (see cli.quiet_stderr).
+with cli.quiet_stderr(expected=errors.UserError):
+  # pylint: disable=g-import-not-at-top
+  from trainer import data
+  from trainer.data import samples
+  from trainer.data import sources
+  import tensorflow as tf
+  # pylint: enable=g-import-not-at-top
+  tf.config.list_physical_devices('GPU')  # Its cuInit note, here.
 
 _OUTPUT_DIR = flags.DEFINE_string('output_dir', None, 'Folder to write to.')
 _DATASET = flags.DEFINE_enum(
@@ -36,13 +45,15 @@ _FORMAT = flags.DEFINE_enum('format', 'png', list(samples.FORMATS),
 def main(argv):
   del argv
   try:
-    config_lib.check_dataset(_DATASET.value, _DATA_DIR.value)
-    source = data.load_source(data.Options(
-        _DATASET.value, data_dir=_DATA_DIR.value,
-        validation_fraction=config_lib.default('validation_fraction'),
-        test_fraction=config_lib.default('test_fraction')))
-    paths = samples.write_samples(source, _SPLIT.value, _OUTPUT_DIR.value,
-                                  _COUNT.value, _FORMAT.value)
+    with cli.quiet_stderr(replay=logging.get_verbosity() >= logging.DEBUG,
+                          expected=errors.UserError):
+      config_lib.check_dataset(_DATASET.value, _DATA_DIR.value)
+      source = data.load_source(data.Options(
+          _DATASET.value, data_dir=_DATA_DIR.value,
+          validation_fraction=config_lib.default('validation_fraction'),
+          test_fraction=config_lib.default('test_fraction')))
+      paths = samples.write_samples(source, _SPLIT.value, _OUTPUT_DIR.value,
+                                    _COUNT.value, _FORMAT.value)
   except errors.UserError as e:  # One line a user can act on, no traceback.
     logging.error('%s', e)
     sys.exit(2)
