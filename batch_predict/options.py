@@ -332,8 +332,18 @@ def check_flags(argv):
              if not getattr(flags, name)]
   if missing:
     raise ConfigError(f'Missing {", ".join(missing)}; see --help.')
-  _check_numbers(_numbers(flags))
+  numbers = _numbers(flags)
+  if flags.model_copies is not None:
+    numbers['model_copies'] = flags.model_copies
+  _check_numbers(numbers)
+  _check_output_format(flags.output_format)
   _check_output(flags.output)
+
+
+def _check_output_format(output_format):
+  if output_format not in outputs.OUTPUT_FORMATS:
+    raise ConfigError(f'--output_format={output_format}: use one of '
+                      f'{", ".join(outputs.OUTPUT_FORMATS)}.')
 
 
 def scoring_flag_names():
@@ -426,9 +436,7 @@ def build_config(options, argv=None):
                              if flags.model_copies is None
                              else flags.model_copies)
   _check_numbers(numbers)
-  if flags.output_format not in outputs.OUTPUT_FORMATS:
-    raise ConfigError(f'--output_format={flags.output_format}: use one of '
-                      f'{", ".join(outputs.OUTPUT_FORMATS)}.')
+  _check_output_format(flags.output_format)
   model_dir = _normalize('model_dir', flags.model_dir)
   output = _check_output(flags.output)
   if is_remote_runner(options):

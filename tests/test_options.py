@@ -123,6 +123,10 @@ def test_no_beam_flag_looks_like_a_misspelt_scoring_flag():
      '--num_shards must be at least 1'),
     (['--model_dir=m', '--input=x', '--output=o', '--top_k=two'],
      "argument --top_k: invalid int value: 'two'"),
+    (['--model_dir=m', '--input=x', '--output=o', '--model_copies=-1'],
+     '--model_copies must be at least 0'),
+    (['--model_dir=m', '--input=x', '--output=o', '--output_format=xml'],
+     '--output_format=xml: use one of'),
 ])
 def test_check_flags_refuses_bad_scoring_flags_without_beam(argv, message):
   with pytest.raises(options_lib.ConfigError, match=message):
