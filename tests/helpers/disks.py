@@ -18,11 +18,12 @@ import pytest
 
 
 @contextlib.contextmanager
-def small_disk(path, megabytes):
-  """Mounts a tmpfs of `megabytes` at `path` for the duration (or skips)."""
+def _tmpfs(path, mount_options):
+  """Mounts a tmpfs with `mount_options` at `path` for the duration (or
+  skips the test where mounting is not allowed)."""
   os.makedirs(path, exist_ok=True)
   mounted = subprocess.run(
-      ['mount', '-t', 'tmpfs', '-o', f'size={megabytes}m', 'tmpfs', path],
+      ['mount', '-t', 'tmpfs', '-o', mount_options, 'tmpfs', path],
       capture_output=True, text=True, check=False)
   if mounted.returncode != 0:
     pytest.skip(f'cannot mount a tmpfs here: {mounted.stderr.strip()}')
@@ -30,6 +31,11 @@ def small_disk(path, megabytes):
     yield path
   finally:
     subprocess.run(['umount', '-l', path], check=False)
+
+
+def small_disk(path, megabytes):
+  """Mounts a tmpfs of `megabytes` at `path` for the duration (or skips)."""
+  return _tmpfs(path, f'size={megabytes}m')
 
 
 def file_size_limit(limit_bytes):
@@ -42,16 +48,6 @@ def file_size_limit(limit_bytes):
   return limit
 
 
-@contextlib.contextmanager
 def read_only_folder(path):
   """An empty read-only tmpfs at `path` (or skips): even root cannot write."""
-  os.makedirs(path, exist_ok=True)
-  mounted = subprocess.run(
-      ['mount', '-t', 'tmpfs', '-o', 'ro,size=1m', 'tmpfs', path],
-      capture_output=True, text=True, check=False)
-  if mounted.returncode != 0:
-    pytest.skip(f'cannot mount a tmpfs here: {mounted.stderr.strip()}')
-  try:
-    yield path
-  finally:
-    subprocess.run(['umount', '-l', path], check=False)
+  return _tmpfs(path, 'ro,size=1m')
