@@ -27,7 +27,8 @@ from trainer import storage
 # trainer; trainer.devices turns on GPU memory growth before the model loads;
 # trainer.cli makes both commands' errors one line.
 _SHARED_TRAINER_MODULES = {'trainer', 'trainer.artifact', 'trainer.cli',
-                           'trainer.devices', 'trainer.errors',
+                           'trainer.devices', 'trainer.embedding_cache',
+                           'trainer.errors',
                            'trainer.evaluation', 'trainer.evaluation_charts',
                            'trainer.lease', 'trainer.storage', 'trainer.walk'}
 # A worker unpickles the pipeline's steps (and, with save_main_session, the

@@ -45,6 +45,10 @@ COMPLETE_MARKER = '_COMPLETE'
 FORMAT_VERSION = 1
 SERVING_SIGNATURE = 'serving_default'
 PIXELS_SIGNATURE = 'serving_pixels'
+# Encoded image bytes [batch] -> `embeddings`: the feature extractor's pooled
+# output, decoded as serving_default decodes (embedding_cache.py, Contract 4;
+# metadata.json `embeddings`: fingerprint, size; absent in older artifacts).
+EMBEDDINGS_SIGNATURE = 'serving_embeddings'
 # What `serving_default` decodes (metadata.json `input.encoded_formats`).
 ENCODED_FORMATS = ('jpeg', 'png', 'gif', 'bmp')
 # The scales (1/2, 1/4, 1/8) at which the serving signature (and training)
