@@ -8,12 +8,9 @@ a base model on a new label set, in two phases:
 2. With `--fine_tune_layers=N`, the top N layers of the extractor are
    unfrozen and training goes on at a low learning rate.
 
-Where the extractor ends:
-  * our own models (models.py): at the layer named `features`;
-  * any other Keras model: at the input of its first Flatten, global pooling
-    or Dense layer, which must come after at least one convolution;
-  * a Keras Applications backbone (registry.BACKBONES): the whole backbone
-    built with `include_top=False`.
+Where the extractor ends is `extractor.py`'s (the export's embedding
+signature cuts models at the same place); a Keras Applications backbone
+(registry.BACKBONES) is the whole backbone built with `include_top=False`.
 
 "Top N layers" counts the extractor's layers that have weights, from the
 output down, except batch normalisation: BN layers are never unfrozen, so
@@ -37,6 +34,7 @@ import keras
 
 from trainer import config as config_lib
 from trainer import export
+from trainer import extractor as extractor_lib
 from trainer import models
 from trainer import registry
 from trainer import storage
@@ -45,13 +43,6 @@ from trainer import artifact
 # The name of the nested model holding the reused layers in a transfer model.
 EXTRACTOR_LAYER = 'feature_extractor'
 HEAD_DROPOUT_RATE = 0.2
-# Layers that start a classifier head: the extractor ends at their input.
-_HEAD_START_LAYERS = (keras.layers.Flatten, keras.layers.GlobalAveragePooling2D,
-                      keras.layers.GlobalMaxPooling2D, keras.layers.Dense)
-_CONVOLUTION_LAYERS = tuple(getattr(keras.layers, name) for name in (
-    'Conv1D', 'Conv2D', 'Conv3D', 'DepthwiseConv1D', 'DepthwiseConv2D',
-    'SeparableConv1D', 'SeparableConv2D', 'Conv1DTranspose',
-    'Conv2DTranspose', 'Conv3DTranspose'))
 # Layers kept frozen even when fine-tuning (see the module docstring).
 _ALWAYS_FROZEN_LAYERS = (keras.layers.BatchNormalization,)
 
@@ -135,7 +126,7 @@ def _load_trained(path, image_size, channels):
     raise _error('base_model', f'cannot use {path} as a base: {e}'
                  f'{_base_model_hint(path)}') from e
   input_shape = _image_input_shape(model, path)
-  cut, pooling = _find_extractor_output(model, path)
+  cut, pooling = extractor_lib.find_output(model, path)
   extractor = keras.Model(model.inputs, cut, name=EXTRACTOR_LAYER)
   _check_convolutional(extractor, model.name, path)
   _check_shape_fits(input_shape, image_size, channels, path)
@@ -144,8 +135,7 @@ def _load_trained(path, image_size, channels):
 
 
 def _check_convolutional(extractor, architecture, path):
-  if not any(isinstance(layer, _CONVOLUTION_LAYERS)
-             for layer in _leaf_layers(extractor)):
+  if not extractor_lib.is_convolutional(extractor):
     raise _error(
         'base_model',
         f'{path} (a {architecture!r} model) has no convolutional feature '
@@ -191,31 +181,6 @@ def _image_input_shape(model, path):
                  f'{channels} is not a fixed square; transfer learning needs '
                  'a base with a fixed square input.')
   return (height, width, channels)
-
-
-def _find_extractor_output(model, path):
-  """Returns (the extractor's output tensor, how the new head pools it)."""
-  layers = model.layers
-  names = [layer.name for layer in layers]
-  if models.FEATURES_LAYER in names:
-    cut = layers[names.index(models.FEATURES_LAYER)].output
-    head = next((layer for layer in layers
-                 if isinstance(layer, _HEAD_START_LAYERS) and
-                 layer.input is cut), None)
-  else:
-    head = next((layer for layer in layers
-                 if isinstance(layer, _HEAD_START_LAYERS)), None)
-    if head is None:
-      raise _error('base_model', f'{path} (a {model.name!r} model) has no '
-                   'Flatten, global pooling or Dense layer, so where its '
-                   'convolutional feature extractor ends is unclear.')
-    cut = head.input
-    if not isinstance(cut, keras.KerasTensor):
-      raise _error('base_model', f'{path}: its layer {head.name!r} takes '
-                   'several inputs; cannot cut the model there.')
-  flatten = head is None or isinstance(head, (keras.layers.Flatten,
-                                              keras.layers.Dense))
-  return cut, 'flatten' if flatten else 'average'
 
 
 def _load_backbone(name, weights, image_size, seed):
@@ -339,21 +304,12 @@ def build_model(base, num_classes):
   return keras.Model(inputs, outputs, name=f'transfer_{base.architecture}')
 
 
-def _leaf_layers(model):
-  """The layers of a model, nested models flattened, in graph order."""
-  for layer in model.layers:
-    if isinstance(layer, keras.Model):
-      yield from _leaf_layers(layer)
-    else:
-      yield layer
-
-
 def fine_tunable_layers(extractor):
   """The layers `--fine_tune_layers` counts, bottom to top.
 
   Layers with weights, except batch normalisation (always frozen).
   """
-  return [layer for layer in _leaf_layers(extractor)
+  return [layer for layer in extractor_lib.leaf_layers(extractor)
           if layer.weights and not isinstance(layer, _ALWAYS_FROZEN_LAYERS)]
 
 
@@ -376,7 +332,7 @@ def unfreeze_top_layers(model, count):
     raise ValueError(f'Cannot unfreeze {count} of {len(candidates)} layers.')
   # A layer trains only if its enclosing models are trainable too.
   extractor.trainable = True
-  for layer in _leaf_layers(extractor):
+  for layer in extractor_lib.leaf_layers(extractor):
     layer.trainable = False
   chosen = candidates[-count:]
   for layer in chosen:
@@ -406,7 +362,7 @@ def describe(base, model, dataset, fine_tune_layers):
     {'transfer': {...}} for `export.build_metadata(extra=...)`.
   """
   extractor = model.get_layer(EXTRACTOR_LAYER)
-  with_weights = [layer for layer in _leaf_layers(extractor) if layer.weights]
+  with_weights = [layer for layer in extractor_lib.leaf_layers(extractor) if layer.weights]
   fine_tuned = [layer for layer in fine_tunable_layers(extractor)
                 if layer.trainable and extractor.trainable]
   fixed_shape = registry.DATASETS[dataset].shape
