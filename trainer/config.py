@@ -101,9 +101,9 @@ class Config:
       f'backbone name ({", ".join(registry.BACKBONES)}). The input shape '
       'becomes the base\'s; --model is ignored.')
   base_weights: str = _field(
-      '', 'For a Keras Applications base_model (required): a local weights '
-      'file (.h5 or .weights.h5), "none" (random) or "imagenet" (downloads '
-      'them: needs network access).')
+      '', 'For a Keras Applications base_model (required): a local or gs:// '
+      'weights file without the top (.h5 or .weights.h5), "none" (random) '
+      'or "imagenet" (downloads them: needs network access).')
   fine_tune_layers: int = _field(
       0, 'Transfer learning: after the head has trained, unfreeze the top N '
       'layers of the base (0 = keep it frozen).')
