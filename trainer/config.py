@@ -570,9 +570,11 @@ def markdown_reference():
   return '\n'.join(rows) + '\n'
 
 
-# The way out of what an embedding cache cannot do.
-_ONE_STAGE = ('train one-stage with --dataset=image_folder '
-              '--data_dir=THE_IMAGE_FOLDER --base_model=EXPORT instead')
+def _one_stage(base, flag=''):
+  """The way out of what an embedding cache cannot do."""
+  return ('train one-stage with --dataset=image_folder '
+          f'--data_dir=IMAGE_FOLDER --base_model={base or "EXPORT"}{flag} '
+          'instead.')
 
 
 def _validate_two_stage(config):
@@ -590,15 +592,16 @@ def _validate_two_stage(config):
   _check(config.base_model not in registry.BACKBONES, 'base_model',
          f'{config.base_model} is a backbone, not an export: an embedding '
          'cache is made by batch_predict from an export, so pass that '
-         f'export as --base_model; or {_ONE_STAGE}.')
+         f'export as --base_model; or {_one_stage(config.base_model)}')
+  base = config.base_model
   _check(not config.augment, 'augment',
          'an embedding cache holds one vector per image, computed once from '
-         'the image as it is: there is no image left to augment; '
-         f'{_ONE_STAGE} --augment={config.augment}.')
+         'the image as it is: there is no image left to augment; ' +
+         _one_stage(base, f' --augment={config.augment}'))
   _check(not config.fine_tune_layers, 'fine_tune_layers',
          'an embedding cache holds the output of the frozen feature '
-         'extractor, and fine-tuning changes that extractor; '
-         f'{_ONE_STAGE} --fine_tune_layers={config.fine_tune_layers}.')
+         'extractor, and fine-tuning changes that extractor; ' +
+         _one_stage(base, f' --fine_tune_layers={config.fine_tune_layers}'))
   try:
     embedding_cache.prefix_of(config.data_dir)
   except embedding_cache.EmbeddingCacheError as e:
