@@ -23,9 +23,10 @@ every record's file: for a cache of an image folder scored with
 `--labels_from_folders` (`DIR/<class>/<file>`) that is DIR, and the key is
 `<class>/<file>`, exactly the key image_folder hashes for the same file. A
 two-stage run and a one-stage `--dataset=image_folder` run of the same
-folder so train, validate and test on the same images (as long as the cache
-holds every image of the folder: a cache of only some classes has a deeper
-common folder, and its keys, and so its split, differ).
+folder so train, validate and test on the same images. (The keys differ from
+image_folder's only when the files' deepest common folder is not the image
+folder: files of several image folders in one cache, or of one class
+folder, which is refused anyway.)
 
 On gs://, TensorFlow's own GCS filesystem reads the shards, as for the
 tfrecord dataset (it cannot be pointed at an emulator: tested locally).
