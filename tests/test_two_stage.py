@@ -318,3 +318,22 @@ def test_two_stage_accuracy_is_the_one_stage_frozen_transfers(
         [entry['seconds'] for entry in one_stage['history']],
         'two-stage', two_stage['test_accuracy'],
         [entry['seconds'] for entry in two_stage['history']])
+
+
+def test_a_cache_on_gcs_loads_as_the_local_one(gcs_server, small_cache):
+  _, prefix, _ = small_cache
+  remote = 'gs://test-bucket/caches/digits'
+  for path in [embedding_cache.description_path(prefix)] + [
+      embedding_cache.shard_name(prefix, index, 2) for index in range(2)]:
+    storage.write_bytes(remote + path[len(prefix):], storage.read_bytes(path))
+  local = data.load_source(data.Options('embeddings', 0.1, 0.1,
+                                        _data_dir(prefix)))
+  on_gcs = data.load_source(data.Options('embeddings', 0.1, 0.1,
+                                         _data_dir(remote)))
+  assert on_gcs.info.sizes == local.info.sizes
+  assert on_gcs.info.report['cache'] == remote
+  for split in ('train', 'test'):
+    assert on_gcs.files(split) == local.files(split)
+    for (got, _), (want, _) in zip(on_gcs.examples(split).as_numpy_iterator(),
+                                   local.examples(split).as_numpy_iterator()):
+      np.testing.assert_array_equal(got, want)

@@ -28,8 +28,10 @@ image_folder's only when the files' deepest common folder is not the image
 folder: files of several image folders in one cache, or of one class
 folder, which is refused anyway.)
 
-On gs://, TensorFlow's own GCS filesystem reads the shards, as for the
-tfrecord dataset (it cannot be pointed at an emulator: tested locally).
+On gs://, each shard is copied to a local temporary file (storage.py's
+client, one shard at a time) and read there: the whole cache is read once
+into memory anyway, and unlike TensorFlow's own GCS filesystem this path
+also works against a GCS emulator, so it is tested.
 """
 
 import functools
@@ -142,14 +144,16 @@ def _read_shard(path, size):
       embedding_cache.LABEL_FEATURE: tf.io.FixedLenFeature(
           [], tf.int64, default_value=_UNLABELLED),
   }
-  dataset = tf.data.TFRecordDataset(path, compression_type='GZIP').batch(
-      _READ_BATCH).map(lambda records: tf.io.parse_example(records, features),
-                       num_parallel_calls=tf.data.AUTOTUNE)
   parts = {key: [] for key in features}
   try:
-    for batch in dataset.as_numpy_iterator():
-      for key, value in batch.items():
-        parts[key].append(value)
+    with storage.local_file(path) as local:
+      dataset = tf.data.TFRecordDataset(local, compression_type='GZIP').batch(
+          _READ_BATCH).map(
+              lambda records: tf.io.parse_example(records, features),
+              num_parallel_calls=tf.data.AUTOTUNE)
+      for batch in dataset.as_numpy_iterator():
+        for key, value in batch.items():
+          parts[key].append(value)
   except tf.errors.OpError as e:
     raise _error(f'{path}: not a shard of {size}-float embeddings: '
                  f'{checks.short_message(e)}. Rerun batch_predict '
