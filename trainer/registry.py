@@ -52,7 +52,13 @@ DATASETS = {
     'fashion_mnist': Dataset('idx', MNIST_SHAPE, FASHION_MNIST_CLASS_NAMES),
     'image_folder': Dataset('folder'),
     'tfrecord': Dataset('tfrecords'),
+    # Two-stage transfer: the vectors of an embedding cache (Contract 4);
+    # their class names are the cache's label names.
+    'embeddings': Dataset('embeddings'),
 }
+# Datasets of embedding vectors rather than images: a head trains on them
+# (transfer.build_head) and the export stitches the base's extractor under it.
+VECTOR_DATASETS = ('embeddings',)
 # Datasets of uint8 pixels of a fixed shape (write_samples can write them).
 FIXED_SHAPE_DATASETS = tuple(name for name, spec in DATASETS.items()
                              if spec.shape)

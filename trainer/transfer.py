@@ -460,3 +460,63 @@ def combine_histories(head_history, fine_tune_history, head_epochs):
   combined += [dict(entry, epoch=head_epochs + entry['epoch'],
                     phase='fine_tune') for entry in fine_tune_history]
   return combined
+
+
+# --------------------------------------------------------------------------
+# Two-stage transfer: a head trained on an embedding cache, then stitched.
+
+
+def embedding_size(base):
+  """The length of the vector the head's Dense layer sees (the embedding)."""
+  _, height, width, channels = base.extractor.output.shape
+  if base.pooling == extractor_lib.FLATTEN:
+    return height * width * channels
+  return channels
+
+
+def build_head(base, num_classes):
+  """The head of `build_model(base, num_classes)` alone, on its vectors.
+
+  The same layers after the pooling (dropout, then the `logits` and
+  `probabilities` layers), built in the same order under the same seed, so
+  the head of a two-stage run starts from the weights a one-stage frozen
+  transfer starts from.
+
+  Returns:
+    An uncompiled keras.Model from float32 embeddings [batch, size] to
+    class probabilities, named `transfer_<base architecture>_head`.
+  """
+  inputs = keras.Input(shape=(embedding_size(base),), name='embedding')
+  x = keras.layers.Dropout(HEAD_DROPOUT_RATE)(inputs)
+  outputs = models.classifier_head(x, num_classes)
+  return keras.Model(inputs, outputs,
+                     name=f'transfer_{base.architecture}_head')
+
+
+def stitch(base, head):
+  """The base's frozen extractor with a trained head on top: images in.
+
+  `build_model(base, n)` with the head's `logits` weights copied in: the
+  layers of a one-stage frozen transfer, so the stitched model's
+  probabilities on an image equal the head's on its cached embedding.
+
+  Returns:
+    An uncompiled keras.Model, as `build_model` returns.
+  """
+  num_classes = head.get_layer(models.LOGITS_LAYER).units
+  model = build_model(base, num_classes)
+  model.get_layer(models.LOGITS_LAYER).set_weights(
+      head.get_layer(models.LOGITS_LAYER).get_weights())
+  return model
+
+
+def describe_two_stage(report):
+  """What metadata.json's `transfer` entry adds for a two-stage run.
+
+  Args:
+    report: the embeddings source's DatasetInfo.report.
+  """
+  return {'two_stage': True,
+          'embeddings': {'cache': report.get('cache'),
+                         'fingerprint': report.get('fingerprint'),
+                         'model_dir': report.get('model_dir')}}
