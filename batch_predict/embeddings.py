@@ -99,12 +99,12 @@ class SummarizeFn(beam.CombineFn):
     return count, sorted_label_names(names | set(self._known), self._numeric)
 
 
-def to_example(record, label_names, example_class):
+def to_example(record, label_index, example_class):
   """An embedding record -> its serialized `tf.train.Example`.
 
   Args:
     record: from `outputs.embedding_record`.
-    label_names: every label's name, in index order.
+    label_index: {label name: its index in the cache's label_names}.
     example_class: TensorFlow's `Example` protobuf class.
   """
   example = example_class()
@@ -116,7 +116,7 @@ def to_example(record, label_names, example_class):
   label = record['label']
   if label is not None:
     features[embedding_cache.LABEL_FEATURE].int64_list.value.append(
-        label_names.index(label))
+        label_index[label])
     features[embedding_cache.LABEL_NAME_FEATURE].bytes_list.value.append(
         label.encode('utf-8'))
   return example.SerializeToString()
@@ -128,6 +128,7 @@ class _EncodeFn(beam.DoFn):
   def __init__(self):
     super().__init__()
     self._example_class = None
+    self._names = None
     self._index = None
 
   def setup(self):
@@ -136,8 +137,11 @@ class _EncodeFn(beam.DoFn):
 
   def process(self, record, summary):
     _, label_names = summary
+    if label_names != self._names:  # The side input, once per worker.
+      self._names = label_names
+      self._index = {name: index for index, name in enumerate(label_names)}
     yield {'uri': record['uri'],
-           'example': to_example(record, label_names, self._example_class)}
+           'example': to_example(record, self._index, self._example_class)}
 
 
 class ShardFormat:
