@@ -15,6 +15,7 @@ from apache_beam.testing import test_pipeline
 import pytest
 import tensorflow as tf
 
+from batch_predict import embeddings
 from batch_predict import model_handler
 from batch_predict import options as options_lib
 from batch_predict import outputs
@@ -296,3 +297,19 @@ def test_the_handler_embeds_each_batch_in_one_call_per_signature():
   results = handler.run_inference([b'image'] * 4, only)
   assert calls == [('embed', 4)]
   assert all(result.inference.probabilities is None for result in results)
+
+
+def test_label_names_sort_folders_as_text_and_integer_labels_as_numbers():
+  assert embeddings.sorted_label_names({'10', '2', '1'}) == ('1', '10', '2')
+  assert embeddings.sorted_label_names({'10', '2', '1'}, numeric=True) == (
+      '1', '2', '10')
+  assert embeddings.sorted_label_names({'cat', '2'}, numeric=True) == (
+      '2', 'cat')
+  # Two workers' partial summaries merge into the whole run's.
+  combine = embeddings.SummarizeFn(known_label_names=('a', 'z'))
+  first, second = combine.create_accumulator(), combine.create_accumulator()
+  for label in ('b', None, 'a'):
+    first = combine.add_input(first, {'label': label})
+  second = combine.add_input(second, {'label': 'c'})
+  merged = combine.merge_accumulators([first, second])
+  assert combine.extract_output(merged) == (4, ('a', 'b', 'c', 'z'))
