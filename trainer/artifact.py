@@ -193,8 +193,9 @@ def embeddings_entry(metadata, model_dir):
         f'{model_dir}: no embeddings signature ({EMBEDDINGS_SIGNATURE}): the '
         'artifact was exported before embeddings existed, or its model '
         '(softmax/mlp) has no convolutional feature extractor; re-export it '
-        'with this version (python -m trainer.task on its job dir), or use a '
-        'convolutional model.')
+        'with this version (trainer.export.export_model of its model.keras, '
+        'or train it again), or use a convolutional model (deep_mnist, '
+        'cnn_bn, a --base_model transfer).')
   return entry
 
 
