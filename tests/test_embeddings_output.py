@@ -21,6 +21,7 @@ from batch_predict import options as options_lib
 from batch_predict import outputs
 from batch_predict import pipeline
 from tests import helpers
+from tests.helpers import embeddings as cache_helpers
 from tests.helpers import image_files
 from trainer import artifact
 from trainer import embedding_cache
@@ -28,27 +29,6 @@ from trainer import export
 from trainer import extractor
 from trainer import models
 from trainer.data import preprocessing
-
-
-def read_cache(prefix):
-  """{uri: (embedding, label or None, label_name or None)} of every record,
-  and how many records there are (to see duplicates)."""
-  folder = os.path.dirname(prefix)
-  shards = sorted(os.path.join(folder, name) for name in os.listdir(folder)
-                  if embedding_cache.is_shard_name(name) and
-                  name.startswith(os.path.basename(prefix) + '-'))
-  found, count = {}, 0
-  for record in tf.data.TFRecordDataset(shards, compression_type='GZIP'):
-    features = tf.train.Example.FromString(record.numpy()).features.feature
-    uri = features[embedding_cache.URI_FEATURE].bytes_list.value[0].decode()
-    label = features[embedding_cache.LABEL_FEATURE].int64_list.value
-    name = features[embedding_cache.LABEL_NAME_FEATURE].bytes_list.value
-    found[uri] = (
-        np.array(features[embedding_cache.EMBEDDING_FEATURE].float_list.value,
-                 np.float32),
-        label[0] if label else None, name[0].decode() if name else None)
-    count += 1
-  return found, count, shards
 
 
 def _uris(records):
@@ -97,7 +77,7 @@ def test_every_scored_image_has_the_extractors_vector_and_its_label(
   errors = outputs.read_records(prefix, outputs.ERRORS)
   assert _uris(predictions) == sorted(good)
   assert _uris(errors) == sorted(bad)
-  cache, count, shards = read_cache(prefix)
+  cache, count, shards = cache_helpers.read_cache(prefix)
   assert count == len(cache) == len(good)  # Each scored image once.
   assert sorted(cache) == sorted(good)
   assert len(shards) == 2
@@ -258,7 +238,7 @@ def test_a_rerun_after_kill_9_gives_the_same_cache_without_duplicates(
        for name in (outputs.ERRORS, outputs.EMBEDDINGS)
        for index in range(150)] +
       ['run-embeddings.json', 'run-embeddings-notes.txt'])
-  cache, count, _ = read_cache(prefix)
+  cache, count, _ = cache_helpers.read_cache(prefix)
   assert count == len(cache) == len(written)
   assert sorted(cache) == sorted(path for path, _ in written)
   description = embedding_cache.read_description(prefix)

@@ -1,17 +1,21 @@
 """Two-stage transfer: a head trained on an embedding cache, then stitched.
 
-The caches are written by tests/helpers/embeddings.py, as the scorer's
-`--embeddings --labels_from_folders` writes them, from the session's trained
-deep_mnist export; the digits are real ones, in class folders.
+The fast tests' caches are written by tests/helpers/embeddings.py, as the
+scorer's `--embeddings --labels_from_folders` writes them; the slow tests'
+cache by the scorer itself (and checked against the helper's vectors), from
+the session's trained deep_mnist export; the digits are real ones, in class
+folders.
 """
 
 import os
 
+from apache_beam.testing import test_pipeline as beam_test_pipeline
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from batch_predict import pipeline as scorer
 from tests.helpers import embeddings as cache_helpers
 from tests.helpers import image_files
 from tests.helpers import interrupt
@@ -54,8 +58,18 @@ def small_cache(tmp_path_factory, trained_export):
 
 @pytest.fixture(scope='module')
 def digit_cache(tmp_path_factory, trained_export):
-  return _digit_cache(tmp_path_factory.mktemp('digits'), trained_export,
-                      DIGITS)
+  """The slow tests' cache, written by the scorer itself (Contract 4's
+  writer), with the stand-in helper's vectors of the same files."""
+  root = tmp_path_factory.mktemp('digits')
+  images = str(root / 'digits')
+  image_files.write_digit_folder(images, DIGITS)
+  prefix = str(root / 'cache' / 'digits')
+  scorer.run([f'--model_dir={trained_export}', f'--input={images}',
+              f'--output={prefix}', '--embeddings_only',
+              '--labels_from_folders'],
+             test_pipeline=beam_test_pipeline.TestPipeline())
+  cache, _, _ = cache_helpers.read_cache(prefix)
+  return images, prefix, {uri: vector for uri, (vector, _, _) in cache.items()}
 
 
 def _data_dir(prefix):
@@ -223,6 +237,18 @@ def _head_probabilities(model, vectors):
   """The head's own function on vectors: softmax(logits), no dropout."""
   kernel, bias = model.get_layer('logits').get_weights()
   return tf.nn.softmax(vectors @ kernel + bias).numpy()
+
+
+@pytest.mark.slow  # Shares the scorer's cache (~4 s).
+def test_the_scorers_cache_holds_what_the_extractor_computes(
+    digit_cache, trained_export):
+  images, prefix, vectors = digit_cache
+  files = [path for path, _ in cache_helpers.folder_files(images)]
+  assert sorted(vectors) == sorted(files)
+  expected, _, _ = cache_helpers.embed_files(trained_export, files)
+  np.testing.assert_allclose(np.stack([vectors[path] for path in files]),
+                             expected, atol=1e-5)
+  assert embedding_cache.read_description(prefix)['count'] == len(files)
 
 
 @pytest.mark.slow  # Shares a ~5 s run (two_stage_run).

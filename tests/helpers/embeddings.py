@@ -100,3 +100,24 @@ def folder_files(root):
   return [(os.path.join(root, name, file_name), name)
           for name in sorted(os.listdir(root))
           for file_name in sorted(os.listdir(os.path.join(root, name)))]
+
+
+def read_cache(prefix):
+  """{uri: (embedding, label or None, label_name or None)} of every record,
+  and how many records there are (to see duplicates)."""
+  folder = os.path.dirname(prefix)
+  shards = sorted(os.path.join(folder, name) for name in os.listdir(folder)
+                  if embedding_cache.is_shard_name(name) and
+                  name.startswith(os.path.basename(prefix) + '-'))
+  found, count = {}, 0
+  for record in tf.data.TFRecordDataset(shards, compression_type='GZIP'):
+    features = tf.train.Example.FromString(record.numpy()).features.feature
+    uri = features[embedding_cache.URI_FEATURE].bytes_list.value[0].decode()
+    label = features[embedding_cache.LABEL_FEATURE].int64_list.value
+    name = features[embedding_cache.LABEL_NAME_FEATURE].bytes_list.value
+    found[uri] = (
+        np.array(features[embedding_cache.EMBEDDING_FEATURE].float_list.value,
+                 np.float32),
+        label[0] if label else None, name[0].decode() if name else None)
+    count += 1
+  return found, count, shards
