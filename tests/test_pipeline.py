@@ -24,10 +24,12 @@ from batch_predict import options as options_lib
 from batch_predict import outputs
 from batch_predict import pipeline
 from tests import helpers
+from tests.helpers import embeddings as cache_helpers
 from tests.helpers import image_files
 from tests.helpers import processes
 from tests.helpers import records as record_files
 from trainer import artifact
+from trainer import embedding_cache
 from trainer import errors as errors_lib
 from trainer import lease as lease_lib
 from trainer.data import samples
@@ -190,12 +192,22 @@ def test_gcs_end_to_end_model_images_and_outputs_in_buckets(
   result = pipeline.run([
       '--model_dir=/gcs/test-bucket/job/export',
       '--input=gs://test-bucket/lists/all.txt',
-      '--output=gs://test-bucket/scores/run', '--num_shards=2'])
+      '--output=gs://test-bucket/scores/run', '--num_shards=2',
+      '--embeddings'])
   assert result.state == 'DONE'
   written = sorted(storage.glob('gs://test-bucket/scores/*'))
-  assert written == [
-      f'gs://test-bucket/scores/run-{name}-0000{i}-of-00002.jsonl'
-      for name in ('errors', 'predictions') for i in range(2)]
+  assert written == sorted(
+      [f'gs://test-bucket/scores/run-{name}-0000{i}-of-00002.jsonl'
+       for name in ('errors', 'predictions') for i in range(2)] +
+      [f'gs://test-bucket/scores/run-embeddings-0000{i}-of-00002.tfrecord.gz'
+       for i in range(2)] + ['gs://test-bucket/scores/run-embeddings.json'])
+  # The embedding cache on the bucket: each scored image once.
+  local_cache = tmp_path / 'cache'
+  storage.download_tree('gs://test-bucket/scores', str(local_cache))
+  cache, count, _ = cache_helpers.read_cache(str(local_cache / 'run'))
+  assert count == len(good) and sorted(cache) == sorted(listing[:len(good)])
+  assert embedding_cache.read_description(
+      'gs://test-bucket/scores/run')['count'] == len(good)
   predictions = outputs.read_records('gs://test-bucket/scores/run',
                                      outputs.PREDICTIONS)
   errors = outputs.read_records('gs://test-bucket/scores/run', outputs.ERRORS)
