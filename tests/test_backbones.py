@@ -6,7 +6,6 @@ Every entry of registry.BACKBONES must see exactly what its
 another backbone's, and reload with safe_mode=True.
 """
 
-
 import keras
 import numpy as np
 import pytest
