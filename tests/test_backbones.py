@@ -6,8 +6,6 @@ Every entry of registry.BACKBONES must see exactly what its
 another backbone's, and reload with safe_mode=True.
 """
 
-import os
-
 import keras
 import numpy as np
 import pytest
@@ -175,9 +173,12 @@ def test_a_local_efficientnet_imagenet_file_sees_what_imagenet_weights_see(
   assert np.abs(plain - theirs).max() > 0.1
 
 
-# mobilenet_v2's is in test_transfer.py; each costs a build (about 1 s).
-@pytest.mark.parametrize(
-    'name', [name for name in registry.BACKBONES if name != 'mobilenet_v2'])
+# mobilenet_v2's is in test_transfer.py. Each costs a build: about 1 s, and
+# 1.5-2 s for InceptionV3 (slow tier).
+@pytest.mark.parametrize('name', [
+    pytest.param(name, marks=[pytest.mark.slow] if name == 'inception_v3'
+                 else [])
+    for name in registry.BACKBONES if name != 'mobilenet_v2'])
 def test_imagenet_offline_names_the_file_to_download(monkeypatch, name):
   from keras.src.utils import file_utils  # pylint: disable=g-import-not-at-top
 

@@ -30,7 +30,7 @@ def test_one_epoch_of_the_default_run_is_accurate(tmp_path):
   # The default (cnn_bn on the bundled digits, seed 42): 31 steps. Before
   # the recalibration its test accuracy was 0.23 (measured).
   job_dir = str(tmp_path / 'job')
-  helpers.run_module('trainer.task', f'--job_dir={job_dir}', '--epochs=1')
+  helpers.train_in_process(job_dir=job_dir, epochs=1)
   metrics = helpers.read_json(os.path.join(job_dir, 'metrics.json'))
   assert metrics['model'] == 'cnn_bn' and metrics['epochs'] == 1
   assert metrics['test_accuracy'] >= 0.9

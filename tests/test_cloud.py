@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 from batch_predict import pipeline
+from trainer import config as config_lib
+from trainer import data
 from trainer.data import samples
 from trainer import storage
 from tests import helpers
@@ -44,7 +46,7 @@ def test_train_export_and_score_with_buckets_only(gcs_server,
   helpers.run_module(
       'trainer.task', '--dataset=mnist', f'--data_dir={bucket}/data/digits',
       '--job_dir=/gcs/test-bucket/runs/digits', '--model=deep_mnist',
-      '--epochs=2', '--batch_size=64')
+      '--epochs=1', '--batch_size=64')
   job_dir = f'{bucket}/runs/digits'
   names = {uri[len(job_dir) + 1:].split('/')[0]
            for uri in storage.list_files(job_dir)}
@@ -56,10 +58,14 @@ def test_train_export_and_score_with_buckets_only(gcs_server,
   assert metrics['examples'] == {'train': 1080, 'validation': 120,
                                  'test': 300}
 
-  helpers.run_module(
-      'trainer.write_samples', '--dataset=mnist',
-      f'--data_dir={bucket}/data/digits', f'--output_dir={bucket}/samples',
-      '--count=300')
+  # What `python -m trainer.write_samples --dataset=mnist --count=300` does
+  # (its command runs in test_pipeline.py), without a second process
+  # importing TensorFlow.
+  source = data.load_source(data.Options(
+      'mnist', data_dir=f'{bucket}/data/digits',
+      validation_fraction=config_lib.default('validation_fraction'),
+      test_fraction=config_lib.default('test_fraction')))
+  samples.write_samples(source, 'test', f'{bucket}/samples', 300)
   storage.write_bytes(f'{bucket}/samples/broken.png', b'\x89PNG\r\n\x1a\n')
   result = pipeline.run([
       f'--model_dir={job_dir}/export', f'--input={bucket}/samples/*.png',

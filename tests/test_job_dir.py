@@ -104,8 +104,8 @@ def test_extending_a_finished_run_trains_one_more_epoch_and_exports(
   job_dir = str(tmp_path / 'job')
   shutil.copytree(trained_job_dir, job_dir)
   before = helpers.read_json(os.path.join(job_dir, 'metrics.json'))
-  helpers.run_module('trainer.task', f'--job_dir={job_dir}', '--epochs=3',
-                     '--train_examples=1000', '--model=deep_mnist')
+  helpers.train_in_process(job_dir=job_dir, epochs=3, train_examples=1000,
+                           model='deep_mnist')
   metrics = helpers.read_json(os.path.join(job_dir, 'metrics.json'))
   assert metrics['epochs'] == 3 and metrics['resumed_from_epoch'] == 2
   history = metrics['history']

@@ -501,10 +501,9 @@ def test_readme_scoring_command_runs_on_a_small_setting(trained_export,
 @pytest.mark.slow
 def test_scored_files_give_the_trainers_own_test_accuracy(tmp_path):
   job_dir = str(tmp_path / 'job')
-  helpers.run_module(
-      'trainer.task', '--dataset=fashion_mnist',
-      f'--data_dir={helpers.FASHION_MNIST_DIR}', f'--job_dir={job_dir}',
-      '--epochs=1', '--model=softmax')
+  helpers.train_in_process(
+      dataset='fashion_mnist', data_dir=helpers.FASHION_MNIST_DIR,
+      job_dir=job_dir, epochs=1, model='softmax')
   trainer_accuracy = helpers.read_json(
       os.path.join(job_dir, 'metrics.json'))['test_accuracy']
   source = idx.load_idx('fashion_mnist', helpers.FASHION_MNIST_DIR, 0.1)

@@ -60,10 +60,10 @@ def test_as_float32_keeps_the_weights_and_computes_in_float32():
 @pytest.mark.slow
 def test_bfloat16_training_exports_a_float32_artifact(tmp_path):
   job_dir = tmp_path / 'job'
-  helpers.run_module(
-      'trainer.task', f'--job_dir={job_dir}', '--model=deep_mnist',
-      '--mixed_precision=mixed_bfloat16', '--epochs=1', '--steps_per_epoch=3',
-      '--train_examples=512')
+  helpers.train_in_process(
+      job_dir=str(job_dir), model='deep_mnist',
+      mixed_precision='mixed_bfloat16', epochs=1, steps_per_epoch=3,
+      train_examples=512)
   metrics = helpers.read_json(job_dir / 'metrics.json')
   assert metrics['mixed_precision'] == 'mixed_bfloat16'
   model = export.load_keras_model(str(job_dir / 'export'))

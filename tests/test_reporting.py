@@ -82,13 +82,13 @@ def test_vertex_tuning_study_matches_the_trainer_flags():
 
 
 @pytest.mark.slow
-def test_trainer_reports_the_tuning_metric_to_vertex(tmp_path):
+def test_trainer_reports_the_tuning_metric_to_vertex(tmp_path, monkeypatch):
   metrics_file = tmp_path / 'hypertune' / 'output.metrics'
-  helpers.run_module(
-      'trainer.task', f'--job_dir={tmp_path}/job', '--model=softmax',
-      '--epochs=2', '--steps_per_epoch=2', '--train_examples=256',
-      '--hypertune_metric=val_accuracy',
-      env={'CLOUD_ML_HP_METRIC_FILE': str(metrics_file)})
+  # cloudml-hypertune reads the variable when the run creates its reporter.
+  monkeypatch.setenv('CLOUD_ML_HP_METRIC_FILE', str(metrics_file))
+  helpers.train_in_process(
+      job_dir=f'{tmp_path}/job', model='softmax', epochs=2, steps_per_epoch=2,
+      train_examples=256, hypertune_metric='val_accuracy')
   reports = [json.loads(line) for line in metrics_file.read_text().split(
       '\n') if line]
   history = json.loads((tmp_path / 'job' / 'metrics.json').read_text())[

@@ -121,7 +121,11 @@ def test_another_model_on_a_reused_checkpoint_dir_fails_then_start_fresh(
   assert 'Epoch 1/' not in process.stderr
   assert not (tmp_path / 'job' / 'metrics.json').exists()
 
-  helpers.run_module('trainer.task', *args, '--start_fresh')
+  # The same command with --start_fresh, in this process (the refusal
+  # above is the command's; starting fresh is train.run's).
+  helpers.train_in_process(
+      job_dir=str(tmp_path / 'job'), checkpoint_dir=shared, epochs=2,
+      train_examples=1000, model='softmax', start_fresh=True)
   metrics = helpers.read_json(str(tmp_path / 'job' / 'metrics.json'))
   assert metrics['resumed_from_epoch'] == 0 and metrics['model'] == 'softmax'
   assert processes.saved_epoch(shared) == 2

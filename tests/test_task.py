@@ -161,28 +161,6 @@ def test_a_diverging_run_stops_with_one_line_and_publishes_nothing(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_test_fraction_of_zero_evaluates_on_validation_and_says_so(
-    tmp_path):
-  job_dir = tmp_path / 'job'
-  args = [f'--job_dir={job_dir}', '--test_fraction=0', '--model=softmax',
-          '--epochs=1', '--steps_per_epoch=5', '--train_examples=500']
-  process = helpers.run_module('trainer.task', *args)
-  assert 'the held-out figures are the validation split' in process.stderr
-  metrics = _strict_json(job_dir / 'metrics.json')
-  assert metrics['evaluated_on'] == 'validation'
-  assert metrics['test_accuracy'] is None and metrics['test_loss'] is None
-  assert 0 <= metrics['val_accuracy'] <= 1
-  assert metrics['examples'] == {'train': 500, 'validation': 500, 'test': 0}
-  assert artifact.is_complete(str(job_dir / 'export'))
-  metadata = artifact.read_metadata(str(job_dir / 'export'))
-  assert metadata['metrics']['evaluated_on'] == 'validation'
-  for path in _json_files(job_dir):
-    _strict_json(path)
-  again = helpers.run_module('trainer.task', *args)
-  assert 'already holds a finished run' in again.stderr
-
-
-@pytest.mark.slow
 def test_a_tiny_image_folder_fails_before_training_or_trains_as_told(
     tmp_path):
   root = tmp_path / 'images'

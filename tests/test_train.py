@@ -4,6 +4,7 @@ The command itself (`python -m trainer.task`) runs in a subprocess in
 test_task.py; these runs take a second or two each.
 """
 
+import json
 import logging
 import os
 
@@ -61,19 +62,45 @@ def test_a_run_leaves_every_output_and_a_rerun_does_nothing(tmp_path,
   assert os.path.getmtime(layout.metrics_path) == before
 
 
-@pytest.mark.parametrize('fractions, evaluated_on', [
-    ({'test_fraction': 0.0}, 'validation'),
-    ({'test_fraction': 0.0, 'validation_fraction': 0.0}, None)])
+def _strict_json(path):
+  """Parses a JSON file, refusing NaN and Infinity (as most readers do)."""
+
+  def refuse(constant):
+    raise ValueError(f'{path}: {constant} is not JSON')
+
+  with open(path) as f:
+    return json.load(f, parse_constant=refuse)
+
+
+@pytest.mark.parametrize('fractions, evaluated_on, validation', [
+    ({'test_fraction': 0.0}, 'validation', 500),
+    ({'test_fraction': 0.0, 'validation_fraction': 0.0}, None, 0)])
 @pytest.mark.slow  # 3.8 s here: over the fast tier's ~1.5 s a test.
 def test_without_a_test_split_the_run_says_what_it_evaluated_on(
-    tmp_path, fractions, evaluated_on):
+    tmp_path, caplog, fractions, evaluated_on, validation):
   context = _context(tmp_path, **fractions)
-  metrics = train.run(context)
+  with caplog.at_level(logging.INFO, logger='absl'):
+    metrics = train.run(context)
+  if evaluated_on:
+    assert 'the held-out figures are the validation split' in caplog.text
+    assert 0 <= metrics['val_accuracy'] <= 1
+  assert artifact.is_complete(context.layout.export_dir)
   assert metrics['evaluated_on'] == evaluated_on
   assert metrics['test_accuracy'] is None and metrics['test_loss'] is None
   assert (metrics.get('val_accuracy') is not None) == bool(evaluated_on)
+  assert metrics['examples'] == {'train': 256, 'validation': validation,
+                                 'test': 0}
   saved = artifact.read_metadata(context.layout.export_dir)['metrics']
   assert saved['evaluated_on'] == evaluated_on
+  # Null test figures are valid JSON everywhere, and finish the run.
+  for root, _, names in os.walk(context.layout.job_dir):
+    for name in names:
+      if name.endswith('.json'):
+        _strict_json(os.path.join(root, name))
+  caplog.clear()
+  with caplog.at_level(logging.INFO, logger='absl'):
+    train.run(_context(tmp_path, **fractions))
+  assert 'already holds a finished run' in caplog.text
 
 
 def test_a_diverging_run_publishes_nothing(tmp_path):

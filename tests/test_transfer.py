@@ -326,6 +326,14 @@ def _run_transfer(job_dir, *args):
   return os.path.join(job_dir, 'export')
 
 
+def _train_in_process(job_dir, **overrides):
+  """What `_run_transfer` runs, in this process (helpers.train_in_process);
+  the command itself runs in test_transfer_run_reuses_every_extractor_...
+  """
+  helpers.train_in_process(job_dir=job_dir, epochs=1, **overrides)
+  return os.path.join(job_dir, 'export')
+
+
 @pytest.mark.slow
 def test_transfer_run_reuses_every_extractor_weight_and_trains_a_new_head(
     tmp_path, cnn_base):
@@ -372,10 +380,10 @@ def test_fine_tuning_changes_exactly_the_top_layers_and_serves_like_any_model(
   folder = tmp_path / 'photos'
   image_files.write_image_folder(str(folder), ['cat', 'dog', 'fox'], 12,
                               sizes=((40, 30), (20, 20)))
-  export_dir = _run_transfer(
-      str(tmp_path / 'job'), f'--base_model={cnn_base}',
-      '--dataset=image_folder', f'--data_dir={folder}', '--batch_size=8',
-      '--steps_per_epoch=3', '--fine_tune_layers=2', '--fine_tune_epochs=1')
+  export_dir = _train_in_process(
+      str(tmp_path / 'job'), base_model=cnn_base, dataset='image_folder',
+      data_dir=str(folder), batch_size=8, steps_per_epoch=3,
+      fine_tune_layers=2, fine_tune_epochs=1)
   model = export.load_keras_model(export_dir)
   original = _load(cnn_base)
   top_two = _conv_names(original)[-2:]
@@ -408,11 +416,13 @@ def test_mobilenet_v2_backbone_from_a_local_weights_file(tmp_path):
   folder = tmp_path / 'photos'
   image_files.write_image_folder(str(folder), ['a', 'b'], 10,
                               sizes=((48, 40), (20, 20)))
-  export_dir = _run_transfer(
-      str(tmp_path / 'job'), '--base_model=mobilenet_v2',
-      f'--base_weights={weights}', '--image_size=32',
-      '--dataset=image_folder', f'--data_dir={folder}', '--batch_size=8',
-      '--steps_per_epoch=2')
+  # No held-out splits: nothing here depends on them, and evaluating traces
+  # MobileNetV2 once more for each.
+  export_dir = _train_in_process(
+      str(tmp_path / 'job'), base_model='mobilenet_v2', base_weights=weights,
+      image_size=32, dataset='image_folder', data_dir=str(folder),
+      batch_size=8, steps_per_epoch=2, validation_fraction=0.0,
+      test_fraction=0.0)
   model = export.load_keras_model(export_dir)
   frozen = model.get_layer(transfer.EXTRACTOR_LAYER).get_weights()
   assert len(frozen) == len(expected)

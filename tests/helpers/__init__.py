@@ -1,7 +1,7 @@
 """Helpers of the test suite; fixtures are conftest.py's.
 
-  tests.helpers              REPO, run_module, read_json, the Fashion-MNIST
-                             mark
+  tests.helpers              REPO, run_module, train_in_process, read_json,
+                             the Fashion-MNIST mark
   tests.helpers.image_files  image files: encoded pixels, image folders, real
                              digits, the scorer's bad-input catalogue and a
                              hostile folder
@@ -46,6 +46,28 @@ def run_module(module, *args, env=None, timeout=600, check=True):
     raise AssertionError(
         f'{module} {args} exited {process.returncode}:\n{process.stderr[-4000:]}')
   return process
+
+
+def train_in_process(**overrides):
+  """What `python -m trainer.task --KEY=VALUE ...` trains, in this process.
+
+  For tests of what a run leaves, not of the command: a subprocess spends
+  about 6 s of CPU importing TensorFlow before it trains (the command's own
+  behaviour is tested in test_task.py and test_cli.py). The lease, the
+  cluster and Vertex's environment variables are the command's; seeds and
+  the dtype policy are set and restored by train.run as in the command.
+
+  Returns:
+    The run's metrics (metrics.json).
+  """
+  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
+  from trainer import config as config_lib
+  from trainer import run_context
+  from trainer import train
+  # pylint: enable=g-import-not-at-top
+  config = config_lib.build(overrides=overrides)
+  return train.run(run_context.create(config, tf.distribute.get_strategy()))
 
 
 def read_json(path):
