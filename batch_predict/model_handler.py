@@ -137,8 +137,12 @@ def load_classifier(model_dir, device=None):
     artifact.ArtifactError: if `model_dir` is not a complete artifact whose
       SavedModel loads.
   """
-  with _on_device(device):
-    loaded = artifact.load(model_dir)
+  # On TensorFlow's default device, the artifact the launcher checked in
+  # this process (an in-process runner) is the one to score with.
+  loaded = artifact.take_checked(model_dir) if device is None else None
+  if loaded is None:
+    with _on_device(device):
+      loaded = artifact.load(model_dir)
   return Classifier(loaded.serve, loaded.saved_model, loaded.labels, device)
 
 
