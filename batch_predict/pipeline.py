@@ -188,9 +188,35 @@ def _create_pipeline(options):
   """A pipeline for `options`; Beam checks its own options (runner, project,
   temp_location, ...) here, so this comes before any work too."""
   try:
-    return beam.Pipeline(options=options)
+    return beam.Pipeline(runner=_local_runner(options), options=options)
   except ValueError as e:
     raise options_lib.ConfigError(str(e)) from e
+
+
+def _local_runner(options):
+  """For DirectRunner (the default), the runner it falls back to here: Beam's
+  in-memory FnApiRunner. None for any other --runner (Beam makes that one).
+
+  Beam 2.77's DirectRunner first tries Prism: it starts a worker pool and
+  downloads the Prism binary from GitHub. Offline that fails after 0.2-0.4 s
+  of every run's start-up and it falls back to the FnApiRunner, as
+  `SwitchingDirectRunner.run_pipeline` builds it; online a local run would
+  download a Go runner and run on that instead. The FnApiRunner runs
+  `--direct_running_mode` and `--direct_num_workers` as DirectRunner does.
+  """
+  standard = options.view_as(pipeline_options.StandardOptions)
+  name = (standard.runner or 'DirectRunner').lower()
+  if name not in ('direct', 'directrunner') or standard.streaming:
+    return None
+  # pylint: disable=g-import-not-at-top
+  from apache_beam.portability.api import beam_provision_api_pb2
+  from apache_beam.runners.portability import portable_runner
+  from apache_beam.runners.portability.fn_api_runner import fn_runner
+  # pylint: enable=g-import-not-at-top
+  encoded = portable_runner.JobServiceHandle.encode_pipeline_options(
+      options.get_all_options())
+  return fn_runner.FnApiRunner(provision_info=fn_runner.ExtendedProvisionInfo(
+      beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)))
 
 
 def run(argv=None, save_main_session=True, test_pipeline=None):
