@@ -253,7 +253,8 @@ class ListImages(beam.PTransform):
 
 
 class _ReadImageFn(_PerElementFn):
-  """Item (or URI) -> the Item with its bytes, or an error record.
+  """Item (or URI, or an Item's plain tuple) -> the Item with its bytes, or
+  an error record.
 
   An error record from the listing goes straight to the errors output; an
   item that already holds its bytes (a TFRecord's) is not read again.
@@ -294,6 +295,8 @@ class ReadImages(beam.PTransform):
         uris
         # Listing happens in one place (one glob, or one list file read in
         # a few splits); redistributing the URIs lets every worker read.
+        # Items cross it as plain tuples (items.as_tuple says why).
+        | 'AsTuples' >> beam.Map(items.as_tuple)
         | 'Redistribute' >> beam.Reshuffle()
         | 'Read' >> beam.ParDo(_ReadImageFn(self._max_file_bytes))
         .with_outputs(outputs.ERRORS, main='images'))

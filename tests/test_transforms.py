@@ -8,6 +8,8 @@ import logging
 import os
 
 import apache_beam as beam
+from apache_beam import coders
+from apache_beam import typehints
 from apache_beam.metrics import metric
 from apache_beam.ml.inference import base
 from apache_beam.options import pipeline_options
@@ -342,6 +344,21 @@ def test_labels_from_folders_label_each_listed_item(tmp_path):
                          (str(tmp_path / 'cat/kittens/b.png'), 'cat'),
                          (str(tmp_path / 'dog/c.png'), 'dog'),
                          (str(tmp_path / 'loose.png'), None)]))
+
+
+def test_items_cross_the_shuffle_as_tuples_beams_coder_encodes_itself():
+  item = items.Item('/a/b.png', b'\x89PNG', 'cat', (('id', 7), ('n', None)),
+                    784)
+  coder = coders.registry.get_coder(typehints.Any)
+  # An Item itself is pickled (its class named in every element); its tuple
+  # is Beam's own encoding of its fields.
+  assert b'batch_predict.items' in coder.encode(item)
+  encoded = coder.encode(items.as_tuple(item))
+  assert b'batch_predict.items' not in encoded
+  assert items.as_item(coder.decode(encoded)) == item
+  assert items.as_item('/a/c.png') == items.Item('/a/c.png')
+  record = {'uri': '/a/d.png', 'kind': 'not_found'}
+  assert items.as_tuple(record) is record
 
 
 def test_an_items_label_reaches_its_prediction_and_error_records(tmp_path):
