@@ -277,7 +277,9 @@ def test_model_is_loaded_once_per_process_and_shared_by_its_threads(tmp_path):
   assert batches >= 10  # Many batches, in two worker threads, one model.
 
 
-def test_progress_is_logged(tmp_path, caplog):
+@pytest.mark.parametrize('interval, lines', [(1e-9, 4), (3600, 1)])
+def test_progress_is_logged_at_the_first_image_then_per_interval(
+    tmp_path, caplog, interval, lines):
   paths = []
   for index, (digit, _) in enumerate(image_files.digits(4)):
     path = tmp_path / f'{index}.png'
@@ -291,10 +293,11 @@ def test_progress_is_logged(tmp_path, caplog):
            | transforms.ClassifyImages(handler, [str(d) for d in range(10)],
                                        top_k=1, max_file_bytes=10**6,
                                        max_image_pixels=10**6,
-                                       progress_interval_secs=1e-9))
+                                       progress_interval_secs=interval))
   progress = [r.getMessage() for r in caplog.records
               if 'This worker has scored' in r.getMessage()]
-  assert progress  # At most one line per interval; here, per image.
+  assert len(progress) == lines  # Here, per image; or the first one only.
+  assert progress[0].startswith('This worker has scored 1 images')
   assert 'images/s' in progress[-1]
 
 
