@@ -131,7 +131,8 @@ def build_pipeline(pipeline, config):
           max_file_bytes=config.max_file_bytes,
           max_image_pixels=config.max_image_pixels,
           progress_interval_secs=config.progress_interval_secs,
-          evaluate=config.evaluate, decoded_size=decoded_size))
+          evaluate=config.evaluate, decoded_size=decoded_size,
+          redistribute=not _one_local_worker(pipeline.options)))
   predictions, error_records = classified[:2]
   staged = (
       predictions | 'WritePredictions' >> transforms.WriteShards(
@@ -193,6 +194,21 @@ def _create_pipeline(options):
     raise options_lib.ConfigError(str(e)) from e
 
 
+def _is_direct(options):
+  """Whether `options` run on DirectRunner (named, or by default), batch."""
+  standard = options.view_as(pipeline_options.StandardOptions)
+  name = (standard.runner or 'DirectRunner').lower()
+  return name in ('direct', 'directrunner') and not standard.streaming
+
+
+def _one_local_worker(options):
+  """Whether the pipeline runs in this process on one worker: DirectRunner
+  in memory (its default), with no --direct_num_workers beyond 1."""
+  direct = options.view_as(pipeline_options.DirectOptions)
+  return (_is_direct(options) and direct.direct_running_mode == 'in_memory'
+          and direct.direct_num_workers == 1)
+
+
 def _local_runner(options):
   """For DirectRunner (the default), the runner it falls back to here: Beam's
   in-memory FnApiRunner. None for any other --runner (Beam makes that one).
@@ -204,9 +220,7 @@ def _local_runner(options):
   download a Go runner and run on that instead. The FnApiRunner runs
   `--direct_running_mode` and `--direct_num_workers` as DirectRunner does.
   """
-  standard = options.view_as(pipeline_options.StandardOptions)
-  name = (standard.runner or 'DirectRunner').lower()
-  if name not in ('direct', 'directrunner') or standard.streaming:
+  if not _is_direct(options):
     return None
   # pylint: disable=g-import-not-at-top
   from apache_beam.portability.api import beam_provision_api_pb2

@@ -287,20 +287,27 @@ class ReadImages(beam.PTransform):
   Returns a pair of PCollections: (images, errors).
   """
 
-  def __init__(self, max_file_bytes):
+  def __init__(self, max_file_bytes, redistribute=True):
+    """Args:
+      max_file_bytes: files larger than this are refused.
+      redistribute: spread the inputs over the workers before reading
+        (False for a runner with one worker: see `ClassifyImages`).
+    """
     super().__init__()
     self._max_file_bytes = max_file_bytes
+    self._redistribute = redistribute
 
   def expand(self, uris):
-    results = (
-        uris
-        # Listing happens in one place (one glob, or one list file read in
-        # a few splits); redistributing the URIs lets every worker read.
-        # Items cross it as plain tuples (items.as_tuple says why).
-        | 'AsTuples' >> beam.Map(items.as_tuple)
-        | 'Redistribute' >> beam.Reshuffle()
-        | 'Read' >> beam.ParDo(_ReadImageFn(self._max_file_bytes))
-        .with_outputs(outputs.ERRORS, main='images'))
+    if self._redistribute:
+      uris = (
+          uris
+          # Listing happens in one place (one glob, or one list file read
+          # in a few splits); redistributing the URIs lets every worker
+          # read. Items cross it as plain tuples (items.as_tuple says why).
+          | 'AsTuples' >> beam.Map(items.as_tuple)
+          | 'Redistribute' >> beam.Reshuffle())
+    results = uris | 'Read' >> beam.ParDo(_ReadImageFn(
+        self._max_file_bytes)).with_outputs(outputs.ERRORS, main='images')
     return results.images, results[outputs.ERRORS]
 
 
@@ -492,12 +499,20 @@ class _CountErrorsFn(beam.DoFn):
 class ClassifyImages(beam.PTransform):
   """Items (or URIs) -> (predictions, errors): every input in exactly one of
   the two. With `evaluate=True`, (predictions, errors, scored): see
-  ScoreImages."""
+  ScoreImages.
+
+  `redistribute=False` reads the inputs where they were listed, for a
+  runner with one worker (DirectRunner in-memory, the scorer's default):
+  there the Reshuffle that spreads them over workers spreads nothing, cost
+  about 10 us an input, and held back the first read until every input was
+  listed and shuffled.
+  """
 
   def __init__(self, handler, labels, *, top_k, max_file_bytes,
                max_image_pixels, progress_interval_secs=30, evaluate=False,
-               decoded_size=None):
+               decoded_size=None, redistribute=True):
     super().__init__()
+    self._redistribute = redistribute
     self._handler = handler
     self._labels = labels
     self._top_k = top_k
@@ -509,7 +524,7 @@ class ClassifyImages(beam.PTransform):
 
   def expand(self, uris):
     images, read_errors = uris | 'ReadImages' >> ReadImages(
-        self._max_file_bytes)
+        self._max_file_bytes, self._redistribute)
     images, header_errors = images | 'CheckImages' >> CheckImages(
         self._max_image_pixels, self._decoded_size)
     scored = images | 'ScoreImages' >> ScoreImages(
