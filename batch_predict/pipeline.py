@@ -315,9 +315,9 @@ def main(argv=None):
   verbose = _verbosity(argv) >= 1
   logging.basicConfig(level=logging.INFO)
   if not verbose:
-    # Beam's runner choices and warnings (a Prism download it falls back
-    # from, "Resource module is not available") say nothing a user can act
-    # on; TensorFlow's INFO lines neither.
+    # Beam's runner choices and warnings ("Resource module is not
+    # available") say nothing a user can act on; TensorFlow's INFO lines
+    # neither.
     cli.hide_library_logs(('apache_beam',), below=logging.ERROR)
     cli.hide_library_logs(('tensorflow', 'keras'))
   try:
