@@ -41,6 +41,14 @@ images; an image that exhausts memory alone gets a `DecodeFailure` of kind
 `too_large_for_memory`, never a failed bundle (RunInference itself has no
 such back-off: apache/beam#21447).
 
+With `embeddings=True` (`--embeddings`) the handler also calls the
+artifact's `serving_embeddings` signature, on the same batch (never one
+image per call), and each inference is an `Embedded` (probabilities and
+the embedding); with `embeddings_only=True` it calls that signature alone
+(probabilities None). Both signatures decode the same bytes with the same
+code, so an image one refuses the other refuses too: bisection finds the
+same culprits.
+
 On a worker with GPUs, `load_model` first turns on TensorFlow's memory
 growth (`trainer.devices`: several SDK processes share a VM, and each would
 otherwise reserve every GPU's whole memory), then loads and runs the model
@@ -69,6 +77,7 @@ from apache_beam.ml.inference import base
 from batch_predict import items
 from trainer import artifact
 from trainer import devices
+from trainer import embedding_cache
 from trainer import errors
 
 METRICS_NAMESPACE = 'batch_predict'
@@ -90,22 +99,34 @@ class DecodeFailure(NamedTuple):
   message: str
 
 
+class Embedded(NamedTuple):
+  """The inference for an image with --embeddings: its probabilities (None
+  with --embeddings_only) and its float32 embedding."""
+  probabilities: object
+  embedding: object
+
+
 class Classifier:
-  """A loaded artifact: its serving signature and class names.
+  """A loaded artifact: its serving signature and class names (and its
+  embeddings signature, for --embeddings).
 
   One instance per worker process is shared by all threads (RunInference's
   `shared.Shared` holds it by weak reference, so it must be a class
   instance, not a tuple).
   """
 
-  def __init__(self, serve, saved_model, labels, device=None):
+  def __init__(self, serve, saved_model, labels, device=None, embed=None,
+               predictions=True):
     self._serve = serve
     self._saved_model = saved_model  # Keeps the signature's variables alive.
     self.labels = tuple(labels)
     self.device = device
+    self._embed = embed
+    self._predictions = predictions
 
   def predict(self, image_bytes):
-    """Encoded images -> float32 probabilities [len(image_bytes), classes].
+    """Encoded images -> float32 probabilities [len(image_bytes), classes],
+    or, with an embeddings signature, a list of `Embedded`.
 
     Raises:
       tf.errors.InvalidArgumentError: if any image cannot be decoded.
@@ -113,9 +134,18 @@ class Classifier:
     """
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     with _on_device(self.device):
-      outputs = self._serve(image_bytes=tf.constant(list(image_bytes),
-                                                    dtype=tf.string))
-    return outputs['probabilities'].numpy()
+      images = tf.constant(list(image_bytes), dtype=tf.string)
+      probabilities = None
+      if self._predictions or self._embed is None:
+        probabilities = self._serve(image_bytes=images)[
+            'probabilities'].numpy()
+      if self._embed is None:
+        return probabilities
+      embeddings = self._embed(image_bytes=images)[
+          embedding_cache.OUTPUT_KEY].numpy()
+    if probabilities is None:
+      return [Embedded(None, row) for row in embeddings]
+    return [Embedded(*rows) for rows in zip(probabilities, embeddings)]
 
 
 def _on_device(device):
@@ -125,25 +155,29 @@ def _on_device(device):
   return tf.device(device)
 
 
-def load_classifier(model_dir, device=None):
+def load_classifier(model_dir, device=None, embeddings=False,
+                    predictions=True):
   """Loads a complete artifact (local or gs://) for scoring.
 
   Args:
     model_dir: the artifact's folder.
     device: where its variables live and it runs (e.g. '/GPU:1'); None:
       TensorFlow's choice (the first GPU, or the CPU).
+    embeddings: also call its embeddings signature (`Embedded` results).
+    predictions: with `embeddings`, also call serving_default.
 
   Raises:
     artifact.ArtifactError: if `model_dir` is not a complete artifact whose
-      SavedModel loads.
+      SavedModel loads (with `embeddings`: with the embeddings signature).
   """
   # On TensorFlow's default device, the artifact the launcher checked in
   # this process (an in-process runner) is the one to score with.
   loaded = artifact.take_checked(model_dir) if device is None else None
-  if loaded is None:
+  if loaded is None or (embeddings and loaded.embed is None):
     with _on_device(device):
-      loaded = artifact.load(model_dir)
-  return Classifier(loaded.serve, loaded.saved_model, loaded.labels, device)
+      loaded = artifact.load(model_dir, embeddings=embeddings)
+  return Classifier(loaded.serve, loaded.saved_model, loaded.labels, device,
+                    embed=loaded.embed, predictions=predictions)
 
 
 def prepare_device(gpus, set_memory_growth=None):
@@ -302,11 +336,13 @@ class ImageClassifierHandler(base.ModelHandler):
 
   Each `PredictionResult.inference` is a float32 numpy array of class
   probabilities (in the order of the artifact's labels), or a
-  `DecodeFailure` for an image the model could not decode.
+  `DecodeFailure` for an image the model could not decode; with
+  `embeddings`, an `Embedded` instead of the array.
   """
 
   def __init__(self, model_dir, *, min_batch_size=None, max_batch_size=None,
-               max_batch_pixels=None, model_copies=None):
+               max_batch_pixels=None, model_copies=None, embeddings=False,
+               embeddings_only=False):
     """Configures the handler; nothing is loaded until a worker needs it.
 
     Args:
@@ -319,11 +355,15 @@ class ImageClassifierHandler(base.ModelHandler):
         batch (None or 0, the default: batches bounded by count only).
       model_copies: load this many copies per worker VM, shared by its
         processes (one per GPU); None or 0, the default: one per process.
+      embeddings: also return each image's embedding (`Embedded`).
+      embeddings_only: return embeddings only (implies `embeddings`).
     """
     super().__init__(model_copies=model_copies or None,
                      **batching_kwargs(min_batch_size, max_batch_size,
                                        max_batch_pixels))
     self._model_dir = model_dir
+    self._embeddings = embeddings or embeddings_only
+    self._predictions = not embeddings_only
     self._batches_split = beam.metrics.Metrics.counter(METRICS_NAMESPACE,
                                                        'batches_split')
     self._out_of_memory = beam.metrics.Metrics.counter(
@@ -341,7 +381,8 @@ class ImageClassifierHandler(base.ModelHandler):
 
   def load_classifier(self, device):
     """The classifier for `device` (tests load a fake one here)."""
-    return load_classifier(self._model_dir, device)
+    return load_classifier(self._model_dir, device, self._embeddings,
+                           self._predictions)
 
   def run_inference(self, batch, model, inference_args=None):
     batch = list(batch)

@@ -176,6 +176,19 @@ class ScoringFlags:
         help='1 also shows what TensorFlow and Beam log themselves (their '
         'start-up notes, runner choices and warnings), which are hidden by '
         'default; they are shown anyway when the run fails.')
+    parser.add_argument(
+        '--embeddings', action='store_true', default=False,
+        help='Also write the embedding cache of the two-stage transfer: '
+        'PREFIX-embeddings-SSSSS-of-NNNNN.tfrecord.gz (a tf.train.Example '
+        'per scored image: uri, embedding = the model\'s feature-extractor '
+        'output, and label/label_name for labelled inputs) and '
+        'PREFIX-embeddings.json (fingerprint, input shape, size, label '
+        'names, count), for trainer.task --dataset=embeddings. Needs a '
+        'convolutional model\'s artifact (not softmax/mlp).')
+    parser.add_argument(
+        '--embeddings_only', action='store_true', default=False,
+        help='As --embeddings, without the predictions: writes the '
+        'embeddings and the errors only (every input in exactly one).')
 
 
 def _beam_options():
@@ -239,6 +252,13 @@ class ScoringConfig:
   jpeg_dct_ratios: tuple = ()
   # Model copies per worker VM shared by its processes (0: one per process).
   model_copies: int = 0
+  # --embeddings (or --embeddings_only, which also skips the predictions).
+  embeddings: bool = False
+  embeddings_only: bool = False
+  # metadata.json's `embeddings` entry (fingerprint, size), with them.
+  embeddings_entry: dict = None
+  # The model's input (height, width, channels), from metadata.json.
+  input_shape: tuple = ()
   # Names this run's staging folder (outputs.staging_folder).
   run_id: str = dataclasses.field(default_factory=outputs.new_run_id)
 
@@ -337,7 +357,16 @@ def check_flags(argv):
     numbers['model_copies'] = flags.model_copies
   _check_numbers(numbers)
   _check_output_format(flags.output_format)
+  _check_embeddings(flags)
   _check_output(flags.output)
+
+
+def _check_embeddings(flags):
+  """--embeddings_only writes no predictions, which --evaluate needs."""
+  if flags.embeddings_only and flags.evaluate:
+    raise ConfigError('--evaluate evaluates predictions, which '
+                      '--embeddings_only does not make: use --embeddings '
+                      '--evaluate, or drop --evaluate.')
 
 
 def _check_output_format(output_format):
@@ -437,12 +466,16 @@ def build_config(options, argv=None):
                              else flags.model_copies)
   _check_numbers(numbers)
   _check_output_format(flags.output_format)
+  _check_embeddings(flags)
   model_dir = _normalize('model_dir', flags.model_dir)
   output = _check_output(flags.output)
   if is_remote_runner(options):
     _check_remote(options, {'--model_dir': model_dir, '--input': flags.input,
                             '--output': output})
-  labels = artifact.check(model_dir)
+  embeddings = bool(flags.embeddings or flags.embeddings_only)
+  # With --embeddings, an artifact without the signature is refused here,
+  # before its SavedModel is loaded.
+  labels = artifact.check(model_dir, embeddings=embeddings)
   metadata = artifact.read_metadata(model_dir)
   if flags.top_k > len(labels):
     raise ConfigError(f'--top_k={flags.top_k} is more than the model\'s '
@@ -452,6 +485,11 @@ def build_config(options, argv=None):
       break_lease=bool(flags.break_lease), output_format=flags.output_format,
       evaluate=bool(flags.evaluate), input_size=artifact.input_size(metadata),
       jpeg_dct_ratios=artifact.jpeg_dct_ratios(metadata),
+      embeddings=embeddings, embeddings_only=bool(flags.embeddings_only),
+      embeddings_entry=(artifact.embeddings_entry(metadata, model_dir)
+                        if embeddings else None),
+      input_shape=artifact.input_size(metadata) + (
+          metadata['input']['channels'],),
       **_check_input(flags), **numbers)
 
 

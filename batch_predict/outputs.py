@@ -4,7 +4,18 @@ publishing.
 ```
 PREFIX-predictions-SSSSS-of-NNNNN.FORMAT  {"uri", "label", "score", "top_k": [{"label", "score"}, ...]}
 PREFIX-errors-SSSSS-of-NNNNN.FORMAT       {"uri", "error", "kind"}
+PREFIX-embeddings-SSSSS-of-NNNNN.tfrecord.gz   with --embeddings (below)
+PREFIX-embeddings.json                         with --embeddings
 ```
+
+With `--embeddings` (batch_predict/embeddings.py) a third output, the
+embedding cache of Contract 4 (`trainer.embedding_cache`), is staged and
+published with the other two by the same steps, under the same rules
+(shard by `crc32(uri)`, every shard written, only exact shard names
+replaced); `--embeddings_only` writes it and the errors, no predictions.
+A run's outputs at a prefix are always one run's: the publishing step also
+removes an earlier run's shards of the outputs this run does not write
+(`ALL_OUTPUT_NAMES`), as it removes a stale evaluation report.
 
 FORMAT is `--output_format` (`ShardFormat`), the same records in each:
 * `jsonl` (the default): one JSON object a line, as above.
@@ -63,11 +74,19 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from trainer import embedding_cache
 from trainer import storage
 
 PREDICTIONS = 'predictions'
 ERRORS = 'errors'
 OUTPUT_NAMES = (PREDICTIONS, ERRORS)
+# --embeddings: PREFIX-embeddings-SSSSS-of-NNNNN.tfrecord.gz.
+EMBEDDINGS = embedding_cache.OUTPUT_KEY
+EMBEDDINGS_EXTENSION = embedding_cache.SHARD_SUFFIX[1:]
+# Every output a run may write: a run removes earlier runs' shards of all.
+ALL_OUTPUT_NAMES = OUTPUT_NAMES + (EMBEDDINGS,)
+# PREFIX-embeddings.json, published after the embeddings' shards.
+EMBEDDINGS_DESCRIPTION = embedding_cache.DESCRIPTION_SUFFIX[1:]
 JSONL = 'jsonl'
 CSV = 'csv'
 PARQUET = 'parquet'
@@ -125,6 +144,13 @@ def error_record(uri, kind, message, fields=(), true_label=None):
                            fields, true_label)
 
 
+def embedding_record(uri, embedding, label=None):
+  """The embeddings record of one scored image, before it is encoded (its
+  label's index is known only once every label is: embeddings.py)."""
+  return {'uri': uri, 'embedding': np.asarray(embedding, np.float32),
+          'label': label}
+
+
 def _add_input_fields(record, fields, true_label):
   if true_label is not None:
     record[TRUE_LABEL] = true_label
@@ -148,7 +174,10 @@ def shard_of(uri, num_shards):
 
 
 def shard_path(prefix, name, index, num_shards, output_format=JSONL):
-  """E.g. `PREFIX-predictions-00003-of-00010.jsonl`."""
+  """E.g. `PREFIX-predictions-00003-of-00010.jsonl`; the embeddings'
+  `PREFIX-embeddings-00003-of-00010.tfrecord.gz` whatever the format."""
+  if name == EMBEDDINGS:
+    return embedding_cache.shard_name(prefix, index, num_shards)
   return f'{prefix}-{name}-{index:05d}-of-{num_shards:05d}.{output_format}'
 
 
@@ -267,10 +296,17 @@ def lease_path(prefix):
 
 def _shard_name_regex(prefix, names, temporary=False):
   """Matches the file names of this prefix's shards of `names`, exactly."""
-  pattern = (f'{re.escape(storage.basename(prefix))}-'
-             f'({"|".join(re.escape(name) for name in names)})'
-             r'-\d{5,}-of-\d{5,}\.'
-             f'({"|".join(OUTPUT_FORMATS)})')
+  base = re.escape(storage.basename(prefix))
+  tabular = [re.escape(name) for name in names if name != EMBEDDINGS]
+  patterns = []
+  if tabular:
+    patterns.append(f'{base}-({"|".join(tabular)})'
+                    r'-\d{5,}-of-\d{5,}\.'
+                    f'({"|".join(OUTPUT_FORMATS)})')
+  if EMBEDDINGS in names:  # embedding_cache.is_shard_name's names.
+    patterns.append(f'{base}-{EMBEDDINGS}' r'-\d{5,}-of-\d{5,}\.'
+                    f'{re.escape(EMBEDDINGS_EXTENSION)}')
+  pattern = '(' + '|'.join(f'({p})' for p in patterns) + ')'
   return re.compile(pattern + (_TEMPORARY_SUFFIX if temporary else ''))
 
 
@@ -304,7 +340,7 @@ def single_file_path(prefix, suffix):
 
 
 def publish(prefix, run_id, staged_paths, names, num_shards,
-            output_format=JSONL, files=()):
+            output_format=JSONL, files=(), stale_names=None):
   """Moves a run's staged shards to their final names, then cleans up.
 
   Called once, after every shard of `names` was written to the run's
@@ -322,6 +358,9 @@ def publish(prefix, run_id, staged_paths, names, num_shards,
     files: suffixes of single files (EVALUATION_FILES) this run may write:
       each is moved to `single_file_path` if the run staged it; an earlier
       run's copy is deleted if not, so no stale file describes new shards.
+    stale_names: the outputs whose shards of earlier runs are removed
+      (default `names`; the scorer's: ALL_OUTPUT_NAMES, so that an output
+      this run does not write is not left from another run).
 
   Returns:
     The final paths, sorted.
@@ -348,7 +387,8 @@ def publish(prefix, run_id, staged_paths, names, num_shards,
       if not storage.exists(final):  # Else moved by an earlier attempt.
         raise
   finals.extend(_publish_files(prefix, staging, set(staged_paths), files))
-  _remove_stale_shards(prefix, names, keep=set(finals))
+  _remove_stale_shards(prefix, tuple(stale_names or names),
+                       keep=set(finals))
   remove_staging_folders(prefix, run_id)
   return sorted(finals)
 
@@ -392,10 +432,11 @@ def remove_staging_folders(prefix, run_id=None):
   """
   folder = storage.dirname(prefix)
   regex = _staging_name_regex(prefix)
-  shard_regex = _shard_name_regex(prefix, OUTPUT_NAMES, temporary=True)
+  shard_regex = _shard_name_regex(prefix, ALL_OUTPUT_NAMES, temporary=True)
   single_files = re.compile('(' + '|'.join(
       re.escape(storage.basename(single_file_path(prefix, suffix)))
-      for suffix in EVALUATION_FILES) + ')' + _TEMPORARY_SUFFIX)
+      for suffix in EVALUATION_FILES + (EMBEDDINGS_DESCRIPTION,)) + ')' +
+                            _TEMPORARY_SUFFIX)
   for entry in storage.scan_folder(folder):
     if not (entry.is_folder and regex.fullmatch(entry.name)):
       continue

@@ -7,6 +7,9 @@ r"""Scores image files with a trained classifier (README.md, "Scoring").
 writes PREFIX-predictions-*.jsonl ({"uri", "label", "score", "top_k"}) and
 PREFIX-errors-*.jsonl ({"uri", "error", "kind"}): every input in exactly one
 (`--output_format=csv|parquet` for CSV or Parquet shards of the same records).
+`--embeddings` adds the embedding cache (PREFIX-embeddings-*.tfrecord.gz and
+PREFIX-embeddings.json: batch_predict/embeddings.py); `--embeddings_only`
+writes it instead of the predictions.
 DirectRunner by default; add `--runner=DataflowRunner --project=... \
 --region=... --temp_location=gs://... --setup_file=./setup.py` for Dataflow,
 and `--dry_run=True` to check a command without scoring or submitting.
@@ -87,11 +90,13 @@ from apache_beam.metrics import metric
 from apache_beam.options import pipeline_options
 from apache_beam.runners import runner
 
+from batch_predict import embeddings
 from batch_predict import evaluation
 from batch_predict import model_handler
 from batch_predict import outputs
 from batch_predict import transforms
 from trainer import artifact
+from trainer import embedding_cache
 from trainer import lease as lease_lib
 # pylint: enable=g-import-not-at-top,g-bad-import-order
 
@@ -116,7 +121,8 @@ def build_pipeline(pipeline, config):
       config.model_dir, min_batch_size=config.min_batch_size,
       max_batch_size=config.max_batch_size,
       max_batch_pixels=config.max_batch_pixels,
-      model_copies=config.model_copies)
+      model_copies=config.model_copies, embeddings=config.embeddings,
+      embeddings_only=config.embeddings_only)
   decoded_size = None
   if config.input_size:
     decoded_size = functools.partial(
@@ -132,24 +138,36 @@ def build_pipeline(pipeline, config):
           max_image_pixels=config.max_image_pixels,
           progress_interval_secs=config.progress_interval_secs,
           evaluate=config.evaluate, decoded_size=decoded_size,
+          embeddings=config.embeddings,
+          embeddings_only=config.embeddings_only,
           redistribute=not _one_local_worker(pipeline.options)))
   predictions, error_records = classified[:2]
-  staged = (
-      predictions | 'WritePredictions' >> transforms.WriteShards(
-          config.output, outputs.PREDICTIONS, config.num_shards,
-          config.run_id, config.output_format, config.field_names),
-      error_records | 'WriteErrors' >> transforms.WriteShards(
-          config.output, outputs.ERRORS, config.num_shards, config.run_id,
-          config.output_format, config.field_names))
+  staged = (error_records | 'WriteErrors' >> transforms.WriteShards(
+      config.output, outputs.ERRORS, config.num_shards, config.run_id,
+      config.output_format, config.field_names),)
+  names = (outputs.ERRORS,)
+  if not config.embeddings_only:
+    staged += (predictions | 'WritePredictions' >> transforms.WriteShards(
+        config.output, outputs.PREDICTIONS, config.num_shards,
+        config.run_id, config.output_format, config.field_names),)
+    names = outputs.OUTPUT_NAMES
   if config.evaluate:
     staged += ((classified[2], error_records) | 'Evaluate' >>
                evaluation.Evaluate(config.labels, config.output,
                                    config.run_id),)
-  # Every run names the evaluation files: one without --evaluate removes an
-  # earlier run's, which would describe other predictions.
+  if config.embeddings:
+    staged += (classified[-1] | 'WriteEmbeddings' >>
+               embeddings.WriteEmbeddings(config),)
+    names += (outputs.EMBEDDINGS,)
+  # Every run names the evaluation files and the embeddings' description,
+  # and removes earlier runs' shards of every output: one without
+  # --evaluate (--embeddings) removes an earlier run's report (cache), which
+  # would describe other inputs.
   _ = staged | 'PublishOutputs' >> transforms.PublishOutputs(
-      config.output, config.run_id, outputs.OUTPUT_NAMES, config.num_shards,
-      config.output_format, files=outputs.EVALUATION_FILES)
+      config.output, config.run_id, names, config.num_shards,
+      config.output_format,
+      files=outputs.EVALUATION_FILES + (outputs.EMBEDDINGS_DESCRIPTION,),
+      stale_names=outputs.ALL_OUTPUT_NAMES)
   return predictions, error_records
 
 
@@ -270,6 +288,12 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
     build_pipeline(pipeline, config)
     result = _run_and_publish(pipeline, config, lease)
   _log_summary(summarize(result), config.output, config.output_format)
+  if config.embeddings:
+    _LOGGER.info('Embeddings: %s (described in %s)%s.',
+                 outputs.output_pattern(config.output, outputs.EMBEDDINGS),
+                 embedding_cache.description_path(config.output),
+                 '; no predictions (--embeddings_only)'
+                 if config.embeddings_only else '')
   return result
 
 

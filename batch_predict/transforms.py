@@ -4,6 +4,10 @@
              -> WriteShards (predictions)   WriteShards (errors)
              -> PublishOutputs (both, once every shard is written)
 
+(`--embeddings`: ScoreImages also yields each scored image's embedding
+record, which `embeddings.WriteEmbeddings` stages through the same
+WriteShards for PublishOutputs to publish with the others.)
+
 Every input leaves as exactly one record: a prediction, or an error that
 says what is wrong with it. Bad inputs are split off as early as possible
 (entries that cannot be listed while listing, unreadable files while
@@ -77,12 +81,18 @@ from trainer import storage
 NAMESPACE = model_handler.METRICS_NAMESPACE
 # ScoreImages' third output with evaluate=True: (uri, label, probabilities).
 SCORED = 'scored'
+# Its last with embeddings=True: `outputs.embedding_record`s.
+EMBEDDINGS = outputs.EMBEDDINGS
 
 _LOGGER = logging.getLogger(__name__)
 _NON_FINITE_MESSAGE = (
     'the model returned NaN or infinite probabilities for this image: the '
     'model is broken (it probably trained to NaN). Retrain it, or re-export '
     'it from a good checkpoint, then score again.')
+_NON_FINITE_EMBEDDING_MESSAGE = (
+    'the model returned NaN or infinite embedding values for this image: the '
+    'model is broken (it probably trained to NaN). Retrain it, or re-export '
+    'it from a good checkpoint, then embed again.')
 
 
 def _error_record(error, item=None):
@@ -435,17 +445,59 @@ class _ToRecordsFn(_PerElementFn):
                                      self._top_k, item.fields, item.label)
 
 
+class _ToRecordsAndEmbeddingsFn(_ToRecordsFn):
+  """As `_ToRecordsFn`, for a handler that embeds (its inferences are
+  `model_handler.Embedded`s): each scored image also has its embedding
+  record on the EMBEDDINGS output; with `embeddings_only`, that record is
+  the only output of a scored image (no prediction).
+
+  An image gets its embedding record only when it is scored, so every
+  scored image has exactly one and no image is in both the embeddings and
+  the errors; an embedding that is not finite is the image's error record.
+  """
+
+  def __init__(self, labels, top_k, progress_interval_secs, evaluate=False,
+               embeddings_only=False):
+    super().__init__(labels, top_k, progress_interval_secs, evaluate)
+    self._embeddings_only = embeddings_only
+
+  def process(self, element):
+    item, result = element
+    inference = result.inference
+    if not isinstance(inference, model_handler.Embedded):
+      yield from super().process(element)  # A DecodeFailure: its error.
+      return
+    if not np.all(np.isfinite(inference.embedding)):
+      failure = model_handler.DecodeFailure(errors.NON_FINITE_OUTPUT,
+                                            _NON_FINITE_EMBEDDING_MESSAGE)
+      yield from super().process((item, result._replace(inference=failure)))
+      return
+    record = outputs.embedding_record(item.uri, inference.embedding,
+                                      item.label)
+    if self._embeddings_only:
+      self._images_scored.inc()
+      self._progress.record(1, 0)
+      yield beam.pvalue.TaggedOutput(EMBEDDINGS, record)
+      return
+    for output in super().process(
+        (item, result._replace(inference=inference.probabilities))):
+      yield output
+      if not isinstance(output, beam.pvalue.TaggedOutput):  # Scored.
+        yield beam.pvalue.TaggedOutput(EMBEDDINGS, record)
+
+
 class ScoreImages(beam.PTransform):
   """Items with bytes -> prediction records and error records, with
   RunInference.
 
   Returns a pair of PCollections: (predictions, errors); with
   `evaluate=True` a triple, (predictions, errors, scored): the SCORED tuples
-  `batch_predict.evaluation.Evaluate` counts.
+  `batch_predict.evaluation.Evaluate` counts; with `embeddings=True` (a
+  handler that embeds) the embedding records last.
   """
 
   def __init__(self, handler, labels, top_k, progress_interval_secs=30,
-               evaluate=False):
+               evaluate=False, embeddings=False, embeddings_only=False):
     """Sets up scoring.
 
     Args:
@@ -456,6 +508,10 @@ class ScoreImages(beam.PTransform):
       progress_interval_secs: how often each worker logs its progress.
       evaluate: also output (uri, true label, probabilities) per scored
         image.
+      embeddings: also output each scored image's embedding record (the
+        handler returns `model_handler.Embedded`s).
+      embeddings_only: output no predictions (the handler returns
+        embeddings only).
     """
     super().__init__()
     self._handler = handler
@@ -463,6 +519,16 @@ class ScoreImages(beam.PTransform):
     self._top_k = top_k
     self._progress_interval_secs = progress_interval_secs
     self._evaluate = evaluate
+    self._embeddings = embeddings or embeddings_only
+    self._embeddings_only = embeddings_only
+
+  def _to_records_fn(self):
+    if not self._embeddings:
+      return _ToRecordsFn(self._labels, self._top_k,
+                          self._progress_interval_secs, self._evaluate)
+    return _ToRecordsAndEmbeddingsFn(
+        self._labels, self._top_k, self._progress_interval_secs,
+        self._evaluate, self._embeddings_only)
 
   def expand(self, images):
     results = (
@@ -472,13 +538,14 @@ class ScoreImages(beam.PTransform):
         | 'KeyByItem' >> beam.Map(lambda item: (item.key(), item.data))
         | 'RunInference' >> base.RunInference(
             base.KeyedModelHandler(self._handler))
-        | 'ToRecords' >> beam.ParDo(_ToRecordsFn(
-            self._labels, self._top_k, self._progress_interval_secs,
-            self._evaluate))
-        .with_outputs(outputs.ERRORS, SCORED, main='predictions'))
+        | 'ToRecords' >> beam.ParDo(self._to_records_fn())
+        .with_outputs(outputs.ERRORS, SCORED, EMBEDDINGS, main='predictions'))
+    returned = (results.predictions, results[outputs.ERRORS])
     if self._evaluate:
-      return results.predictions, results[outputs.ERRORS], results[SCORED]
-    return results.predictions, results[outputs.ERRORS]
+      returned += (results[SCORED],)
+    if self._embeddings:
+      returned += (results[EMBEDDINGS],)
+    return returned
 
 
 class _CountErrorsFn(beam.DoFn):
@@ -498,8 +565,9 @@ class _CountErrorsFn(beam.DoFn):
 
 class ClassifyImages(beam.PTransform):
   """Items (or URIs) -> (predictions, errors): every input in exactly one of
-  the two. With `evaluate=True`, (predictions, errors, scored): see
-  ScoreImages.
+  the two. With `evaluate=True`, (predictions, errors, scored); with
+  `embeddings=True`, the embedding records last: see ScoreImages. (With
+  `embeddings_only`, every input is in exactly one of embeddings, errors.)
 
   `redistribute=False` reads the inputs where they were listed, for a
   runner with one worker (DirectRunner in-memory, the scorer's default):
@@ -510,7 +578,8 @@ class ClassifyImages(beam.PTransform):
 
   def __init__(self, handler, labels, *, top_k, max_file_bytes,
                max_image_pixels, progress_interval_secs=30, evaluate=False,
-               decoded_size=None, redistribute=True):
+               decoded_size=None, embeddings=False, embeddings_only=False,
+               redistribute=True):
     super().__init__()
     self._redistribute = redistribute
     self._handler = handler
@@ -521,6 +590,8 @@ class ClassifyImages(beam.PTransform):
     self._progress_interval_secs = progress_interval_secs
     self._evaluate = evaluate
     self._decoded_size = decoded_size
+    self._embeddings = embeddings
+    self._embeddings_only = embeddings_only
 
   def expand(self, uris):
     images, read_errors = uris | 'ReadImages' >> ReadImages(
@@ -529,7 +600,8 @@ class ClassifyImages(beam.PTransform):
         self._max_image_pixels, self._decoded_size)
     scored = images | 'ScoreImages' >> ScoreImages(
         self._handler, self._labels, self._top_k,
-        self._progress_interval_secs, self._evaluate)
+        self._progress_interval_secs, self._evaluate, self._embeddings,
+        self._embeddings_only)
     predictions, decode_errors = scored[:2]
     error_records = ((read_errors, header_errors, decode_errors)
                      | 'MergeErrors' >> beam.Flatten()
@@ -591,20 +663,25 @@ class WriteShards(beam.PTransform):
   """
 
   def __init__(self, prefix, name, num_shards, run_id,
-               output_format=outputs.JSONL, field_names=()):
+               output_format=outputs.JSONL, field_names=(), shard_format=None):
     """Stages one output.
 
     Args:
       prefix: the `--output` prefix.
-      name: outputs.PREDICTIONS or outputs.ERRORS.
+      name: outputs.PREDICTIONS or outputs.ERRORS (or the `name` of
+        `shard_format`).
       num_shards: shards per output.
       run_id: names the staging folder.
       output_format: one of outputs.OUTPUT_FORMATS.
       field_names: the manifest's columns (CSV and Parquet columns).
+      shard_format: how to encode and write the shards (with `name`,
+        `output_format`, `encode`, `write`), instead of
+        `outputs.ShardFormat` (the embeddings': embeddings.ShardFormat).
     """
     super().__init__()
     self._prefix = prefix
-    self._format = outputs.ShardFormat(output_format, name, field_names)
+    self._format = shard_format or outputs.ShardFormat(output_format, name,
+                                                       field_names)
     self._num_shards = num_shards
     self._run_id = run_id
 
@@ -629,7 +706,7 @@ class _PublishFn(beam.DoFn):
   """[every staged path] -> moves them to their final names; yields those."""
 
   def __init__(self, prefix, run_id, names, num_shards,
-               output_format=outputs.JSONL, files=()):
+               output_format=outputs.JSONL, files=(), stale_names=None):
     super().__init__()
     self._prefix = prefix
     self._run_id = run_id
@@ -637,6 +714,7 @@ class _PublishFn(beam.DoFn):
     self._num_shards = num_shards
     self._output_format = output_format
     self._files = tuple(files)
+    self._stale_names = stale_names
 
   def process(self, staged_paths):
     held = _LEASES_HELD.get(outputs.lease_path(self._prefix))
@@ -644,7 +722,8 @@ class _PublishFn(beam.DoFn):
       held.check()  # Taken over by another scorer: publish nothing.
     yield from outputs.publish(self._prefix, self._run_id, staged_paths,
                                self._names, self._num_shards,
-                               self._output_format, self._files)
+                               self._output_format, self._files,
+                               self._stale_names)
 
 
 class PublishOutputs(beam.PTransform):
@@ -654,11 +733,12 @@ class PublishOutputs(beam.PTransform):
   every shard of every output is staged; `outputs.publish` then moves them
   into place and removes stale shards of this prefix and the staging folder.
   `files` are the single files (`outputs.EVALUATION_FILES`) published with
-  them when staged, removed when not.
+  them when staged, removed when not. Earlier runs' shards of
+  `stale_names` (default: `names`) are removed.
   """
 
   def __init__(self, prefix, run_id, names, num_shards,
-               output_format=outputs.JSONL, files=()):
+               output_format=outputs.JSONL, files=(), stale_names=None):
     super().__init__()
     self._prefix = prefix
     self._run_id = run_id
@@ -666,6 +746,7 @@ class PublishOutputs(beam.PTransform):
     self._num_shards = num_shards
     self._output_format = output_format
     self._files = tuple(files)
+    self._stale_names = tuple(stale_names) if stale_names else None
 
   def expand(self, staged):
     return (staged
@@ -673,7 +754,7 @@ class PublishOutputs(beam.PTransform):
             | 'CollectStaged' >> beam.combiners.ToList()
             | 'Publish' >> beam.ParDo(_PublishFn(
                 self._prefix, self._run_id, self._names, self._num_shards,
-                self._output_format, self._files)))
+                self._output_format, self._files, self._stale_names)))
 
 
 class WriteRecords(beam.PTransform):

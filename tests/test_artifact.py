@@ -57,6 +57,43 @@ def test_check_returns_the_labels_of_a_whole_artifact(trained_export):
   assert artifact.check(trained_export) == tuple(str(d) for d in range(10))
 
 
+def test_check_with_embeddings_loads_the_embeddings_signature(
+    trained_export):
+  # Loads it, and compares its output size with metadata.json's.
+  assert artifact.check(trained_export, embeddings=True) == tuple(
+      str(d) for d in range(10))
+
+
+def _forget_the_embeddings(export_dir):
+  """metadata.json as an artifact from before embeddings has it."""
+  path = os.path.join(export_dir, artifact.METADATA_FILE)
+  metadata = helpers.read_json(path)
+  del metadata['embeddings']
+  storage.write_json(path, metadata)
+
+
+def _misstate_the_embedding_size(export_dir):
+  path = os.path.join(export_dir, artifact.METADATA_FILE)
+  metadata = helpers.read_json(path)
+  metadata['embeddings']['size'] = 5
+  storage.write_json(path, metadata)
+
+
+@pytest.mark.parametrize('damage,words', [
+    (_forget_the_embeddings, 'exported before embeddings existed'),
+    (_misstate_the_embedding_size, 'embeddings of size 3136 but '
+     'metadata.json says 5'),
+])
+def test_check_with_embeddings_refuses_an_artifact_without_them(
+    trained_export, tmp_path, damage, words):
+  copy = str(tmp_path / 'export')
+  shutil.copytree(trained_export, copy)
+  damage(copy)
+  with pytest.raises(artifact.ArtifactError, match=words) as raised:
+    artifact.check(copy, embeddings=True)
+  assert '\n' not in str(raised.value)
+
+
 def _remove_saved_model(export_dir):
   shutil.rmtree(os.path.join(export_dir, artifact.SAVED_MODEL_DIR))
 

@@ -2,6 +2,7 @@
 loading of model.keras."""
 
 import io
+import shutil
 
 import keras
 import numpy as np
@@ -13,7 +14,9 @@ from tests.helpers import image_files
 from tests.helpers import photos
 from trainer import artifact
 from trainer import export
+from trainer import extractor
 from trainer import models
+from trainer import transfer
 from trainer.data import preprocessing
 from trainer.data import samples
 from trainer.data import sources
@@ -209,3 +212,98 @@ def test_an_artifact_without_dct_ratios_decodes_at_full_size(trained_export,
       serve_pixels(images=full)['probabilities'], atol=1e-6)
   assert 'jpeg_dct_ratios' not in artifact.read_metadata(
       str(tmp_path / 'export'))['input']
+
+
+# --------------------------------------------------------------------------
+# The embeddings signature (Contract 4).
+
+
+def _grey_png_and_resized_colour_jpeg(digit):
+  """The same picture as a grey PNG and a colour JPEG at twice its size."""
+  colour = np.stack([digit] * 3, -1)
+  large = np.asarray(Image.fromarray(colour).resize((56, 56), Image.BILINEAR))
+  return [image_files.encode_image(digit, 'PNG'),
+          image_files.encode_image(large, 'JPEG', quality=90)]
+
+
+@pytest.mark.slow  # 3.8 s here: over the fast tier's ~1.5 s a test.
+def test_the_embeddings_signature_is_the_extractor_on_the_decoded_pixels(
+    trained_export):
+  digit = _test_digits(1)[0][0][..., 0]
+  encoded = tf.constant(_grey_png_and_resized_colour_jpeg(digit))
+  loaded = artifact.load(trained_export, embeddings=True)
+  embedded = loaded.embed(image_bytes=encoded)['embeddings'].numpy()
+  # The same decoding call as serving_default, outside the artifact.
+  pixels = preprocessing.decode_images(encoded, 28, 28, 1)
+  model = export.load_keras_model(trained_export)
+  expected = extractor.embedding_model(model)(pixels, training=False).numpy()
+  entry = loaded.metadata['embeddings']
+  assert embedded.shape == (2, entry['size']) == (2, 7 * 7 * 64)
+  assert embedded.dtype == np.float32
+  np.testing.assert_allclose(embedded, expected, atol=1e-5)
+  # The grey PNG decodes to the digit itself: the one-stage path's input.
+  np.testing.assert_allclose(pixels[0, ..., 0], digit / 255.0, atol=1e-6)
+  assert entry['pooling'] == extractor.FLATTEN
+  assert entry['signature'] == artifact.EMBEDDINGS_SIGNATURE
+  assert artifact.EMBEDDINGS_SIGNATURE in loaded.metadata['signatures']
+
+
+def test_the_fingerprint_in_metadata_is_the_reloaded_extractors(
+    trained_export, tmp_path):
+  recorded = artifact.read_metadata(trained_export)['embeddings'][
+      'fingerprint']
+  copy = str(tmp_path / 'copy')
+  shutil.copytree(trained_export, copy)
+  for source in (trained_export, copy):
+    model = export.load_keras_model(source)
+    cut, _ = extractor.find_output(model, source)
+    assert extractor.fingerprint(keras.Model(model.inputs, cut)) == recorded
+  assert artifact.read_metadata(copy)['embeddings']['fingerprint'] == recorded
+  assert recorded.startswith('sha256:')
+
+
+def test_a_softmax_export_has_no_embeddings_and_says_so_in_one_line(tmp_path):
+  model = models.build_model('softmax', (8, 8, 1), 2)
+  metadata = export.build_metadata(class_names=['a', 'b'],
+                                   image_shape=(8, 8, 1),
+                                   dataset='image_folder', model_name='softmax')
+  path = str(tmp_path / 'export')
+  export.export_model(model, path, metadata)
+  written = artifact.read_metadata(path)
+  assert written['embeddings'] is None
+  assert artifact.EMBEDDINGS_SIGNATURE not in written['signatures']
+  _, saved_model = artifact.load_serving(path)
+  assert artifact.EMBEDDINGS_SIGNATURE not in saved_model.signatures
+  with pytest.raises(artifact.ArtifactError) as raised:
+    artifact.load(path, embeddings=True)
+  message = str(raised.value)
+  assert '\n' not in message
+  assert 'exported before embeddings existed' in message
+  assert 'softmax/mlp' in message and 're-export' in message
+
+
+@pytest.mark.slow  # Two exports of a small model: ~3 s.
+def test_a_transfer_export_embeds_with_its_bases_frozen_extractor(tmp_path):
+  base_model = models.build_model('deep_mnist', (16, 16, 1), 10)
+  base_path = str(tmp_path / 'base.keras')
+  base_model.save(base_path)
+  base = transfer.load_base(base_path)
+  model = transfer.build_model(base, 3)
+  metadata = export.build_metadata(class_names=['a', 'b', 'c'],
+                                   image_shape=(16, 16, 1),
+                                   dataset='image_folder',
+                                   model_name=model.name)
+  path = str(tmp_path / 'export')
+  export.export_model(model, path, metadata)
+  loaded = artifact.load(path, embeddings=True)
+  entry = loaded.metadata['embeddings']
+  # The trainer's side of the check: its base's extractor, fingerprinted.
+  assert entry['fingerprint'] == extractor.fingerprint(base.extractor)
+  colour = image_files.encode_image(image_files.random_pixels(40, 30, 3),
+                                    'JPEG')
+  encoded = tf.constant([colour])
+  embedded = loaded.embed(image_bytes=encoded)['embeddings'].numpy()
+  pixels = preprocessing.decode_images(encoded, 16, 16, 1)
+  expected = extractor.embedding_model(model)(pixels, training=False).numpy()
+  assert embedded.shape == (1, entry['size'])
+  np.testing.assert_allclose(embedded, expected, atol=1e-5)

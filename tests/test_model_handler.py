@@ -48,8 +48,8 @@ def test_a_worker_in_the_launchers_process_scores_with_the_checked_model(
   loads = []
   real_load = artifact.load
   monkeypatch.setattr(artifact, 'load',
-                      lambda model_dir: loads.append(model_dir) or real_load(
-                          model_dir))
+                      lambda model_dir, **kwargs: loads.append(model_dir) or
+                      real_load(model_dir, **kwargs))
   artifact.check(trained_export)
   assert len(loads) == 1
   checked = model_handler.load_classifier(trained_export)
@@ -61,7 +61,11 @@ def test_a_worker_in_the_launchers_process_scores_with_the_checked_model(
   artifact.check(trained_export)
   model_handler.load_classifier(trained_export, device='/CPU:0')
   assert len(loads) == 4  # A chosen device loads its own copy there.
-  assert artifact.take_checked(trained_export) is not None
+  # Checked without the embeddings signature: a worker that needs it loads.
+  embedding = model_handler.load_classifier(trained_export, embeddings=True)
+  assert len(loads) == 5
+  assert isinstance(embedding.predict([_good_images(1)[0][0]])[0],
+                    model_handler.Embedded)
 
 
 def test_one_undecodable_image_costs_one_result_not_the_batch(classifier):

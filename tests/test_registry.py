@@ -37,8 +37,14 @@ def test_every_backbone_names_a_keras_application():
   import keras  # pylint: disable=g-import-not-at-top
   for spec in registry.BACKBONES.values():
     assert callable(getattr(keras.applications, spec.application))
+    assert callable(getattr(keras.applications,
+                            spec.preprocessing).preprocess_input)
     assert spec.min_image_size <= spec.default_image_size
-    assert spec.default_image_size in spec.imagenet_sizes
+    # {size} in the URL exactly when sizes have files of their own.
+    assert ('{size}' in spec.imagenet_url) == bool(spec.imagenet_sizes)
+    assert (not spec.imagenet_sizes or
+            spec.default_image_size in spec.imagenet_sizes)
+    assert spec.channel_order in ('RGB', 'BGR')
 
 
 def test_the_precision_choices_are_keras_policies():

@@ -279,22 +279,6 @@ def _mobilenet_weights_file(directory, size=32):
   return path, reference.get_weights()
 
 
-@pytest.mark.slow  # 3.9 s here: over the fast tier's ~1.5 s a test.
-def test_backbone_loads_a_local_weights_file(tmp_path):
-  path, expected = _mobilenet_weights_file(str(tmp_path))
-  base = transfer.load_base('mobilenet_v2', path, image_size=32, seed=42)
-  assert base.input_shape == (32, 32, 3)
-  assert base.pooling == 'average'
-  assert base.rescaling == (2.0, -1.0)  # [0, 1] pixels to MobileNet's [-1, 1].
-  loaded = base.extractor.get_weights()
-  assert len(loaded) == len(expected) > 100
-  for got, want in zip(loaded, expected):
-    np.testing.assert_array_equal(got, want)
-  # The seed alone (weights 'none') would have given other weights.
-  random = transfer.load_base('mobilenet_v2', 'none', image_size=32, seed=42)
-  assert not np.array_equal(random.extractor.get_weights()[0], expected[0])
-
-
 # Keras warns about each layer it cannot match before it gives up.
 @pytest.mark.slow
 @pytest.mark.filterwarnings('ignore:Skipping nested container')

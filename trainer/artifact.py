@@ -4,9 +4,12 @@
 EXPORT/model.keras     the Keras model (reload for fine-tuning / transfer)
 EXPORT/saved_model/    TF SavedModel; `serving_default` takes encoded image
                        bytes [batch] and returns `probabilities` and `logits`;
-                       `serving_pixels` takes float32 pixels in [0, 1]
+                       `serving_pixels` takes float32 pixels in [0, 1];
+                       `serving_embeddings` (models with a convolutional
+                       extractor) takes bytes and returns `embeddings`
 EXPORT/metadata.json   labels, input shape, dataset, model, metrics, versions,
-                       format_version
+                       format_version, embeddings (fingerprint, size,
+                       pooling; null without an extractor)
 EXPORT/_COMPLETE       written last: the artifact is whole
 ```
 
@@ -14,7 +17,9 @@ This module owns what the writer (`export.py`) and every reader share: the
 file names, the marker, the metadata's `FORMAT_VERSION`, the signature
 names and `ArtifactError`; and the reading side: `read_metadata` (which
 refuses an artifact without `_COMPLETE`), `local_copy`, `load_serving`,
-`load`, and `check`, the whole-artifact check the scorer runs before any
+`load` (with `embeddings=True`, the embeddings signature too:
+`embeddings_entry` refuses an artifact without one), and `check`, the
+whole-artifact check the scorer runs before any
 work (the SavedModel loads, and returns one probability per label of
 metadata.json; `take_checked` hands what it loaded to a worker in the same
 process). It also says what an image costs the serving signature
@@ -36,6 +41,7 @@ import shutil
 import tempfile
 from typing import NamedTuple
 
+from trainer import embedding_cache
 from trainer import errors
 from trainer import storage
 
@@ -162,6 +168,8 @@ class Loaded(NamedTuple):
   serve: object
   saved_model: object  # Keeps the signature's variables alive.
   metadata: dict
+  # EMBEDDINGS_SIGNATURE (bytes -> {'embeddings'}), if loaded.
+  embed: object = None
 
   @property
   def labels(self):
@@ -173,18 +181,44 @@ class Loaded(NamedTuple):
     return self.serve.structured_outputs['probabilities'].shape[-1]
 
 
-def load(model_dir):
+def embeddings_entry(metadata, model_dir):
+  """metadata.json's `embeddings` entry: signature, fingerprint, size,
+  pooling.
+
+  Raises:
+    ArtifactError: one line, if the artifact has none.
+  """
+  entry = metadata.get('embeddings')
+  if not entry:
+    raise ArtifactError(
+        f'{model_dir}: no embeddings signature ({EMBEDDINGS_SIGNATURE}): the '
+        'artifact was exported before embeddings existed, or its model '
+        '(softmax/mlp) has no convolutional feature extractor; re-export it '
+        'with this version (trainer.export.export_model of its model.keras, '
+        'or train it again), or use a convolutional model (deep_mnist, '
+        'cnn_bn, a --base_model transfer).')
+  return entry
+
+
+def load(model_dir, embeddings=False):
   """Loads a complete artifact (local or gs://) for serving.
 
   The SavedModel's variables are read into memory, so the local copy of a
   gs:// artifact is removed before this returns.
 
+  Args:
+    model_dir: the artifact's folder.
+    embeddings: also load EMBEDDINGS_SIGNATURE (`Loaded.embed`).
+
   Raises:
     ArtifactError: one line naming the problem (incomplete, no SavedModel
-      that loads, no serving signature).
+      that loads, no serving signature, no embeddings signature when asked
+      for).
   """
   with local_copy(model_dir) as local:
     metadata = read_metadata(local)
+    if embeddings:
+      embeddings_entry(metadata, model_dir)  # Before loading anything.
     try:
       serve, saved_model = load_serving(local)
     except (OSError, ValueError) as e:  # No (or an unreadable) SavedModel.
@@ -195,7 +229,15 @@ def load(model_dir):
       raise ArtifactError(
           f'{model_dir}: the SavedModel has no {SERVING_SIGNATURE!r} '
           'signature; re-export the model from its job dir.') from e
-  return Loaded(serve, saved_model, metadata)
+  embed = None
+  if embeddings:
+    embed = saved_model.signatures.get(EMBEDDINGS_SIGNATURE)
+    if embed is None:
+      raise ArtifactError(
+          f'{model_dir}: {METADATA_FILE} lists embeddings but the SavedModel '
+          f'has no {EMBEDDINGS_SIGNATURE!r} signature: the artifact is '
+          'inconsistent; re-export it from its job dir.')
+  return Loaded(serve, saved_model, metadata, embed)
 
 
 def _first_line(error):
@@ -203,16 +245,18 @@ def _first_line(error):
   return lines[0] if lines else type(error).__name__
 
 
-def check(model_dir):
+def check(model_dir, embeddings=False):
   """Checks a whole artifact before any work: it loads and is consistent.
 
   Loads the SavedModel (for gs://, from a local copy) and compares the size
-  of its `serving_default` output with the labels in metadata.json, so that
-  a broken artifact stops a run before any output is touched, not in a
-  worker after the old outputs are gone.
+  of its `serving_default` output with the labels in metadata.json (and,
+  with `embeddings`, its embeddings signature's with metadata.json's
+  `embeddings.size`), so that a broken artifact stops a run before any
+  output is touched, not in a worker after the old outputs are gone.
 
   Args:
     model_dir: the artifact's folder (local, gs:// or /gcs/).
+    embeddings: the run writes embeddings: the signature must be there.
 
   Returns:
     The labels, in the model's output order.
@@ -221,12 +265,20 @@ def check(model_dir):
     ArtifactError: one line naming the problem (incomplete, no SavedModel,
       no serving signature, label count mismatch).
   """
-  loaded = load(model_dir)
+  loaded = load(model_dir, embeddings=embeddings)
   if loaded.output_size != len(loaded.labels):
     raise ArtifactError(
         f'{model_dir}: the SavedModel returns {loaded.output_size} '
         f'probabilities but {METADATA_FILE} lists {len(loaded.labels)} '
         'labels: the artifact is inconsistent; re-export it from its job dir.')
+  if embeddings:
+    size = loaded.embed.structured_outputs[
+        embedding_cache.OUTPUT_KEY].shape[-1]
+    if size != loaded.metadata['embeddings']['size']:
+      raise ArtifactError(
+          f'{model_dir}: the SavedModel returns embeddings of size {size} but '
+          f'{METADATA_FILE} says {loaded.metadata["embeddings"]["size"]}: '
+          'the artifact is inconsistent; re-export it from its job dir.')
   _CHECKED.clear()
   _CHECKED[model_dir] = loaded
   return loaded.labels

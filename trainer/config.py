@@ -19,6 +19,7 @@ import typing
 
 import yaml
 
+from trainer import embedding_cache
 from trainer import errors
 from trainer import registry
 from trainer import storage
@@ -43,7 +44,8 @@ class Config:
       '', 'Where the dataset lives: a folder of IDX .gz files (mnist, '
       'fashion_mnist), a folder with one sub-folder per class (image_folder), '
       'a folder of train-*/validation-*/test-* shards or a glob of shards '
-      '(tfrecord).')
+      "(tfrecord), or 'PREFIX-embeddings-*', the embedding cache of "
+      'batch_predict --embeddings (embeddings).')
   model: str = _field('cnn_bn', f'One of {", ".join(registry.MODELS)}.')
   epochs: int = _field(10, 'Training epochs.')
   batch_size: int = _field(
@@ -101,9 +103,9 @@ class Config:
       f'backbone name ({", ".join(registry.BACKBONES)}). The input shape '
       'becomes the base\'s; --model is ignored.')
   base_weights: str = _field(
-      '', 'For a Keras Applications base_model (required): a local weights '
-      'file (.h5 or .weights.h5), "none" (random) or "imagenet" (downloads '
-      'them: needs network access).')
+      '', 'For a Keras Applications base_model (required): a local or gs:// '
+      'weights file without the top (.h5 or .weights.h5), "none" (random) '
+      'or "imagenet" (downloads them: needs network access).')
   fine_tune_layers: int = _field(
       0, 'Transfer learning: after the head has trained, unfreeze the top N '
       'layers of the base (0 = keep it frozen).')
@@ -195,6 +197,11 @@ class Config:
     return bool(self.base_model)
 
   @property
+  def two_stage(self):
+    """Whether the run trains a head on an embedding cache's vectors."""
+    return self.dataset in registry.VECTOR_DATASETS
+
+  @property
   def fine_tune_rate(self):
     return self.fine_tune_learning_rate or self.learning_rate / 10
 
@@ -232,6 +239,7 @@ def _validate(config):
   _validate_choices(config)
   _validate_numbers(config)
   check_dataset(config.dataset, config.data_dir)
+  _validate_two_stage(config)
   fixed = registry.DATASETS[config.dataset].shape
   if fixed and not config.transfer:
     height, width, channels = fixed
@@ -560,3 +568,41 @@ def markdown_reference():
     text = ' '.join(field.metadata['help'].split()).replace('|', '\\|')
     rows.append(f'| `--{name}` | {shown} | {text} |')
   return '\n'.join(rows) + '\n'
+
+
+def _one_stage(base, flag=''):
+  """The way out of what an embedding cache cannot do."""
+  return ('train one-stage with --dataset=image_folder '
+          f'--data_dir=IMAGE_FOLDER --base_model={base or "EXPORT"}{flag} '
+          'instead.')
+
+
+def _validate_two_stage(config):
+  """--dataset=embeddings: what a cache of frozen vectors cannot serve.
+
+  Whether the cache exists, is labelled and was made by the base's extractor
+  is checked once the base is loaded, before any work (data/embeddings.py).
+  """
+  if not config.two_stage:
+    return
+  _check(config.base_model, 'base_model',
+         f'--dataset={config.dataset} trains a head on the vectors of an '
+         "export's feature extractor: pass --base_model=EXPORT, the "
+         '--model_dir the cache was made with (batch_predict --embeddings).')
+  _check(config.base_model not in registry.BACKBONES, 'base_model',
+         f'{config.base_model} is a backbone, not an export: an embedding '
+         'cache is made by batch_predict from an export, so pass that '
+         f'export as --base_model; or {_one_stage(config.base_model)}')
+  base = config.base_model
+  _check(not config.augment, 'augment',
+         'an embedding cache holds one vector per image, computed once from '
+         'the image as it is: there is no image left to augment; ' +
+         _one_stage(base, f' --augment={config.augment}'))
+  _check(not config.fine_tune_layers, 'fine_tune_layers',
+         'an embedding cache holds the output of the frozen feature '
+         'extractor, and fine-tuning changes that extractor; ' +
+         _one_stage(base, f' --fine_tune_layers={config.fine_tune_layers}'))
+  try:
+    embedding_cache.prefix_of(config.data_dir)
+  except embedding_cache.EmbeddingCacheError as e:
+    raise ConfigError(f'data_dir: {e}') from None

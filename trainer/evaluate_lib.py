@@ -128,6 +128,10 @@ def write_pictures(report, source, image_shape, folder, title):
   written.append(storage.join(folder, evaluation_charts.REPORT_FILE))
   storage.write_bytes(written[-1], png)
   entries = report['misclassified']
+  if source.vectors:
+    # An embedding cache's images may be long gone (or elsewhere): their
+    # ids (uris) are in the report, without pictures.
+    return written
   images = misclassified_images(source, report.get('split', 'test'),
                                 image_shape, entries)
   png = evaluation_charts.render_misclassified(images, entries)

@@ -7,8 +7,15 @@ code); this module writes what it describes:
 * `_ServingModule`: the SavedModel's signatures. Decoding, resizing and
   normalisation live inside `serving_default` (`preprocessing.decode_images`,
   the same code the input pipelines use), so training and scoring cannot
-  drift; `serving_pixels` takes already-decoded float32 pixels.
-* `build_metadata`: metadata.json.
+  drift; `serving_pixels` takes already-decoded float32 pixels; and, for a
+  model with a convolutional feature extractor, `serving_embeddings`
+  returns its pooled output (`extractor.embedding_model`, the vector the
+  head's Dense layer sees) for image bytes decoded by the very same call
+  as `serving_default` (Contract 4: cached and in-model vectors cannot
+  differ).
+* `build_metadata`: metadata.json; `embeddings_metadata` its `embeddings`
+  entry (the extractor's fingerprint, size and pooling), which
+  `write_artifact_files` fills in from the model it writes.
 * `export_model`: stages every file locally, then publishes the folder with
   `_COMPLETE` last, so a reader never sees half an artifact.
 * `load_keras_model`: model.keras back, for fine-tuning and transfer
@@ -26,6 +33,8 @@ import tensorflow as tf
 
 from trainer import artifact
 from trainer import checkpoints
+from trainer import embedding_cache
+from trainer import extractor
 from trainer import models
 from trainer import storage
 from trainer.data import preprocessing
@@ -49,16 +58,41 @@ class _ServingModule(tf.Module):
         self._serve_pixels,
         input_signature=[tf.TensorSpec([None, height, width, channels],
                                        tf.float32, name='images')])
+    # Shares the model's layers (and so its variables) up to the embedding;
+    # None for softmax/mlp, which have no convolutional extractor.
+    self._embedding_model = extractor.embedding_model(model)
+    self.serve_embeddings = None
+    if self._embedding_model is not None:
+      self.serve_embeddings = tf.function(
+          self._embed_bytes,
+          input_signature=[tf.TensorSpec([None], tf.string,
+                                         name='image_bytes')])
+
+  def signatures(self):
+    """{signature name: concrete function} to save."""
+    signatures = {artifact.SERVING_SIGNATURE: self.serve,
+                  artifact.PIXELS_SIGNATURE: self.serve_pixels}
+    if self.serve_embeddings is not None:
+      signatures[artifact.EMBEDDINGS_SIGNATURE] = self.serve_embeddings
+    return signatures
+
+  def _decode(self, image_bytes):
+    height, width, channels = self._image_shape
+    return preprocessing.decode_images(image_bytes, height, width, channels,
+                                       self._jpeg_dct_ratios)
 
   def _serve_pixels(self, images):
     logits, probabilities = self._model(images, training=False)
     return {'probabilities': probabilities, 'logits': logits}
 
   def _serve_bytes(self, image_bytes):
-    height, width, channels = self._image_shape
-    images = preprocessing.decode_images(image_bytes, height, width, channels,
-                                         self._jpeg_dct_ratios)
-    return self._serve_pixels(images)
+    return self._serve_pixels(self._decode(image_bytes))
+
+  def _embed_bytes(self, image_bytes):
+    embeddings = self._embedding_model(self._decode(image_bytes),
+                                       training=False)
+    # float32 whatever the layers compute in (mixed precision).
+    return {embedding_cache.OUTPUT_KEY: tf.cast(embeddings, tf.float32)}
 
 
 def versions():
@@ -104,10 +138,50 @@ def build_metadata(*, class_names, image_shape, dataset, model_name,
   return metadata
 
 
+def embeddings_metadata(model):
+  """metadata.json's `embeddings` entry for `model` (None without one).
+
+  Returns:
+    {'signature', 'fingerprint', 'size', 'pooling'}: the fingerprint is of
+    the weights up to where the extractor ends (`extractor.find_output`),
+    which is what a trainer compares with its base's; or None when the
+    model has no convolutional feature extractor (softmax, mlp).
+  """
+  embedder = extractor.embedding_model(model)
+  if embedder is None:
+    return None
+  cut, pooling = extractor.find_output(model, 'the model')
+  return {
+      'signature': artifact.EMBEDDINGS_SIGNATURE,
+      'fingerprint': extractor.fingerprint(keras.Model(model.inputs, cut)),
+      'size': int(embedder.output.shape[-1]),
+      'pooling': pooling,
+  }
+
+
+def _with_embeddings(metadata, model):
+  """`metadata` with the `embeddings` entry (and signature) of `model`:
+  always the written model's, whatever an earlier artifact's metadata said."""
+  entry = embeddings_metadata(model)
+  metadata = dict(metadata, embeddings=entry)
+  signatures = dict(metadata.get('signatures', {}))
+  signatures.pop(artifact.EMBEDDINGS_SIGNATURE, None)
+  if entry is not None:
+    signatures[artifact.EMBEDDINGS_SIGNATURE] = {
+        'inputs': {'image_bytes': 'string [batch]'},
+        'outputs': [embedding_cache.OUTPUT_KEY]}
+  metadata['signatures'] = signatures
+  return metadata
+
+
 def write_artifact_files(model, directory, metadata):
-  """Writes model.keras, saved_model/ and metadata.json into a local folder."""
+  """Writes model.keras, saved_model/ and metadata.json into a local folder.
+
+  metadata.json's `embeddings` entry is computed here, from `model`.
+  """
   image_shape = (metadata['input']['height'], metadata['input']['width'],
                  metadata['input']['channels'])
+  metadata = _with_embeddings(metadata, model)
   model.save(os.path.join(directory, artifact.MODEL_FILE))
   # The signature decodes large JPEGs as the metadata says it does (an
   # artifact without `jpeg_dct_ratios` decodes every image at full size).
@@ -115,8 +189,7 @@ def write_artifact_files(model, directory, metadata):
                           artifact.jpeg_dct_ratios(metadata))
   tf.saved_model.save(
       module, os.path.join(directory, artifact.SAVED_MODEL_DIR),
-      signatures={artifact.SERVING_SIGNATURE: module.serve,
-                  artifact.PIXELS_SIGNATURE: module.serve_pixels})
+      signatures=module.signatures())
   storage.write_json(os.path.join(directory, artifact.METADATA_FILE), metadata)
 
 

@@ -84,14 +84,19 @@ def publish(model, context, source, dirs, metrics):
 def _metadata(model, context, source, metrics):
   """The metadata.json of the artifact."""
   config = context.config
+  extra = None
+  if context.base:
+    extra = transfer.describe(context.base, model, config.dataset,
+                              config.fine_tune_layers)
+    if config.two_stage:
+      extra['transfer'].update(transfer.describe_two_stage(
+          source.info.report))
   return export.build_metadata(
       class_names=source.info.class_names, image_shape=config.image_shape,
       dataset=config.dataset, model_name=model.name,
       metrics={**{k: metrics[k] for k in METADATA_METRICS if k in metrics},
                **_trust(metrics.get('evaluation'))},
-      extra=(transfer.describe(context.base, model, config.dataset,
-                               config.fine_tune_layers)
-             if context.base else None))
+      extra=extra)
 
 
 def _trust(report):

@@ -2,7 +2,8 @@
 
 task.py creates the context once, after the strategy: `create` resolves the
 configuration (a transfer run loads its base, whose input shape becomes the
-run's image_size and channels) so that the Config logged, saved as
+run's image_size and channels; a two-stage run's embedding cache is checked
+against that base) so that the Config logged, saved as
 config.yaml, recorded in each backup and trained with is one object. The
 steps of train.py take the context plus what they computed before (the
 data source, the model, the work dirs), never a long list of parameters.
@@ -18,6 +19,7 @@ from trainer import cluster
 from trainer import job_dir
 from trainer import preemption
 from trainer import transfer
+from trainer.data import embeddings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,11 +89,15 @@ def create(config, strategy, task=cluster.TaskInfo(), *, stop_signal=None,
 
   Raises:
     config.ConfigError: naming the key a transfer base contradicts.
+    embedding_cache.EmbeddingCacheError: if --dataset=embeddings names a
+      cache the base did not make, or one without labels.
   """
   base = None
   if config.transfer:  # The base fixes the input shape.
     with strategy.scope():
       config, base = transfer.prepare(config)
+  if config.two_stage:  # Before any work: a cache the base did not make.
+    embeddings.check_base(config.data_dir, base)
   return RunContext(
       config=config, strategy=strategy,
       layout=job_dir.Layout.from_config(config), task=task,

@@ -14,7 +14,9 @@
   5. the evaluation on the test split, or on what exists, and its report
      (evaluate_lib.py);
   6. publishing: the export, logs, chart and metrics.json last
-     (publish.py).
+     (publish.py); a two-stage run (--dataset=embeddings) trains and
+     evaluates a head on cached embeddings, and exports it stitched under
+     its base's frozen extractor (transfer.stitch).
 
 Each step is a short function of the run context (run_context.py) and what
 the steps before it computed. In a multi-worker job every worker runs this
@@ -142,7 +144,9 @@ def build_and_compile(context, info):
   """Builds the model and optimizer under the strategy's scope.
 
   A transfer run's model is its base's frozen feature extractor under a new
-  head (transfer.py).
+  head (transfer.py); a two-stage run's (--dataset=embeddings) is that head
+  alone, on the cached embeddings, stitched under the extractor for the
+  export (`_stitch`).
   """
   config = context.config
   policy = precision.resolve(config.mixed_precision)
@@ -151,6 +155,8 @@ def build_and_compile(context, info):
     if context.base is None:
       model = models.build_model(config.model, config.image_shape,
                                  info.num_classes)
+    elif config.two_stage:  # The head alone, on the cache's vectors.
+      model = transfer.build_head(context.base, info.num_classes)
     else:
       model = transfer.build_model(context.base, info.num_classes)
     compile_model(model, schedules.make(config, config.learning_rate,
@@ -184,9 +190,21 @@ def _train_evaluate_publish(model, context, source, dirs):
   metrics = _metrics(model, context, source, training)
   evaluate_lib.add_to_run(model, context, source, dirs, metrics)
   context.stop_signal.check()
+  if context.config.two_stage:
+    model = _stitch(model, context)
   publish.publish(model, context, source, dirs, metrics)
   distribute.wait_for_all_workers(context.strategy)
   return metrics
+
+
+def _stitch(head, context):
+  """A two-stage run's export: the base's extractor under the trained head."""
+  with context.strategy.scope():
+    model = transfer.stitch(context.base, head)
+  logging.info('Exporting the frozen feature extractor of %s with the head '
+               'trained on its embeddings on top (%s).', context.base.source,
+               model.name)
+  return model
 
 
 # --------------------------------------------------------------------------

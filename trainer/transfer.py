@@ -10,7 +10,10 @@ a base model on a new label set, in two phases:
 
 Where the extractor ends is `extractor.py`'s (the export's embedding
 signature cuts models at the same place); a Keras Applications backbone
-(registry.BACKBONES) is the whole backbone built with `include_top=False`.
+(registry.BACKBONES) is the whole backbone built with `include_top=False`,
+and the transfer model converts the pipeline's [0, 1] RGB pixels to the
+backbone's own input (its `preprocess_input` of pixels * 255) in front of
+it, outside the extractor.
 
 "Top N layers" counts the extractor's layers that have weights, from the
 output down, except batch normalisation: BN layers are never unfrozen, so
@@ -31,6 +34,7 @@ import zipfile
 
 from absl import logging
 import keras
+import numpy as np
 
 from trainer import config as config_lib
 from trainer import export
@@ -60,9 +64,11 @@ class Base:
     pooling: 'flatten' or 'average': how the new head reduces the feature
       map (as the base's own head did).
     rescaling: (scale, offset) applied to [0, 1] pixels before the
-      extractor, or None.
+      extractor (each a number or one per channel), or None.
     labels: the base's class names when it is an export, else None.
     weights: --base_weights of a backbone, else ''.
+    channel_order: 'RGB', or 'BGR' when the channels are reversed before
+      `rescaling` (registry.Backbone).
   """
   source: str
   architecture: str
@@ -72,6 +78,7 @@ class Base:
   rescaling: tuple = None
   labels: tuple = None
   weights: str = ''
+  channel_order: str = 'RGB'
 
 
 def _error(key, message):
@@ -93,8 +100,8 @@ def load_base(base_model, base_weights='', *, image_size=0, channels=0,
     base_model: an export dir or .keras file (local or gs://), or a name in
       registry.BACKBONES.
     base_weights: for a backbone: a weights file, 'none' or 'imagenet'.
-    image_size: the requested input size (0: the base's, or 96 for a
-      backbone).
+    image_size: the requested input size (0: the base's, or the backbone's
+      default_image_size).
     channels: the requested channels (0: the base's).
     seed: seeds a backbone's random initial weights ('none').
 
@@ -189,19 +196,28 @@ def _load_backbone(name, weights, image_size, seed):
   size = image_size or spec.default_image_size
   keras.utils.set_random_seed(seed)
   application = getattr(keras.applications, spec.application)
-  build = lambda weights_argument: application(
-      include_top=False, weights=weights_argument, input_shape=(size, size, 3),
-      name=EXTRACTOR_LAYER)
+  # Keras names EfficientNet's ImageNet file after the model: build under
+  # the default name, then name the extractor (a Functional over the same
+  # layers and weights).
+  build = lambda weights_argument: _named_extractor(application(
+      include_top=False, weights=weights_argument, input_shape=(size, size, 3)))
+  rescaling = (spec.scale, spec.offset)
   if weights == 'imagenet':
     extractor = _build_with_imagenet_weights(name, spec, size, build)
   else:
     extractor = build(None)
     if weights != 'none':
       _load_weights_file(extractor, name, spec, size, weights)
+      rescaling = _rescaling_for_weights_file(extractor, spec)
   logging.info('Backbone %s at %dx%d, weights %s.', name, size, size, weights)
   return Base(source=name, architecture=name, extractor=extractor,
               input_shape=(size, size, 3), pooling='average',
-              rescaling=(spec.scale, spec.offset), weights=weights)
+              rescaling=rescaling, weights=weights,
+              channel_order=spec.channel_order)
+
+
+def _named_extractor(backbone):
+  return keras.Model(backbone.input, backbone.output, name=EXTRACTOR_LAYER)
 
 
 def _imagenet_file(spec, size):
@@ -236,10 +252,46 @@ def _load_weights_file(extractor, name, spec, size, path):
     try:
       extractor.load_weights(local)
     except (ValueError, OSError, KeyError) as e:
+      # Keras lists every layer that did not match: keep its first line.
+      first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
       raise _error(
           'base_weights', f'cannot load {path} into {name} at {size}x{size}: '
-          f'{e}. Expected {name} weights without the top (include_top=False) '
-          'in a .h5 or .weights.h5 file.') from e
+          f'{first_line.rstrip(".")}. Expected {name} weights without the '
+          'top (include_top=False) in a .h5 or .weights.h5 file, such as '
+          f'{_imagenet_file(spec, size).rsplit("/", 1)[1]}.') from e
+
+
+def _rescaling_for_weights_file(extractor, spec):
+  """The input scaling of a backbone whose weights came from a file.
+
+  Keras builds EfficientNet's 'imagenet' graph with one more factor k after
+  its Normalization layer than any other (spec.imagenet_normalization_scale).
+  A file with trained statistics (the ImageNet file, or weights saved from
+  an 'imagenet' model) needs k too, and it folds into the scaling in front:
+  with the backbone's own Rescaling r and mean m, inputs scale * k * pixels +
+  offset * k + m * (1 - k) / r reach k times what scale and offset give. A
+  file with untrained statistics (mean 0, variance 1) is used as it is.
+
+  Returns:
+    (scale, offset) for Base.rescaling.
+  """
+  factor = spec.imagenet_normalization_scale
+  if not factor:
+    return spec.scale, spec.offset
+  layers = list(extractor_lib.leaf_layers(extractor))
+  rescaling = next(layer for layer in layers
+                   if isinstance(layer, keras.layers.Rescaling))
+  normalization = next(layer for layer in layers
+                       if isinstance(layer, keras.layers.Normalization))
+  mean, variance = (np.ravel(keras.ops.convert_to_numpy(statistic))
+                    for statistic in (normalization.mean,
+                                      normalization.variance))
+  if np.allclose(mean, 0.0) and np.allclose(variance, 1.0):
+    return spec.scale, spec.offset
+  factor = np.asarray(factor)
+  scale = spec.scale * factor
+  offset = spec.offset * factor + mean * (1.0 - factor) / rescaling.scale
+  return tuple(scale.tolist()), tuple(offset.tolist())
 
 
 def prepare(config):
@@ -287,10 +339,7 @@ def build_model(base, num_classes):
   """
   base.extractor.trainable = False
   inputs = keras.Input(shape=base.input_shape, name='image')
-  x = inputs
-  if base.rescaling:
-    scale, offset = base.rescaling
-    x = keras.layers.Rescaling(scale, offset, name='backbone_scaling')(x)
+  x = _scaled_for_backbone(inputs, base)
   # As the keras-io guide does; in Keras 3 only trainable=False really keeps
   # the base's batch normalisation in inference mode (module docstring).
   x = base.extractor(x, training=False)
@@ -302,6 +351,23 @@ def build_model(base, num_classes):
   x = keras.layers.Dropout(HEAD_DROPOUT_RATE)(x)
   outputs = models.classifier_head(x, num_classes)
   return keras.Model(inputs, outputs, name=f'transfer_{base.architecture}')
+
+
+def _scaled_for_backbone(x, base):
+  """[0, 1] RGB pixels as the base takes them (registry.Backbone).
+
+  Built-in Keras operations only, so the model reloads with safe_mode=True.
+  The BGR flip is `keras.ops.flip`, which Keras records in the graph like a
+  layer but which has no weights: the extractor's layer counts
+  (fine_tunable_layers) and its fingerprint stay those of the backbone,
+  as a frozen 1x1 permutation convolution's kernel would not.
+  """
+  if base.channel_order == 'BGR':
+    x = keras.ops.flip(x, axis=-1)
+  if base.rescaling:
+    scale, offset = base.rescaling
+    x = keras.layers.Rescaling(scale, offset, name='backbone_scaling')(x)
+  return x
 
 
 def fine_tunable_layers(extractor):
@@ -394,3 +460,63 @@ def combine_histories(head_history, fine_tune_history, head_epochs):
   combined += [dict(entry, epoch=head_epochs + entry['epoch'],
                     phase='fine_tune') for entry in fine_tune_history]
   return combined
+
+
+# --------------------------------------------------------------------------
+# Two-stage transfer: a head trained on an embedding cache, then stitched.
+
+
+def embedding_size(base):
+  """The length of the vector the head's Dense layer sees (the embedding)."""
+  _, height, width, channels = base.extractor.output.shape
+  if base.pooling == extractor_lib.FLATTEN:
+    return height * width * channels
+  return channels
+
+
+def build_head(base, num_classes):
+  """The head of `build_model(base, num_classes)` alone, on its vectors.
+
+  The same layers after the pooling (dropout, then the `logits` and
+  `probabilities` layers), built in the same order under the same seed, so
+  the head of a two-stage run starts from the weights a one-stage frozen
+  transfer starts from.
+
+  Returns:
+    An uncompiled keras.Model from float32 embeddings [batch, size] to
+    class probabilities, named `transfer_<base architecture>_head`.
+  """
+  inputs = keras.Input(shape=(embedding_size(base),), name='embedding')
+  x = keras.layers.Dropout(HEAD_DROPOUT_RATE)(inputs)
+  outputs = models.classifier_head(x, num_classes)
+  return keras.Model(inputs, outputs,
+                     name=f'transfer_{base.architecture}_head')
+
+
+def stitch(base, head):
+  """The base's frozen extractor with a trained head on top: images in.
+
+  `build_model(base, n)` with the head's `logits` weights copied in: the
+  layers of a one-stage frozen transfer, so the stitched model's
+  probabilities on an image equal the head's on its cached embedding.
+
+  Returns:
+    An uncompiled keras.Model, as `build_model` returns.
+  """
+  num_classes = head.get_layer(models.LOGITS_LAYER).units
+  model = build_model(base, num_classes)
+  model.get_layer(models.LOGITS_LAYER).set_weights(
+      head.get_layer(models.LOGITS_LAYER).get_weights())
+  return model
+
+
+def describe_two_stage(report):
+  """What metadata.json's `transfer` entry adds for a two-stage run.
+
+  Args:
+    report: the embeddings source's DatasetInfo.report.
+  """
+  return {'two_stage': True,
+          'embeddings': {'cache': report.get('cache'),
+                         'fingerprint': report.get('fingerprint'),
+                         'model_dir': report.get('model_dir')}}

@@ -5,7 +5,14 @@ r"""Writes images of a dataset split as PNG or JPEG files, to score them.
 Files are named SPLIT-INDEX-LABEL.EXT, so each true label is in its name.
 The split is the one a trainer run with the default --validation_fraction
 and --test_fraction uses, so `--split=test` writes the images such a run
-evaluated on. The library is trainer/data/samples.py.
+evaluated on; `--split=all` writes every split. `--class_folders` writes
+OUTPUT_DIR/<class>/SPLIT-INDEX-LABEL.EXT, an image folder (the bundled
+digits as a folder to train on, or to embed for two-stage transfer):
+
+  python -m trainer.write_samples --output_dir=/tmp/digits --split=all \
+    --class_folders
+
+The library is trainer/data/samples.py.
 """
 
 import sys
@@ -36,10 +43,15 @@ _DATASET = flags.DEFINE_enum(
     'Dataset to take images from.')
 _DATA_DIR = flags.DEFINE_string(
     'data_dir', '', 'IDX folder for mnist and fashion_mnist.')
-_SPLIT = flags.DEFINE_enum('split', 'test', list(sources.SPLITS), 'Split.')
+_ALL_SPLITS = 'all'
+_SPLIT = flags.DEFINE_enum('split', 'test', list(sources.SPLITS) + [_ALL_SPLITS],
+                           'Split, or all of them.')
 _COUNT = flags.DEFINE_integer('count', 0, 'How many images (0 = all).')
 _FORMAT = flags.DEFINE_enum('format', 'png', list(samples.FORMATS),
                             'File format.')
+_CLASS_FOLDERS = flags.DEFINE_boolean(
+    'class_folders', False, 'Write OUTPUT_DIR/<class name>/ sub-folders (the '
+    "image_folder layout; '/' in a class name becomes '_').")
 
 
 def main(argv):
@@ -52,8 +64,13 @@ def main(argv):
           _DATASET.value, data_dir=_DATA_DIR.value,
           validation_fraction=config_lib.default('validation_fraction'),
           test_fraction=config_lib.default('test_fraction')))
-      paths = samples.write_samples(source, _SPLIT.value, _OUTPUT_DIR.value,
-                                    _COUNT.value, _FORMAT.value)
+      splits = (sources.SPLITS if _SPLIT.value == _ALL_SPLITS
+                else (_SPLIT.value,))
+      paths = []
+      for split in splits:
+        paths += samples.write_samples(source, split, _OUTPUT_DIR.value,
+                                       _COUNT.value, _FORMAT.value,
+                                       _CLASS_FOLDERS.value)
   except errors.UserError as e:  # One line a user can act on, no traceback.
     logging.error('%s', e)
     sys.exit(2)

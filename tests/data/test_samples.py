@@ -35,3 +35,15 @@ def test_the_command_ends_a_bad_flag_or_missing_data_in_one_line(tmp_path):
     assert process.returncode == 2
     assert message in process.stderr and 'Traceback' not in process.stderr
   assert not os.path.exists(tmp_path / 'out')
+
+
+def test_class_folders_are_an_image_folder_of_the_class_names(tmp_path):
+  source = sources.load_mnist_sample(0.1, 0.1)
+  paths = samples.write_samples(source, 'validation', str(tmp_path), count=5,
+                                class_folders=True)
+  _, labels = next(source.examples('validation').batch(5).as_numpy_iterator())
+  for path, label in zip(paths, labels):
+    assert os.path.dirname(path) == os.path.join(
+        str(tmp_path), source.info.class_names[label])
+    assert samples.label_from_name(path) == label
+  assert samples.class_folder('T-shirt/top') == 'T-shirt_top'

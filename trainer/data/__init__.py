@@ -7,6 +7,8 @@
   idx.py            mnist, fashion_mnist: MNIST's own IDX files
   folder.py         image_folder: one sub-folder per class
   tfrecords.py      tfrecord: the TFRecord schema and shards of it
+  embeddings.py     embeddings: an embedding cache's vectors (two-stage
+                    transfer: a head trains on them)
   checks.py         every example decoded once before training
   preprocessing.py  the one decoder training and the exported model share
   pipeline.py       make_dataset: cache, shuffle, batch, convert, prefetch

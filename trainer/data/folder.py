@@ -44,13 +44,24 @@ def _hash_fraction(key):
   return int.from_bytes(digest[:8], 'big') / 2**64
 
 
-def _assign_split(key, validation_fraction, test_fraction):
+def split_of(key, validation_fraction, test_fraction):
+  """The split of the file whose path relative to the folder is `key`.
+
+  The embedding cache (embeddings.py) splits its records by the same key,
+  so that a head trained on a cache of a folder and a one-stage run on the
+  folder hold out the same images.
+  """
   fraction = _hash_fraction(key)
   if fraction < test_fraction:
     return 'test'
   if fraction < test_fraction + validation_fraction:
     return 'validation'
   return 'train'
+
+
+def order_of(key):
+  """Where a file comes within its split: a stable hash that mixes classes."""
+  return _hash_fraction('order:' + key)
 
 
 def list_image_folder(data_dir, report=None):
@@ -107,10 +118,10 @@ def split_image_folder(data_dir, validation_fraction, test_fraction,
   """
   data_dir = storage.normalize(data_dir)
   class_names, files = list_image_folder(data_dir, report)
-  files.sort(key=lambda item: _hash_fraction('order:' + item[0]))
+  files.sort(key=lambda item: order_of(item[0]))
   by_split = {split: [] for split in sources.SPLITS}
   for relative, label in files:
-    split = _assign_split(relative, validation_fraction, test_fraction)
+    split = split_of(relative, validation_fraction, test_fraction)
     by_split[split].append((storage.join(data_dir, relative), label))
   return class_names, by_split
 

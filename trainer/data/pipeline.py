@@ -1,7 +1,8 @@
 """The tf.data input pipeline of one split: cache, shuffle, batch, convert.
 
 Every pipeline yields (float32 images [batch, height, width, channels] in
-[0, 1], int32 labels). `make_dataset` is the one place the order of the
+[0, 1], int32 labels), or for an embedding cache (float32 vectors [batch,
+size], int32 labels). `make_dataset` is the one place the order of the
 steps is decided (see its docstring); the sources decode encoded images in
 batches too (`decode_in_batches`), because TensorFlow's per-op overhead is as
 large as decoding a small image (preprocessing.py).
@@ -85,10 +86,11 @@ def make_dataset(source, split, batch_size, image_shape, *, training,
     dataset = dataset.shuffle(shuffle_buffer, seed=seed,
                               reshuffle_each_iteration=True)
   dataset = dataset.batch(batch_size)
-  dataset = dataset.map(
-      lambda images, labels: (preprocessing.prepare_pixels(
-          images, height, width, channels), labels),
-      num_parallel_calls=tf.data.AUTOTUNE)
+  if not source.vectors:  # Embedding vectors go to the head as they are.
+    dataset = dataset.map(
+        lambda images, labels: (preprocessing.prepare_pixels(
+            images, height, width, channels), labels),
+        num_parallel_calls=tf.data.AUTOTUNE)
   if augment is True:
     augment = ('shift',)
   if training and augment:

@@ -1,7 +1,10 @@
 """Writing dataset images out as image files (the library of write_samples).
 
 Files are named `SPLIT-INDEX-LABEL.EXT` (e.g. `test-00042-7.png`), so the
-true label of every scored file can be read back from its name.
+true label of every scored file can be read back from its name. With
+`class_folders` they go into one sub-folder per class name (`7/`), the
+image_folder layout that `--dataset=image_folder` trains on and
+`batch_predict --labels_from_folders` labels by.
 """
 
 import tensorflow as tf
@@ -25,7 +28,13 @@ def encode(pixels, image_format):
   raise ValueError(f'Unknown format {image_format!r}; choose from {FORMATS}.')
 
 
-def write_samples(source, split, output_dir, count=0, image_format='png'):
+def class_folder(class_name):
+  """A class name as a folder name: '/' (Fashion-MNIST's T-shirt/top) is '_'."""
+  return class_name.replace('/', '_')
+
+
+def write_samples(source, split, output_dir, count=0, image_format='png',
+                  class_folders=False):
   """Writes the first `count` images of a split (0 = all) as files.
 
   Args:
@@ -35,6 +44,7 @@ def write_samples(source, split, output_dir, count=0, image_format='png'):
     output_dir: a folder, local or gs://.
     count: how many images (0 = the whole split).
     image_format: 'png' or 'jpeg'.
+    class_folders: write each file into OUTPUT_DIR/<class name>/.
 
   Returns:
     The paths written.
@@ -47,7 +57,11 @@ def write_samples(source, split, output_dir, count=0, image_format='png'):
   for index, (pixels, label) in enumerate(dataset.as_numpy_iterator()):
     if pixels.dtype != 'uint8':
       raise ValueError('write_samples needs a dataset of uint8 pixels.')
-    path = storage.join(output_dir,
+    folder = output_dir
+    if class_folders:
+      folder = storage.join(output_dir, class_folder(
+          source.info.class_names[int(label)]))
+    path = storage.join(folder,
                         f'{split}-{index:05d}-{int(label)}.{extension}')
     storage.write_bytes(path, encode(pixels, image_format))
     paths.append(path)

@@ -75,6 +75,9 @@ class Source:
   # of image files: the evaluation report's ids, and the bytes the serving
   # signature takes. None: an example's id is its index in the split.
   files: object = None
+  # True: examples are float32 vectors a head takes as they are (an
+  # embedding cache, embeddings.py), not images: no pixel conversion.
+  vectors: bool = False
 
 
 # --------------------------------------------------------------------------

@@ -1,0 +1,222 @@
+r"""Two-stage transfer: embed once, train the head on vectors; vs one-stage.
+
+  python -m benchmarks.two_stage            # about 10 minutes
+  python -m benchmarks.two_stage --quick    # a smoke run
+
+For two bases, each exported as a Contract 2 artifact with random weights
+(the timing does not depend on them):
+
+  cnn_bn        our Fashion-MNIST CNN (28x28 grey; its embedding is the
+                flattened 7x7x64 feature map)
+  mobilenet_v2  the Keras Applications backbone at 96x96 under a head
+
+and the bundled 5,000 digits written as class folders (PNG), it measures,
+each command in a fresh process, one after the other:
+
+  one-stage   `trainer.task --dataset=image_folder --base_model=EXPORT`: the
+              frozen extractor runs forward over every image in every epoch
+  embed once  `batch_predict.pipeline --embeddings_only --labels_from_folders`:
+              the whole command's seconds, and its images/s
+  two-stage   `trainer.task --dataset=embeddings --base_model=EXPORT` on that
+              cache: only the head trains
+
+Seconds per epoch are the trainer's own (metrics.json `history`, training
+and validation), the median over the epochs after the first (tracing). The
+model's own batched extractor rate is the artifact's `serving_embeddings`
+signature called in this process on batches of 64 of the same encoded
+files (decoding included, as in the pipeline). Break-even N is the smallest
+number of epochs for which embedding once plus N head epochs takes less
+time than N one-stage epochs.
+"""
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from absl import app
+from absl import flags
+
+from benchmarks import results
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SECTION_TITLE = '## Two-stage transfer: embed once, then train the head'
+TARGETS = {'cnn_bn': 10, 'mobilenet_v2': 50}
+BATCH = 64
+
+_QUICK = flags.DEFINE_bool('quick', False, 'A smoke run: 600 images, 2 '
+                           'epochs (figures not meaningful).')
+_IMAGES = flags.DEFINE_integer('images', 5000, 'Digits written as folders.')
+_EPOCHS = flags.DEFINE_integer('epochs', 4, 'Epochs per training run (>= 2).')
+_WORK_DIR = flags.DEFINE_string('work_dir', None,
+                                'Where the runs go (default: a temp folder).')
+_RESULTS = flags.DEFINE_string('results', results.RESULTS_PATH,
+                               'Markdown file to write the table to.')
+
+
+def _env():
+  return dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL='2')
+
+
+def _run(command):
+  """Runs a command of this project; returns its wall seconds."""
+  start = time.perf_counter()
+  done = subprocess.run([sys.executable, '-m'] + command, cwd=REPO,
+                        env=_env(), capture_output=True, text=True)
+  if done.returncode:
+    raise SystemExit(f'{" ".join(command)} failed:\n{done.stderr[-3000:]}')
+  return time.perf_counter() - start
+
+
+def write_digit_folders(folder, count):
+  """The first `count` bundled digits as FOLDER/<digit>/<index>.png."""
+  from trainer.data import samples  # pylint: disable=g-import-not-at-top
+  from trainer.data import sources  # pylint: disable=g-import-not-at-top
+  images, labels = sources._mnist_sample_arrays()  # pylint: disable=protected-access
+  # The bundle is sorted by class: take every k-th image to keep all ten.
+  step = max(1, len(labels) // count)
+  for index in range(0, step * count, step):
+    label = str(labels[index])
+    os.makedirs(os.path.join(folder, label), exist_ok=True)
+    with open(os.path.join(folder, label, f'{index:05d}.png'), 'wb') as f:
+      f.write(samples.encode(images[index], 'png'))
+
+
+def export_base(name, export_dir):
+  """A random-weights base artifact: cnn_bn 28x28x1 or mobilenet_v2 96x96."""
+  import keras  # pylint: disable=g-import-not-at-top
+  from trainer import export  # pylint: disable=g-import-not-at-top
+  from trainer import models  # pylint: disable=g-import-not-at-top
+  from trainer import transfer  # pylint: disable=g-import-not-at-top
+  keras.utils.set_random_seed(1)
+  if name == 'cnn_bn':
+    shape = (28, 28, 1)
+    model = models.build_model('cnn_bn', shape, 10)
+  else:
+    base = transfer.load_base('mobilenet_v2', 'none', image_size=96)
+    shape = base.input_shape
+    model = transfer.build_model(base, 10)
+  metadata = export.build_metadata(
+      class_names=[str(digit) for digit in range(10)], image_shape=shape,
+      dataset='benchmark', model_name=name)
+  export.export_model(model, export_dir, metadata)
+
+
+def epoch_seconds(job_dir):
+  """Median seconds of the epochs after the first, from metrics.json."""
+  with open(os.path.join(job_dir, 'metrics.json'), encoding='utf-8') as f:
+    history = json.load(f)['history']
+  seconds = [entry['seconds'] for entry in history]
+  return statistics.median(seconds[1:] or seconds)
+
+
+def extractor_rate(export_dir, folder, seconds=10.0):
+  """The artifact's own batched serving_embeddings rate, images/s."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from trainer import artifact  # pylint: disable=g-import-not-at-top
+  files = sorted(os.path.join(root, name)
+                 for root, _, names in os.walk(folder) for name in names)
+  encoded = []
+  for path in files[:BATCH * 8]:
+    with open(path, 'rb') as f:
+      encoded.append(f.read())
+  embed, _ = artifact.load_serving(export_dir, artifact.EMBEDDINGS_SIGNATURE)
+  batches = [tf.constant(encoded[i:i + BATCH])
+             for i in range(0, len(encoded) - BATCH + 1, BATCH)]
+  embed(image_bytes=batches[0])  # Warm-up.
+  images, start = 0, time.perf_counter()
+  while time.perf_counter() - start < seconds:
+    for batch in batches:
+      embed(image_bytes=batch)['embeddings'].numpy()
+      images += BATCH
+  return images / (time.perf_counter() - start)
+
+
+def measure(name, work_dir, folder, images, epochs):
+  """One base: the figures of its row."""
+  export_dir = os.path.join(work_dir, name, 'base')
+  export_base(name, export_dir)
+  one_stage = os.path.join(work_dir, name, 'one_stage')
+  two_stage = os.path.join(work_dir, name, 'two_stage')
+  cache = os.path.join(work_dir, name, 'cache')
+  common = [f'--base_model={export_dir}', f'--epochs={epochs}',
+            '--batch_size=128']
+  _run(['trainer.task', '--dataset=image_folder', f'--data_dir={folder}',
+        f'--job_dir={one_stage}'] + common)
+  embed_seconds = _run(['batch_predict.pipeline', f'--model_dir={export_dir}',
+                        f'--input={folder}', f'--output={cache}',
+                        '--embeddings_only', '--labels_from_folders'])
+  _run(['trainer.task', '--dataset=embeddings',
+        f'--data_dir={cache}-embeddings-*', f'--job_dir={two_stage}'] + common)
+  one, head = epoch_seconds(one_stage), epoch_seconds(two_stage)
+  metrics = {}
+  for run, job_dir in (('one', one_stage), ('two', two_stage)):
+    with open(os.path.join(job_dir, 'metrics.json'), encoding='utf-8') as f:
+      metrics[run] = json.load(f)['test_accuracy']
+  break_even = next((n for n in range(1, 1000)
+                     if embed_seconds + n * head < n * one), None)
+  return {'one': one, 'head': head, 'embed': embed_seconds,
+          'pipeline_rate': images / embed_seconds,
+          'model_rate': extractor_rate(export_dir, folder),
+          'break_even': break_even, 'accuracy': metrics}
+
+
+def format_table(figures):
+  rows = []
+  for name, row in figures.items():
+    speedup = row['one'] / row['head']
+    rows.append([
+        name, f'{row["one"]:.2f}', f'{row["head"]:.3f}',
+        f'{speedup:.0f}x (target {TARGETS[name]}x: '
+        f'{"met" if speedup >= TARGETS[name] else "NOT met"})',
+        f'{row["embed"]:.1f}', f'{row["pipeline_rate"]:,.0f}',
+        f'{row["model_rate"]:,.0f}',
+        f'{row["pipeline_rate"] / row["model_rate"]:.2f}',
+        str(row['break_even'])])
+  return results.markdown_table(
+      ['base', 'one-stage s/epoch', 'head s/epoch', 'per-epoch speed-up',
+       'embed once (s, whole command)', 'pipeline images/s',
+       "model's own extractor images/s", 'pipeline / model', 'break-even N'],
+      rows)
+
+
+def main(argv):
+  del argv
+  images = 600 if _QUICK.value else _IMAGES.value
+  epochs = 2 if _QUICK.value else _EPOCHS.value
+  work_dir = _WORK_DIR.value or tempfile.mkdtemp(prefix='two-stage-')
+  folder = os.path.join(work_dir, 'digits')
+  shutil.rmtree(folder, ignore_errors=True)
+  write_digit_folders(folder, images)
+  start = time.perf_counter()
+  figures = {}
+  for name in TARGETS:
+    figures[name] = measure(name, work_dir, folder, images, epochs)
+    print(name, figures[name], flush=True)
+  minutes = (time.perf_counter() - start) / 60
+  body = '\n'.join([
+      f'`python -m benchmarks.two_stage{" --quick" if _QUICK.value else ""}`:'
+      f' {images:,} bundled digits as class folders (80/10/10 split), '
+      f'{epochs} epochs per training run, batch 128, random-weights bases, '
+      f'each command in a fresh process ({results.machine()}; {minutes:.0f} '
+      'minutes in all). Seconds per epoch: the trainer\'s own, training and '
+      'validation, median of the epochs after the first. Embed once: the '
+      'whole scorer command (start-up included).',
+      '',
+      format_table(figures),
+      '',
+      'Test accuracy (random-weights bases, so only the agreement means '
+      'anything): ' + '; '.join(
+          f'{name} one-stage {row["accuracy"]["one"]:.4f}, two-stage '
+          f'{row["accuracy"]["two"]:.4f}' for name, row in figures.items())
+      + '.',
+  ])
+  results.write_section(SECTION_TITLE, body, _RESULTS.value)
+
+
+if __name__ == '__main__':
+  app.run(main)

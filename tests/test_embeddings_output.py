@@ -1,0 +1,315 @@
+"""The scorer's --embeddings output (Contract 4): every scored image once in
+the cache with the extractor's vector and its label, the description, the
+same staging and publishing as the predictions, and the refusals."""
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+from PIL import Image
+from apache_beam.testing import test_pipeline
+import pytest
+import tensorflow as tf
+
+from batch_predict import embeddings
+from batch_predict import model_handler
+from batch_predict import options as options_lib
+from batch_predict import outputs
+from batch_predict import pipeline
+from tests import helpers
+from tests.helpers import image_files
+from trainer import artifact
+from trainer import embedding_cache
+from trainer import export
+from trainer import extractor
+from trainer import models
+from trainer.data import preprocessing
+
+
+def read_cache(prefix):
+  """{uri: (embedding, label or None, label_name or None)} of every record,
+  and how many records there are (to see duplicates)."""
+  folder = os.path.dirname(prefix)
+  shards = sorted(os.path.join(folder, name) for name in os.listdir(folder)
+                  if embedding_cache.is_shard_name(name) and
+                  name.startswith(os.path.basename(prefix) + '-'))
+  found, count = {}, 0
+  for record in tf.data.TFRecordDataset(shards, compression_type='GZIP'):
+    features = tf.train.Example.FromString(record.numpy()).features.feature
+    uri = features[embedding_cache.URI_FEATURE].bytes_list.value[0].decode()
+    label = features[embedding_cache.LABEL_FEATURE].int64_list.value
+    name = features[embedding_cache.LABEL_NAME_FEATURE].bytes_list.value
+    found[uri] = (
+        np.array(features[embedding_cache.EMBEDDING_FEATURE].float_list.value,
+                 np.float32),
+        label[0] if label else None, name[0].decode() if name else None)
+    count += 1
+  return found, count, shards
+
+
+def _uris(records):
+  return sorted(record['uri'] for record in records)
+
+
+def _resized_colour_jpeg(digit):
+  colour = np.stack([digit] * 3, -1)
+  large = Image.fromarray(colour).resize((56, 56), Image.BILINEAR)
+  buffer = io.BytesIO()
+  large.save(buffer, 'JPEG', quality=90)
+  return buffer.getvalue()
+
+
+def _labelled_folder(root):
+  """Digit PNGs in class folders, a resized colour JPEG of one of them, and
+  bad files: a class whose only file is broken, an empty file."""
+  written = image_files.write_digit_folder(root, 12)
+  with open(written[0][0], 'rb') as f:
+    digit = np.asarray(Image.open(f))
+  jpeg = os.path.join(root, str(written[0][1]), 'resized-colour.jpg')
+  with open(jpeg, 'wb') as f:
+    f.write(_resized_colour_jpeg(digit))
+  os.makedirs(os.path.join(root, 'zz-broken'))
+  broken = os.path.join(root, 'zz-broken', 'broken.png')
+  with open(broken, 'wb') as f:
+    f.write(b'\x89PNG\r\n\x1a\n not really')
+  empty = os.path.join(root, str(written[1][1]), 'empty.png')
+  open(empty, 'wb').close()
+  good = {path: str(label) for path, label in written}
+  good[jpeg] = str(written[0][1])
+  return good, [broken, empty]
+
+
+@pytest.mark.slow  # A real model over 15 images: ~4 s.
+def test_every_scored_image_has_the_extractors_vector_and_its_label(
+    trained_export, tmp_path):
+  root = str(tmp_path / 'digits')
+  good, bad = _labelled_folder(root)
+  prefix = str(tmp_path / 'out' / 'cache')
+  pipeline.run([f'--model_dir={trained_export}', f'--input={root}',
+                f'--output={prefix}', '--num_shards=2', '--embeddings',
+                '--labels_from_folders'],
+               test_pipeline=test_pipeline.TestPipeline())
+  predictions = outputs.read_records(prefix, outputs.PREDICTIONS)
+  errors = outputs.read_records(prefix, outputs.ERRORS)
+  assert _uris(predictions) == sorted(good)
+  assert _uris(errors) == sorted(bad)
+  cache, count, shards = read_cache(prefix)
+  assert count == len(cache) == len(good)  # Each scored image once.
+  assert sorted(cache) == sorted(good)
+  assert len(shards) == 2
+  description = embedding_cache.read_description(prefix)
+  label_names = sorted(os.listdir(root))  # The class folders, sorted.
+  metadata = artifact.read_metadata(trained_export)
+  assert description['label_names'] == label_names
+  assert description['count'] == len(good)
+  assert description['shards'] == 2
+  assert description['fingerprint'] == metadata['embeddings']['fingerprint']
+  assert description['embedding_size'] == metadata['embeddings']['size']
+  assert embedding_cache.input_shape(description) == (28, 28, 1)
+  for uri, (_, label, name) in cache.items():
+    assert name == good[uri]
+    assert label == label_names.index(name)
+  # The vectors: the extractor on the same decoded pixels.
+  uris = sorted(good)
+  encoded = []
+  for uri in uris:
+    with open(uri, 'rb') as f:
+      encoded.append(f.read())
+  pixels = preprocessing.decode_images(tf.constant(encoded), 28, 28, 1)
+  embed = extractor.embedding_model(export.load_keras_model(trained_export))
+  expected = embed(pixels, training=False).numpy()
+  np.testing.assert_allclose(np.stack([cache[uri][0] for uri in uris]),
+                             expected, atol=1e-5)
+
+
+def _put(path, text=''):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, 'w') as f:
+    f.write(text)
+  return path
+
+
+def test_publishing_removes_a_stale_cache_and_only_its_exact_names(tmp_path):
+  prefix = str(tmp_path / 'run')
+  # An earlier --embeddings run's cache (another --num_shards), a killed
+  # writer's temporary file, and a user's files that must stay.
+  stale = [_put(outputs.shard_path(prefix, outputs.EMBEDDINGS, index, 3))
+           for index in range(3)]
+  stale += [_put(f'{stale[0]}.tmp-{"c" * 32}'),
+            _put(embedding_cache.description_path(prefix), '{}')]
+  kept = [_put(str(tmp_path / name)) for name in (
+      'run-embeddings-notes.txt', 'run-embeddings-00000-of-00003.jsonl',
+      'other-embeddings-00000-of-00003.tfrecord.gz')]
+  staging = outputs.staging_folder(prefix, 'a' * 32)
+  staged = [_put(os.path.join(staging, os.path.basename(
+      outputs.shard_path(prefix, name, 0, 1)))) for name in outputs.OUTPUT_NAMES]
+  # A run without --embeddings: the scorer's names and files.
+  outputs.publish(prefix, 'a' * 32, staged, outputs.OUTPUT_NAMES, 1,
+                  files=(outputs.EMBEDDINGS_DESCRIPTION,),
+                  stale_names=outputs.ALL_OUTPUT_NAMES)
+  assert sorted(os.listdir(tmp_path)) == sorted(
+      [os.path.basename(path) for path in kept] +
+      [os.path.basename(outputs.shard_path(prefix, name, 0, 1))
+       for name in outputs.OUTPUT_NAMES])
+  # A killed --embeddings run's staging folder: its cache files go too.
+  killed = outputs.staging_folder(prefix, 'b' * 32)
+  _put(os.path.join(killed, os.path.basename(
+      outputs.shard_path(prefix, outputs.EMBEDDINGS, 0, 1))))
+  _put(os.path.join(killed, os.path.basename(
+      embedding_cache.description_path(prefix))))
+  outputs.remove_staging_folders(prefix)
+  assert not os.path.exists(killed)
+
+
+@pytest.mark.slow  # An export and a load: 1.3-2.5 s here.
+def test_embeddings_of_a_softmax_model_are_refused_before_any_work(tmp_path):
+  model = models.build_model('softmax', (8, 8, 1), 2)
+  model_dir = str(tmp_path / 'export')
+  export.export_model(model, model_dir, export.build_metadata(
+      class_names=['a', 'b'], image_shape=(8, 8, 1), dataset='image_folder',
+      model_name='softmax'))
+  image = tmp_path / 'one.png'
+  image.write_bytes(image_files.encode_image(
+      image_files.random_pixels(8, 8, 1), 'PNG'))
+  earlier = tmp_path / 'scores' / 'run-predictions-00000-of-00001.jsonl'
+  earlier.parent.mkdir()
+  earlier.write_text('{"uri": "kept"}\n')
+  for flag in ('--embeddings', '--embeddings_only'):
+    with pytest.raises(artifact.ArtifactError) as raised:
+      pipeline.run([f'--model_dir={model_dir}', f'--input={image}',
+                    f'--output={tmp_path / "scores" / "run"}', flag],
+                   test_pipeline=test_pipeline.TestPipeline())
+    assert '\n' not in str(raised.value)
+    assert 'softmax/mlp' in str(raised.value)
+  assert sorted(os.listdir(earlier.parent)) == [earlier.name]
+  assert earlier.read_text() == '{"uri": "kept"}\n'
+
+
+def test_embeddings_only_with_evaluate_is_refused_before_beam():
+  with pytest.raises(options_lib.ConfigError, match='--embeddings_only'):
+    options_lib.check_flags(['--model_dir=m', '--input=i', '--output=/tmp/o',
+                             '--embeddings_only', '--evaluate'])
+
+
+def _wait_for(condition, timeout):
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline:
+    if condition():
+      return True
+    time.sleep(0.05)
+  return False
+
+
+@pytest.mark.slow  # Two runs in subprocesses, one in two processes: ~40 s.
+def test_a_rerun_after_kill_9_gives_the_same_cache_without_duplicates(
+    trained_export, tmp_path):
+  root = str(tmp_path / 'digits')
+  written = image_files.write_digit_folder(root, 40)
+  open(os.path.join(root, 'empty.png'), 'wb').close()
+  out = tmp_path / 'out'
+  out.mkdir()
+  # An earlier run's predictions, and a user's file that stays.
+  earlier = {'run-predictions-00000-of-00003.jsonl': '{"uri": "x"}\n',
+             'run-embeddings-notes.txt': 'mine'}
+  for name, text in earlier.items():
+    (out / name).write_text(text)
+  prefix = str(out / 'run')
+  # Many shards make writing take long enough to be caught by the kill.
+  command = [sys.executable, '-m', 'batch_predict.pipeline',
+             f'--model_dir={trained_export}', f'--input={root}',
+             f'--output={prefix}', '--num_shards=150', '--embeddings_only',
+             '--labels_from_folders']
+  env = dict(os.environ, PYTHONPATH=helpers.REPO, TF_CPP_MIN_LOG_LEVEL='2')
+
+  def staged_embeddings():
+    return [path for folder in out.glob('.run-staging-*')
+            for path in folder.iterdir()
+            if embedding_cache.is_shard_name(path.name)]
+
+  killed = subprocess.Popen(command, cwd=helpers.REPO, env=env,
+                            stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+  try:
+    assert _wait_for(staged_embeddings, timeout=300), (
+        'the first run never started writing its embeddings')
+    killed.send_signal(signal.SIGKILL)
+  finally:
+    killed.kill()
+    killed.wait()
+  assert killed.returncode == -signal.SIGKILL
+  assert 0 < len(staged_embeddings()) < 150, 'the kill should land while writing'
+  # Killed before publishing: the earlier outputs are exactly as they were.
+  assert {path.name: path.read_text() for path in out.iterdir()
+          if not path.name.startswith('.')} == earlier
+  # The rerun in two processes: the description's count is combined.
+  rerun = subprocess.run(command + ['--direct_num_workers=2',
+                                    '--direct_running_mode=multi_processing'],
+                         cwd=helpers.REPO, env=env, capture_output=True,
+                         text=True, timeout=600)
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  # --embeddings_only: the cache and the errors, no predictions (the
+  # earlier run's are removed); the user's file stays.
+  assert sorted(os.listdir(out)) == sorted(
+      [os.path.basename(outputs.shard_path(prefix, name, index, 150))
+       for name in (outputs.ERRORS, outputs.EMBEDDINGS)
+       for index in range(150)] +
+      ['run-embeddings.json', 'run-embeddings-notes.txt'])
+  cache, count, _ = read_cache(prefix)
+  assert count == len(cache) == len(written)
+  assert sorted(cache) == sorted(path for path, _ in written)
+  description = embedding_cache.read_description(prefix)
+  assert description['count'] == len(written)
+  label_names = sorted(name for name in os.listdir(root)
+                       if os.path.isdir(os.path.join(root, name)))
+  assert description['label_names'] == label_names
+  for path, label in written:
+    assert cache[path][1:] == (label_names.index(str(label)), str(label))
+  assert _uris(outputs.read_records(prefix, outputs.ERRORS)) == [
+      os.path.join(root, 'empty.png')]
+
+
+def test_the_handler_embeds_each_batch_in_one_call_per_signature():
+  calls = []
+
+  def signature(name, output, width):
+    def call(image_bytes):
+      calls.append((name, int(image_bytes.shape[0])))
+      return {output: tf.fill([image_bytes.shape[0], width], 0.5)}
+    return call
+
+  serve = signature('serve', 'probabilities', 2)
+  embed = signature('embed', embedding_cache.OUTPUT_KEY, 3)
+  handler = model_handler.ImageClassifierHandler('unused', max_batch_size=8)
+  both = model_handler.Classifier(serve, None, ('a', 'b'), embed=embed)
+  results = handler.run_inference([b'image'] * 5, both)
+  assert calls == [('serve', 4), ('embed', 4), ('serve', 1), ('embed', 1)]
+  assert all(isinstance(result.inference, model_handler.Embedded)
+             for result in results)
+  np.testing.assert_array_equal(results[0].inference.embedding, [0.5] * 3)
+  assert len(results[0].inference.probabilities) == 2
+  calls.clear()
+  only = model_handler.Classifier(serve, None, ('a', 'b'), embed=embed,
+                                  predictions=False)
+  results = handler.run_inference([b'image'] * 4, only)
+  assert calls == [('embed', 4)]
+  assert all(result.inference.probabilities is None for result in results)
+
+
+def test_label_names_sort_folders_as_text_and_integer_labels_as_numbers():
+  assert embeddings.sorted_label_names({'10', '2', '1'}) == ('1', '10', '2')
+  assert embeddings.sorted_label_names({'10', '2', '1'}, numeric=True) == (
+      '1', '2', '10')
+  assert embeddings.sorted_label_names({'cat', '2'}, numeric=True) == (
+      '2', 'cat')
+  # Two workers' partial summaries merge into the whole run's.
+  combine = embeddings.SummarizeFn(known_label_names=('a', 'z'))
+  first, second = combine.create_accumulator(), combine.create_accumulator()
+  for label in ('b', None, 'a'):
+    first = combine.add_input(first, {'label': label})
+  second = combine.add_input(second, {'label': 'c'})
+  merged = combine.merge_accumulators([first, second])
+  assert combine.extract_output(merged) == (4, ('a', 'b', 'c', 'z'))

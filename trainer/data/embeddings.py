@@ -1,0 +1,272 @@
+"""The embeddings dataset: an embedding cache's vectors, for a head to train.
+
+Two-stage transfer learning (Contract 4): `batch_predict --embeddings`
+runs an export's frozen feature extractor over every image once and writes
+`PREFIX-embeddings-*.tfrecord.gz` and `PREFIX-embeddings.json`
+(embedding_cache.py owns the names and fields); `--dataset=embeddings
+--data_dir='PREFIX-embeddings-*' --base_model=EXPORT` trains only a new head
+on those vectors (transfer.build_head) and exports the base's extractor with
+it on top (transfer.stitch).
+
+This module owns:
+
+* `check_base`: the refusals that need the base, run when the run starts
+  (run_context.create), before any work: a cache made by another extractor
+  or at another input shape, a cache without labels;
+* `load`: every record read once, checked and held in memory (a vector is a
+  few KB: 3,136 floats for a 28x28 cnn_bn, 1,280 for mobilenet_v2), split
+  80/10/10 (the configured fractions) by the hash image_folder splits its
+  files by (folder.split_of), in its order within each split.
+
+The split key is a record's `uri` relative to the deepest folder that holds
+every record's file: for a cache of an image folder scored with
+`--labels_from_folders` (`DIR/<class>/<file>`) that is DIR, and the key is
+`<class>/<file>`, exactly the key image_folder hashes for the same file. A
+two-stage run and a one-stage `--dataset=image_folder` run of the same
+folder so train, validate and test on the same images. (The keys differ from
+image_folder's only when the files' deepest common folder is not the image
+folder: files of several image folders in one cache, or of one class
+folder, which is refused anyway.)
+
+On gs://, each shard is copied to a local temporary file (storage.py's
+client, one shard at a time) and read there: the whole cache is read once
+into memory anyway, and unlike TensorFlow's own GCS filesystem this path
+also works against a GCS emulator, so it is tested.
+"""
+
+import functools
+
+import numpy as np
+import tensorflow as tf
+
+from trainer import embedding_cache
+from trainer import extractor
+from trainer import storage
+from trainer import transfer
+from trainer.data import checks
+from trainer.data import folder
+from trainer.data import sources
+
+_READ_BATCH = 1024
+_UNLABELLED = -1
+_WAY_OUT_UNLABELLED = (
+    'a head needs a label for every vector: rerun batch_predict '
+    '--embeddings with --labels_from_folders on an image folder '
+    '(DIR/<class>/<file>)')
+
+
+def _error(message):
+  return embedding_cache.EmbeddingCacheError(message)
+
+
+def prefix(data_dir):
+  """The cache's PREFIX from --data_dir ('PREFIX-embeddings-*')."""
+  return embedding_cache.prefix_of(storage.normalize(data_dir))
+
+
+def read_labelled_description(data_dir):
+  """PREFIX-embeddings.json, refused when it has no label names.
+
+  Returns:
+    (PREFIX, the description).
+
+  Raises:
+    embedding_cache.EmbeddingCacheError: naming the file and the way out.
+  """
+  cache = prefix(data_dir)
+  description = embedding_cache.read_description(cache)
+  names = description.get('label_names') or ()
+  if len(names) < 2:
+    raise _error(
+        f'{embedding_cache.description_path(cache)}: the cache is '
+        f'{"unlabelled" if not names else "of one label only"} (label_names '
+        f'{description.get("label_names")!r}): {_WAY_OUT_UNLABELLED}.')
+  return cache, description
+
+
+def check_base(data_dir, base):
+  """Refuses a cache that `base` did not make, or one without labels.
+
+  Run when the run starts, once the base is loaded and before any work.
+
+  Args:
+    data_dir: --data_dir ('PREFIX-embeddings-*').
+    base: the transfer.Base of --base_model.
+
+  Returns:
+    The cache's description.
+
+  Raises:
+    embedding_cache.EmbeddingCacheError: naming the cause and the way out.
+  """
+  cache, description = read_labelled_description(data_dir)
+  embedding_cache.check_matches_base(
+      description, cache, base_fingerprint=extractor.fingerprint(
+          base.extractor), base_input_shape=base.input_shape,
+      base_source=base.source)
+  size = transfer.embedding_size(base)
+  if description.get('embedding_size') != size:
+    raise _error(
+        f'{embedding_cache.description_path(cache)}: says embedding_size '
+        f'{description.get("embedding_size")}, but the extractor of '
+        f'{base.source} gives vectors of {size}: rerun batch_predict '
+        f'--model_dir={base.source} --embeddings.')
+  return description
+
+
+# --------------------------------------------------------------------------
+# Reading the records.
+
+
+def _shards(cache, description):
+  """The shard paths the description's `shards` count names, all present."""
+  count = description.get('shards')
+  expected = [embedding_cache.shard_name(cache, index, count)
+              for index in range(count or 0)]
+  found = set(storage.glob(cache + embedding_cache.SHARD_INFIX + '*'))
+  missing = [path for path in expected if path not in found]
+  if not expected or missing:
+    raise _error(
+        f'{embedding_cache.description_path(cache)} names {count} shard(s), '
+        f'and {len(missing) if expected else "none"} of them '
+        f'{"are" if len(missing) != 1 else "is"} missing'
+        f'{" (" + missing[0] + ")" if missing else ""}: rerun batch_predict '
+        '--embeddings to write the whole cache again.')
+  return expected
+
+
+def _read_shard(path, size):
+  """(uris, vectors, labels) of one shard; labels -1 where there is none."""
+  features = {
+      embedding_cache.URI_FEATURE: tf.io.FixedLenFeature([], tf.string),
+      embedding_cache.EMBEDDING_FEATURE: tf.io.FixedLenFeature([size],
+                                                               tf.float32),
+      embedding_cache.LABEL_FEATURE: tf.io.FixedLenFeature(
+          [], tf.int64, default_value=_UNLABELLED),
+  }
+  parts = {key: [] for key in features}
+  try:
+    with storage.local_file(path) as local:
+      dataset = tf.data.TFRecordDataset(local, compression_type='GZIP').batch(
+          _READ_BATCH).map(
+              lambda records: tf.io.parse_example(records, features),
+              num_parallel_calls=tf.data.AUTOTUNE)
+      for batch in dataset.as_numpy_iterator():
+        for key, value in batch.items():
+          parts[key].append(value)
+  except tf.errors.OpError as e:
+    raise _error(f'{path}: not a shard of {size}-float embeddings: '
+                 f'{checks.short_message(e)}. Rerun batch_predict '
+                 '--embeddings.') from None
+  if not parts[embedding_cache.URI_FEATURE]:
+    return [], np.zeros((0, size), np.float32), np.zeros((0,), np.int64)
+  return ([uri.decode('utf-8') for chunk in parts[embedding_cache.URI_FEATURE]
+           for uri in chunk],
+          np.concatenate(parts[embedding_cache.EMBEDDING_FEATURE]),
+          np.concatenate(parts[embedding_cache.LABEL_FEATURE]))
+
+
+def read_records(cache, description):
+  """Every record of the cache, checked against its description.
+
+  Returns:
+    (uris [n], float32 vectors [n, size], int32 labels [n]).
+
+  Raises:
+    embedding_cache.EmbeddingCacheError: naming the shard or the file.
+  """
+  size = description['embedding_size']
+  uris, vectors, labels = [], [], []
+  for path in _shards(cache, description):
+    shard_uris, shard_vectors, shard_labels = _read_shard(path, size)
+    uris += shard_uris
+    vectors.append(shard_vectors)
+    labels.append(shard_labels)
+  vectors, labels = np.concatenate(vectors), np.concatenate(labels)
+  where = embedding_cache.description_path(cache)
+  if len(uris) != description.get('count'):
+    raise _error(f'{where} says {description.get("count")} records, and its '
+                 f'shards hold {len(uris)}: rerun batch_predict --embeddings.')
+  unlabelled = int(np.sum(labels == _UNLABELLED))
+  if unlabelled:
+    raise _error(f'{where}: {unlabelled} of {len(uris)} records have no '
+                 f'label: {_WAY_OUT_UNLABELLED}.')
+  names = description['label_names']
+  outside = labels[(labels < 0) | (labels >= len(names))]
+  if outside.size:
+    raise _error(f'{where}: label {int(outside[0])} is not an index into '
+                 f'its {len(names)} label_names: rerun batch_predict '
+                 '--embeddings.')
+  return uris, vectors, labels.astype(np.int32)
+
+
+# --------------------------------------------------------------------------
+# The split.
+
+
+def split_keys(uris):
+  """Each uri relative to the deepest folder holding all of them.
+
+  The key image_folder hashes for the same file (see the module docstring).
+  """
+  folders = [uri.split('/')[:-1] for uri in uris]
+  common = 0
+  if folders:
+    shortest = min(len(parts) for parts in folders)
+    while common < shortest and len({parts[common]
+                                     for parts in folders}) == 1:
+      common += 1
+  return ['/'.join(uri.split('/')[common:]) for uri in uris]
+
+
+def split_records(uris, validation_fraction, test_fraction):
+  """{split: record indices}, by image_folder's hash and in its order."""
+  by_split = {split: [] for split in sources.SPLITS}
+  keys = split_keys(uris)
+  for index in sorted(range(len(uris)),
+                      key=lambda index: folder.order_of(keys[index])):
+    by_split[folder.split_of(keys[index], validation_fraction,
+                             test_fraction)].append(index)
+  return {split: np.array(indices, np.int64)
+          for split, indices in by_split.items()}
+
+
+def load(options):
+  """An embedding cache, as `data.load_source` asks for it.
+
+  Raises:
+    embedding_cache.EmbeddingCacheError: if the cache is incomplete,
+      unlabelled or malformed, naming the file.
+  """
+  cache, description = read_labelled_description(options.data_dir)
+  uris, vectors, labels = read_records(cache, description)
+  by_split = split_records(uris, options.validation_fraction,
+                           options.test_fraction)
+  if options.train_examples:
+    by_split['train'] = by_split['train'][:options.train_examples]
+  uris = np.array(uris, dtype=object)
+  arrays = {split: (vectors[indices], labels[indices], uris[indices])
+            for split, indices in by_split.items()}
+  sizes = {split: len(indices) for split, indices in by_split.items()}
+  info = sources.DatasetInfo(
+      'embeddings', tuple(description['label_names']), sizes,
+      report={'cache': cache, 'fingerprint': description['fingerprint'],
+              'model_dir': description.get('model_dir')})
+  return sources.Source(info, functools.partial(_examples, arrays),
+                        element_bytes=vectors.shape[1] * 4,
+                        files=functools.partial(_files, arrays), vectors=True)
+
+
+def _examples(arrays, split, shard=None):
+  """Source.examples of a cache: (float32 vector, int32 label) pairs."""
+  vectors, labels, _ = arrays[split]
+  if shard:
+    count, index = shard
+    vectors, labels = vectors[index::count], labels[index::count]
+  return tf.data.Dataset.from_tensor_slices((vectors, labels))
+
+
+def _files(arrays, split):
+  """Source.files of a cache: (uri, label) in split order (report ids)."""
+  _, labels, uris = arrays[split]
+  return list(zip(uris.tolist(), labels.tolist()))
