@@ -27,8 +27,9 @@ steady state at least 0.9 of the model alone.
 
 --quick (2,000 / 1,000 / 3,000 images, one run) is a smoke run of the
 script: it prints its tables and writes RESULTS.md only if --results is
-given, so it never replaces the full run's figures. The full run writes
-260,000 small files (about 1 GB) once; estimated at 20-25 minutes on 2
+given, so it never replaces the full run's figures; it took 3 minutes on 2
+cores shared with other jobs. The full run writes 260,000 small files once
+(reused after); estimated from the --quick rates at 10-15 minutes on 2
 quiet cores (not yet run at full size).
 """
 
@@ -183,8 +184,8 @@ def report(args, by_input, found, measured, minutes):
       f'({args.images:,} / {args.large_images:,} / {args.scale_images:,} '
       'images): tiny PNG digits on local disk, the scoring command on '
       'DirectRunner in-process, each run in a fresh process; medians of '
-      f'{args.runs} rounds ({results.machine()}; {minutes:.0f} minutes in '
-      'all).',
+      f'{args.runs} round{"" if args.runs == 1 else "s"} '
+      f'({results.machine()}; {minutes:.0f} minutes in all).',
       '',
       results.markdown_table(
           ['figure', 'value', 'target'],
