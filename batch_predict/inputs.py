@@ -480,7 +480,7 @@ def _read_local(path, max_bytes):
       _check_regular(info.st_mode)
       if info.st_size > max_bytes:
         raise _too_large(max_bytes)
-      return f.read(max_bytes + 1)
+      return read_at_most(f, info.st_size, max_bytes)
   except ValueError as e:  # An embedded NUL character.
     raise ReadError(f'not a file name ({e}): fix this line of the --input '
                     'list.', errors.INVALID_NAME) from e
@@ -488,6 +488,21 @@ def _read_local(path, max_bytes):
     raise
   except OSError as e:
     raise local_error(path, e) from e
+
+
+def read_at_most(f, size, max_bytes):
+  """Reads a file of `size` bytes (from its `fstat`), at most `max_bytes` + 1.
+
+  Asks for `size` + 1 bytes, the one more to see a file that grew since
+  its `fstat` (then it reads on, to the limit). `f.read(max_bytes + 1)`
+  alone allocates a buffer of --max_file_bytes (64 MiB by default) for
+  every file: for a small image that took longer than reading it (about
+  50 us of 70 per image; 10,000 tiny PNGs, 2 shared cores).
+  """
+  data = f.read(size + 1)
+  if len(data) > size:
+    data += f.read(max_bytes + 1 - len(data))
+  return data
 
 
 def local_error(path, error):

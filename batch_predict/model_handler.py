@@ -170,8 +170,12 @@ def load_classifier(model_dir, device=None, embeddings=False,
     artifact.ArtifactError: if `model_dir` is not a complete artifact whose
       SavedModel loads (with `embeddings`: with the embeddings signature).
   """
-  with _on_device(device):
-    loaded = artifact.load(model_dir, embeddings=embeddings)
+  # On TensorFlow's default device, the artifact the launcher checked in
+  # this process (an in-process runner) is the one to score with.
+  loaded = artifact.take_checked(model_dir) if device is None else None
+  if loaded is None or (embeddings and loaded.embed is None):
+    with _on_device(device):
+      loaded = artifact.load(model_dir, embeddings=embeddings)
   return Classifier(loaded.serve, loaded.saved_model, loaded.labels, device,
                     embed=loaded.embed, predictions=predictions)
 

@@ -122,10 +122,12 @@ def prediction_record(uri, probabilities, labels, top_k, fields=(),
     {"uri", "label", "score", "top_k": [{"label", "score"}, ...]
     [, "true_label"], ...}.
   """
-  # A stable sort keeps ties in label order, so outputs are reproducible.
-  best = np.argsort(-np.asarray(probabilities), kind='stable')[:top_k]
-  ranked = [{'label': labels[i], 'score': round(float(probabilities[i]),
-                                                _SCORE_DIGITS)}
+  # Python floats and a stable sort (ties stay in label order, so outputs
+  # are reproducible): for one row of 10 classes, faster than numpy's.
+  values = np.asarray(probabilities).tolist()
+  best = sorted(range(len(values)), key=values.__getitem__,
+                reverse=True)[:top_k]
+  ranked = [{'label': labels[i], 'score': round(values[i], _SCORE_DIGITS)}
             for i in best]
   record = {'uri': uri, 'label': ranked[0]['label'],
             'score': ranked[0]['score'], 'top_k': ranked}
@@ -158,7 +160,12 @@ def _add_input_fields(record, fields, true_label):
 
 def to_json_line(record):
   """One output line: strict JSON (a NaN would become null), UTF-8 text."""
-  return storage.to_json(record, ensure_ascii=False)
+  try:
+    # Nearly every record is finite: `allow_nan=False` proves it, without
+    # `storage.json_safe`'s copy of the record (which took 40% of the time).
+    return json.dumps(record, ensure_ascii=False, allow_nan=False)
+  except ValueError:
+    return storage.to_json(record, ensure_ascii=False)
 
 
 def shard_of(uri, num_shards):

@@ -139,7 +139,8 @@ def build_pipeline(pipeline, config):
           progress_interval_secs=config.progress_interval_secs,
           evaluate=config.evaluate, decoded_size=decoded_size,
           embeddings=config.embeddings,
-          embeddings_only=config.embeddings_only))
+          embeddings_only=config.embeddings_only,
+          redistribute=not _one_local_worker(pipeline.options)))
   predictions, error_records = classified[:2]
   staged = (error_records | 'WriteErrors' >> transforms.WriteShards(
       config.output, outputs.ERRORS, config.num_shards, config.run_id,
@@ -206,9 +207,48 @@ def _create_pipeline(options):
   """A pipeline for `options`; Beam checks its own options (runner, project,
   temp_location, ...) here, so this comes before any work too."""
   try:
-    return beam.Pipeline(options=options)
+    return beam.Pipeline(runner=_local_runner(options), options=options)
   except ValueError as e:
     raise options_lib.ConfigError(str(e)) from e
+
+
+def _is_direct(options):
+  """Whether `options` run on DirectRunner (named, or by default), batch."""
+  standard = options.view_as(pipeline_options.StandardOptions)
+  name = (standard.runner or 'DirectRunner').lower()
+  return name in ('direct', 'directrunner') and not standard.streaming
+
+
+def _one_local_worker(options):
+  """Whether the pipeline runs in this process on one worker: DirectRunner
+  in memory (its default), with no --direct_num_workers beyond 1."""
+  direct = options.view_as(pipeline_options.DirectOptions)
+  return (_is_direct(options) and direct.direct_running_mode == 'in_memory'
+          and direct.direct_num_workers == 1)
+
+
+def _local_runner(options):
+  """For DirectRunner (the default), the runner it falls back to here: Beam's
+  in-memory FnApiRunner. None for any other --runner (Beam makes that one).
+
+  Beam 2.77's DirectRunner first tries Prism: it starts a worker pool and
+  downloads the Prism binary from GitHub. Offline that fails after 0.2-0.4 s
+  of every run's start-up and it falls back to the FnApiRunner, as
+  `SwitchingDirectRunner.run_pipeline` builds it; online a local run would
+  download a Go runner and run on that instead. The FnApiRunner runs
+  `--direct_running_mode` and `--direct_num_workers` as DirectRunner does.
+  """
+  if not _is_direct(options):
+    return None
+  # pylint: disable=g-import-not-at-top
+  from apache_beam.portability.api import beam_provision_api_pb2
+  from apache_beam.runners.portability import portable_runner
+  from apache_beam.runners.portability.fn_api_runner import fn_runner
+  # pylint: enable=g-import-not-at-top
+  encoded = portable_runner.JobServiceHandle.encode_pipeline_options(
+      options.get_all_options())
+  return fn_runner.FnApiRunner(provision_info=fn_runner.ExtendedProvisionInfo(
+      beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)))
 
 
 def run(argv=None, save_main_session=True, test_pipeline=None):
@@ -299,9 +339,9 @@ def main(argv=None):
   verbose = _verbosity(argv) >= 1
   logging.basicConfig(level=logging.INFO)
   if not verbose:
-    # Beam's runner choices and warnings (a Prism download it falls back
-    # from, "Resource module is not available") say nothing a user can act
-    # on; TensorFlow's INFO lines neither.
+    # Beam's runner choices and warnings ("Resource module is not
+    # available") say nothing a user can act on; TensorFlow's INFO lines
+    # neither.
     cli.hide_library_logs(('apache_beam',), below=logging.ERROR)
     cli.hide_library_logs(('tensorflow', 'keras'))
   try:

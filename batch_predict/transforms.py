@@ -59,6 +59,7 @@ The sink is written here rather than taken from Beam's
 
 import contextlib
 import logging
+import math
 import time
 
 import apache_beam as beam
@@ -263,7 +264,8 @@ class ListImages(beam.PTransform):
 
 
 class _ReadImageFn(_PerElementFn):
-  """Item (or URI) -> the Item with its bytes, or an error record.
+  """Item (or URI, or an Item's plain tuple) -> the Item with its bytes, or
+  an error record.
 
   An error record from the listing goes straight to the errors output; an
   item that already holds its bytes (a TFRecord's) is not read again.
@@ -295,18 +297,27 @@ class ReadImages(beam.PTransform):
   Returns a pair of PCollections: (images, errors).
   """
 
-  def __init__(self, max_file_bytes):
+  def __init__(self, max_file_bytes, redistribute=True):
+    """Args:
+      max_file_bytes: files larger than this are refused.
+      redistribute: spread the inputs over the workers before reading
+        (False for a runner with one worker: see `ClassifyImages`).
+    """
     super().__init__()
     self._max_file_bytes = max_file_bytes
+    self._redistribute = redistribute
 
   def expand(self, uris):
-    results = (
-        uris
-        # Listing happens in one place (one glob, or one list file read in
-        # a few splits); redistributing the URIs lets every worker read.
-        | 'Redistribute' >> beam.Reshuffle()
-        | 'Read' >> beam.ParDo(_ReadImageFn(self._max_file_bytes))
-        .with_outputs(outputs.ERRORS, main='images'))
+    if self._redistribute:
+      uris = (
+          uris
+          # Listing happens in one place (one glob, or one list file read
+          # in a few splits); redistributing the URIs lets every worker
+          # read. Items cross it as plain tuples (items.as_tuple says why).
+          | 'AsTuples' >> beam.Map(items.as_tuple)
+          | 'Redistribute' >> beam.Reshuffle())
+    results = uris | 'Read' >> beam.ParDo(_ReadImageFn(
+        self._max_file_bytes)).with_outputs(outputs.ERRORS, main='images')
     return results.images, results[outputs.ERRORS]
 
 
@@ -360,12 +371,14 @@ class CheckImages(beam.PTransform):
 
 
 class _ProgressLog:
-  """Logs a worker's progress at most once per `interval_secs`."""
+  """Logs a worker's progress at its first image, then at most once per
+  `interval_secs` (the first line says when scoring started: the scale
+  benchmark times start-up by it)."""
 
   def __init__(self, interval_secs):
     self._interval_secs = interval_secs
     self._start = time.monotonic()
-    self._last = self._start
+    self._last = None
     self.scored = 0
     self.failed = 0
 
@@ -373,7 +386,7 @@ class _ProgressLog:
     self.scored += scored
     self.failed += failed
     now = time.monotonic()
-    if now - self._last < self._interval_secs:
+    if self._last is not None and now - self._last < self._interval_secs:
       return
     self._last = now
     rate = self.scored / max(now - self._start, 1e-9)
@@ -422,7 +435,9 @@ class _ToRecordsFn(_PerElementFn):
           f'The model returned {len(inference)} probabilities but its '
           f'metadata lists {len(self._labels)} labels: the artifact is '
           'inconsistent; re-export it.')
-    if not np.all(np.isfinite(inference)):
+    # Summed, a NaN or infinity anywhere stays one: one check a row, on
+    # Python floats (numpy's per-call cost is most of the time for a row).
+    if not math.isfinite(sum(np.asarray(inference).tolist())):
       raise errors.UserError(_NON_FINITE_MESSAGE, errors.NON_FINITE_OUTPUT)
     self._images_scored.inc()
     self._progress.record(1, 0)
@@ -552,12 +567,21 @@ class ClassifyImages(beam.PTransform):
   """Items (or URIs) -> (predictions, errors): every input in exactly one of
   the two. With `evaluate=True`, (predictions, errors, scored); with
   `embeddings=True`, the embedding records last: see ScoreImages. (With
-  `embeddings_only`, every input is in exactly one of embeddings, errors.)"""
+  `embeddings_only`, every input is in exactly one of embeddings, errors.)
+
+  `redistribute=False` reads the inputs where they were listed, for a
+  runner with one worker (DirectRunner in-memory, the scorer's default):
+  there the Reshuffle that spreads them over workers spreads nothing, cost
+  about 10 us an input, and held back the first read until every input was
+  listed and shuffled.
+  """
 
   def __init__(self, handler, labels, *, top_k, max_file_bytes,
                max_image_pixels, progress_interval_secs=30, evaluate=False,
-               decoded_size=None, embeddings=False, embeddings_only=False):
+               decoded_size=None, embeddings=False, embeddings_only=False,
+               redistribute=True):
     super().__init__()
+    self._redistribute = redistribute
     self._handler = handler
     self._labels = labels
     self._top_k = top_k
@@ -571,7 +595,7 @@ class ClassifyImages(beam.PTransform):
 
   def expand(self, uris):
     images, read_errors = uris | 'ReadImages' >> ReadImages(
-        self._max_file_bytes)
+        self._max_file_bytes, self._redistribute)
     images, header_errors = images | 'CheckImages' >> CheckImages(
         self._max_image_pixels, self._decoded_size)
     scored = images | 'ScoreImages' >> ScoreImages(

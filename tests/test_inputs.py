@@ -1,5 +1,6 @@
 """What --input names, URI lists, and reading one file through FileSystems."""
 
+import io
 import json
 import os
 import socket
@@ -85,6 +86,17 @@ def test_read_image_file(tmp_path):
   with pytest.raises(inputs.ReadError, match='--max_file_bytes') as raised:
     inputs.read_image_file(path, max_bytes=9)
   assert raised.value.kind == errors.FILE_TOO_LARGE
+
+
+def test_read_at_most_reads_on_when_the_file_grew():
+  # The size is the file's at its fstat: a file that grew since is read on,
+  # up to one byte over the limit (which read_image_file refuses).
+  assert inputs.read_at_most(io.BytesIO(b'0123'), 4, max_bytes=10) == b'0123'
+  assert inputs.read_at_most(io.BytesIO(b'0123456'), 4, max_bytes=10) == (
+      b'0123456')
+  assert inputs.read_at_most(io.BytesIO(b'x' * 50), 4, max_bytes=10) == (
+      b'x' * 11)
+  assert inputs.read_at_most(io.BytesIO(b'01'), 4, max_bytes=10) == b'01'
 
 
 def test_read_and_resolve_on_a_bucket(gcs_server, beam_gcs_anonymous):

@@ -43,6 +43,31 @@ def test_loads_the_artifact_with_its_labels(classifier):
   np.testing.assert_allclose(probabilities.sum(axis=1), 1, atol=1e-5)
 
 
+def test_a_worker_in_the_launchers_process_scores_with_the_checked_model(
+    trained_export, monkeypatch):
+  loads = []
+  real_load = artifact.load
+  monkeypatch.setattr(artifact, 'load',
+                      lambda model_dir, **kwargs: loads.append(model_dir) or
+                      real_load(model_dir, **kwargs))
+  artifact.check(trained_export)
+  assert len(loads) == 1
+  checked = model_handler.load_classifier(trained_export)
+  assert len(loads) == 1  # The launcher's SavedModel, not a second load.
+  assert checked.predict([_good_images(1)[0][0]]).shape == (1, 10)
+  again = model_handler.load_classifier(trained_export)
+  assert len(loads) == 2  # Taken once: a later load reads the artifact.
+  assert again.labels == checked.labels
+  artifact.check(trained_export)
+  model_handler.load_classifier(trained_export, device='/CPU:0')
+  assert len(loads) == 4  # A chosen device loads its own copy there.
+  # Checked without the embeddings signature: a worker that needs it loads.
+  embedding = model_handler.load_classifier(trained_export, embeddings=True)
+  assert len(loads) == 5
+  assert isinstance(embedding.predict([_good_images(1)[0][0]])[0],
+                    model_handler.Embedded)
+
+
 def test_one_undecodable_image_costs_one_result_not_the_batch(classifier):
   good = _good_images(9)
   digit = image_files.digits(1)[0][0]

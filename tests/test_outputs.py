@@ -72,6 +72,16 @@ def test_json_lines_are_strict_json_and_keep_unicode():
                                 'top_k': [{'label': 'x', 'score': None}]}
 
 
+def test_a_finite_record_is_the_same_line_as_through_json_safe():
+  record = outputs.prediction_record(
+      'caf\u00e9.png', [0.125, 0.5, 0.375], ['a', 'b', 'c'], 2,
+      fields=(('tags', ('x', 1)), ('size', 2.5), ('note', None)),
+      true_label='b')
+  line = outputs.to_json_line(record)
+  assert line == storage.to_json(record, ensure_ascii=False)
+  assert _strict_json(line)['tags'] == ['x', 1]
+
+
 def _put(path, text='{}\n'):
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with open(path, 'w') as f:

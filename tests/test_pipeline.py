@@ -13,6 +13,7 @@ import time
 
 import apache_beam as beam
 from apache_beam.options import pipeline_options
+from apache_beam.runners.portability.fn_api_runner import fn_runner
 from apache_beam.testing import test_pipeline
 from apache_beam.testing import util
 import pytest
@@ -318,6 +319,43 @@ def test_bad_options_fail_before_any_work(trained_export, tmp_path,
   with pytest.raises(error, match=words):
     pipeline.run(argv, test_pipeline=test_pipeline.TestPipeline())
   assert earlier_output.read_text() == '{"uri": "kept"}\n'
+
+
+def test_direct_runner_is_the_in_memory_runner_without_trying_prism():
+  for argv in ([], ['--runner=DirectRunner'], ['--runner=direct'],
+               ['--direct_running_mode=multi_processing']):
+    runner = pipeline._local_runner(pipeline_options.PipelineOptions(argv))  # pylint: disable=protected-access
+    assert isinstance(runner, fn_runner.FnApiRunner), argv
+  for argv in (['--runner=DataflowRunner'], ['--runner=PrismRunner'],
+               ['--streaming']):
+    assert pipeline._local_runner(  # pylint: disable=protected-access
+        pipeline_options.PipelineOptions(argv)) is None, argv
+
+
+@pytest.mark.parametrize('flags, redistributes', [
+    ([], False),
+    (['--direct_running_mode=multi_processing', '--direct_num_workers=2'],
+     True),
+    (['--runner=PortableRunner'], True),
+])
+def test_inputs_are_redistributed_unless_one_worker_in_process_scores_them(
+    trained_export, tmp_path, flags, redistributes):
+  images = _write_digits(str(tmp_path / 'images'), 2)
+  argv = [f'--model_dir={trained_export}', f'--input={images[0]}',
+          f'--output={tmp_path / "scores" / "run"}', *flags]
+  options = pipeline_options.PipelineOptions(argv)
+  built = beam.Pipeline(runner='DirectRunner', options=options)
+  pipeline.build_pipeline(built, options_lib.build_config(options, argv))
+  labels = []
+
+  class _Labels(beam.pipeline.PipelineVisitor):
+
+    def enter_composite_transform(self, node):
+      labels.append(node.full_label)
+
+  built.visit(_Labels())
+  assert any(label.endswith('/Redistribute') for label in labels) == (
+      redistributes)
 
 
 def test_incomplete_model_fails_before_any_work(trained_export, tmp_path,

@@ -8,6 +8,8 @@ import logging
 import os
 
 import apache_beam as beam
+from apache_beam import coders
+from apache_beam import typehints
 from apache_beam.metrics import metric
 from apache_beam.ml.inference import base
 from apache_beam.options import pipeline_options
@@ -275,7 +277,9 @@ def test_model_is_loaded_once_per_process_and_shared_by_its_threads(tmp_path):
   assert batches >= 10  # Many batches, in two worker threads, one model.
 
 
-def test_progress_is_logged(tmp_path, caplog):
+@pytest.mark.parametrize('interval, lines', [(1e-9, 4), (3600, 1)])
+def test_progress_is_logged_at_the_first_image_then_per_interval(
+    tmp_path, caplog, interval, lines):
   paths = []
   for index, (digit, _) in enumerate(image_files.digits(4)):
     path = tmp_path / f'{index}.png'
@@ -289,10 +293,11 @@ def test_progress_is_logged(tmp_path, caplog):
            | transforms.ClassifyImages(handler, [str(d) for d in range(10)],
                                        top_k=1, max_file_bytes=10**6,
                                        max_image_pixels=10**6,
-                                       progress_interval_secs=1e-9))
+                                       progress_interval_secs=interval))
   progress = [r.getMessage() for r in caplog.records
               if 'This worker has scored' in r.getMessage()]
-  assert progress  # At most one line per interval; here, per image.
+  assert len(progress) == lines  # Here, per image; or the first one only.
+  assert progress[0].startswith('This worker has scored 1 images')
   assert 'images/s' in progress[-1]
 
 
@@ -342,6 +347,21 @@ def test_labels_from_folders_label_each_listed_item(tmp_path):
                          (str(tmp_path / 'cat/kittens/b.png'), 'cat'),
                          (str(tmp_path / 'dog/c.png'), 'dog'),
                          (str(tmp_path / 'loose.png'), None)]))
+
+
+def test_items_cross_the_shuffle_as_tuples_beams_coder_encodes_itself():
+  item = items.Item('/a/b.png', b'\x89PNG', 'cat', (('id', 7), ('n', None)),
+                    784)
+  coder = coders.registry.get_coder(typehints.Any)
+  # An Item itself is pickled (its class named in every element); its tuple
+  # is Beam's own encoding of its fields.
+  assert b'batch_predict.items' in coder.encode(item)
+  encoded = coder.encode(items.as_tuple(item))
+  assert b'batch_predict.items' not in encoded
+  assert items.as_item(coder.decode(encoded)) == item
+  assert items.as_item('/a/c.png') == items.Item('/a/c.png')
+  record = {'uri': '/a/d.png', 'kind': 'not_found'}
+  assert items.as_tuple(record) is record
 
 
 def test_an_items_label_reaches_its_prediction_and_error_records(tmp_path):
