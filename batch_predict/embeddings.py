@@ -160,7 +160,11 @@ class ShardFormat:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     with tempfile.TemporaryDirectory(prefix='embeddings-') as folder:
       path = os.path.join(folder, 'shard')
-      options = tf.io.TFRecordOptions(compression_type='GZIP')
+      # Level 1, not zlib's default 6: on ReLU embeddings (cnn_bn's 3,136
+      # floats) 188 us a record against 679, for 6% more bytes (measured
+      # here); the writer was a quarter of an embedding run's time.
+      options = tf.io.TFRecordOptions(compression_type='GZIP',
+                                      compression_level=1)
       with tf.io.TFRecordWriter(path, options) as writer:
         for row in rows:
           if row is not None:
