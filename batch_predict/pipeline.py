@@ -347,6 +347,8 @@ def main(argv=None):
   try:
     # TensorFlow's C++ start-up notes (CUDA probing), unless asked for.
     with cli.quiet_stderr(replay=verbose, expected=errors.UserError):
+      # Before the artifact check loads the model: 2.5 s of start-up.
+      cli.import_tensorflow_without_keras()
       run(argv)
   except errors.UserError as e:
     # The user's to fix: say what is wrong, without a traceback.

@@ -13,6 +13,7 @@ from google.auth import exceptions as auth_exceptions
 import pytest
 
 from tests import helpers
+from tests.helpers import image_files
 from trainer import cli
 
 
@@ -265,3 +266,33 @@ def test_scorer_help_shows_defaults_and_cites_only_the_repository():
   assert '(default: 10)' in help_text  # --num_shards
   for outside in ('DESIGN.md', 'http://', 'https://'):
     assert outside not in help_text
+
+
+_SERVE_WITHOUT_KERAS = """
+import sys
+from trainer import artifact, cli
+tf = cli.import_tensorflow_without_keras()
+assert not [m for m in sys.modules if m.split('.')[0] == 'keras'], 'keras'
+loaded = artifact.load(sys.argv[1], embeddings=True)
+with open(sys.argv[2], 'rb') as f:
+  image = tf.constant([f.read()])
+print(float(loaded.serve(image_bytes=image)['probabilities'].numpy().sum()))
+print(loaded.embed(image_bytes=image)['embeddings'].shape[-1])
+import keras  # A later import of Keras still works.
+print(keras.layers.Dense(2).units)
+"""
+
+
+@pytest.mark.slow  # A subprocess importing TensorFlow: ~4 s.
+def test_the_scorer_serves_with_tensorflow_imported_without_keras(
+    trained_export, tmp_path):
+  image_files.write_digit_folder(str(tmp_path / 'digits'), 10)
+  image = sorted((tmp_path / 'digits').rglob('*.png'))[0]
+  process = subprocess.run(
+      [sys.executable, '-c', _SERVE_WITHOUT_KERAS, trained_export,
+       str(image)], capture_output=True, text=True, env=dict(
+           os.environ, PYTHONPATH=helpers.REPO), check=False)
+  assert process.returncode == 0, process.stderr[-2000:]
+  total, size, units = process.stdout.split()
+  assert abs(float(total) - 1) < 1e-5
+  assert int(size) > 0 and units == '2'

@@ -186,3 +186,34 @@ def hide_library_logs(packages, below=logging.WARNING):
   library_filter = _LibraryFilter(tuple(folders), below)
   for handler in logging.getLogger().handlers:
     handler.addFilter(library_filter)
+
+
+# What TensorFlow 2.21's __init__ imports "eagerly" from Keras (below).
+_KERAS_EAGER_IMPORT = 'keras.src.optimizers'
+
+
+def import_tensorflow_without_keras():
+  """Imports TensorFlow without the Keras it imports at start-up.
+
+  TensorFlow 2.21's `__init__` imports `keras.src.optimizers`, which is all
+  of Keras 3 (and the scikit-learn wrappers, SciPy, ...: 2.5 of the 5.2 s
+  `import tensorflow` takes here, measured), only so that Keras registers
+  its optimizers for SavedModels that hold them (b/196254385, in that
+  `__init__`); it catches an ImportError there. The scorer needs no Keras:
+  Contract 2's SavedModel holds a TensorFlow graph only. So the scorer's
+  command imports TensorFlow with that one import failing (a None in
+  `sys.modules` makes `import` raise ImportError), then removes the block, so
+  that a later `import keras` works as usual. TensorFlow has no switch for
+  this; a no-op when TensorFlow or Keras is already imported.
+
+  Returns:
+    The tensorflow module.
+  """
+  if 'tensorflow' in sys.modules or 'keras' in sys.modules:
+    return importlib.import_module('tensorflow')
+  sys.modules[_KERAS_EAGER_IMPORT] = None
+  try:
+    return importlib.import_module('tensorflow')
+  finally:
+    if sys.modules.get(_KERAS_EAGER_IMPORT, 0) is None:
+      del sys.modules[_KERAS_EAGER_IMPORT]
