@@ -43,6 +43,7 @@ import shutil
 import tempfile
 
 import apache_beam as beam
+import numpy as np
 
 from batch_predict import outputs
 from batch_predict import transforms
@@ -99,6 +100,25 @@ class SummarizeFn(beam.CombineFn):
     return count, sorted_label_names(names | set(self._known), self._numeric)
 
 
+def packed_floats(vector):
+  """A `FloatList`'s wire bytes: its packed field `value` (field 1, length-
+  delimited), little-endian float32s.
+
+  Parsed with protobuf's own `MergeFromString`, it fills the list with the
+  same values and serializes to the same bytes as `value.extend(
+  vector.tolist())`, which costs a Python float per value: 8 us a cnn_bn
+  embedding (3,136 floats) against 131 (measured here; a tenth of an
+  embedding run).
+  """
+  data = np.asarray(vector, '<f4').tobytes()
+  size, length = len(data), bytearray()
+  while size > 0x7f:  # The length as a base-128 varint.
+    length.append((size & 0x7f) | 0x80)
+    size >>= 7
+  length.append(size)
+  return b'\x0a' + bytes(length) + data
+
+
 def to_example(record, label_index, example_class):
   """An embedding record -> its serialized `tf.train.Example`.
 
@@ -111,8 +131,8 @@ def to_example(record, label_index, example_class):
   features = example.features.feature
   features[embedding_cache.URI_FEATURE].bytes_list.value.append(
       record['uri'].encode('utf-8'))
-  features[embedding_cache.EMBEDDING_FEATURE].float_list.value.extend(
-      record['embedding'].tolist())
+  features[embedding_cache.EMBEDDING_FEATURE].float_list.MergeFromString(
+      packed_floats(record['embedding']))
   label = record['label']
   if label is not None:
     features[embedding_cache.LABEL_FEATURE].int64_list.value.append(

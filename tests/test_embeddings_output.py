@@ -293,3 +293,16 @@ def test_label_names_sort_folders_as_text_and_integer_labels_as_numbers():
   second = combine.add_input(second, {'label': 'c'})
   merged = combine.merge_accumulators([first, second])
   assert combine.extract_output(merged) == (4, ('a', 'b', 'c', 'z'))
+
+
+@pytest.mark.parametrize('size', [0, 1, 31, 32, 3136, 40000])
+def test_packed_floats_fill_a_float_list_as_extend_does(size):
+  from tensorflow.core.example import feature_pb2  # pylint: disable=g-import-not-at-top
+  vector = np.random.default_rng(size).standard_normal(size).astype(
+      np.float32)
+  vector[::3] = 0
+  packed, extended = feature_pb2.FloatList(), feature_pb2.FloatList()
+  packed.MergeFromString(embeddings.packed_floats(vector))
+  extended.value.extend(vector.tolist())
+  assert packed.SerializeToString() == extended.SerializeToString()
+  np.testing.assert_array_equal(np.array(packed.value, np.float32), vector)
