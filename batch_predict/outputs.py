@@ -380,6 +380,7 @@ def publish(prefix, run_id, staged_paths, names, num_shards,
         f'{len(missing)} of {len(moves)} output shards were not written '
         f'(e.g. {missing[0]}): not publishing; the earlier outputs at '
         f'{prefix} are unchanged.')
+  _withdraw_single_files(prefix, staging, set(staged_paths), files)
   for staged, final in moves.items():
     try:
       storage.move(staged, final)
@@ -391,6 +392,25 @@ def publish(prefix, run_id, staged_paths, names, num_shards,
                        keep=set(finals))
   remove_staging_folders(prefix, run_id)
   return sorted(finals)
+
+
+def _withdraw_single_files(prefix, staging, staged_paths, files):
+  """Deletes the earlier run's single files before any shard is replaced.
+
+  They describe their run's shards (the embedding cache's description, the
+  evaluation report), and the new ones are published last: a publish cut
+  short (kill -9) leaves shards of two runs and no description, which the
+  trainer refuses and a rerun replaces, never the old description over a
+  mix. A file this run already moved (a retried publish: its staged copy is
+  gone) is the new one and stays.
+  """
+  for suffix in files:
+    final = single_file_path(prefix, suffix)
+    staged = storage.join(staging, storage.basename(final))
+    if staged in staged_paths and not storage.exists(staged):
+      continue
+    if storage.exists(final):
+      storage.delete(final)
 
 
 def _publish_files(prefix, staging, staged_paths, files):

@@ -2,6 +2,7 @@
 the cache with the extractor's vector and its label, the description, the
 same staging and publishing as the predictions, and the refusals."""
 
+import functools
 import io
 import os
 import signal
@@ -28,6 +29,7 @@ from trainer import embedding_cache
 from trainer import export
 from trainer import extractor
 from trainer import models
+from trainer import storage
 from trainer.data import preprocessing
 
 
@@ -292,7 +294,7 @@ def test_label_names_sort_folders_as_text_and_integer_labels_as_numbers():
     first = combine.add_input(first, {'label': label})
   second = combine.add_input(second, {'label': 'c'})
   merged = combine.merge_accumulators([first, second])
-  assert combine.extract_output(merged) == (4, ('a', 'b', 'c', 'z'))
+  assert combine.extract_output(merged) == (4, ('a', 'b', 'c', 'z'), 1)
 
 
 @pytest.mark.parametrize('size', [0, 1, 31, 32, 3136, 40000])
@@ -306,3 +308,39 @@ def test_packed_floats_fill_a_float_list_as_extend_does(size):
   extended.value.extend(vector.tolist())
   assert packed.SerializeToString() == extended.SerializeToString()
   np.testing.assert_array_equal(np.array(packed.value, np.float32), vector)
+
+
+def test_a_publish_cut_short_leaves_no_description_over_a_mix(
+    tmp_path, monkeypatch):
+  prefix = str(tmp_path / 'run')
+  description = embedding_cache.description_path(prefix)
+  old = [_put(outputs.shard_path(prefix, outputs.EMBEDDINGS, index, 2), 'old')
+         for index in range(2)]
+  _put(description, '{"count": "old"}')
+  run_id = 'a' * 32
+  staging = outputs.staging_folder(prefix, run_id)
+  staged = [_put(os.path.join(staging, os.path.basename(path)), 'new')
+            for path in old]
+  staged.append(_put(os.path.join(staging, os.path.basename(description)),
+                     '{"count": "new"}'))
+  publish = functools.partial(
+      outputs.publish, prefix, run_id, staged, [outputs.EMBEDDINGS], 2,
+      files=(outputs.EMBEDDINGS_DESCRIPTION,))
+  real_move, moves = storage.move, []
+
+  def move_once_then_die(source, destination):
+    if moves:
+      raise OSError('killed')
+    moves.append(destination)
+    real_move(source, destination)
+
+  monkeypatch.setattr(storage, 'move', move_once_then_die)
+  with pytest.raises(OSError, match='killed'):
+    publish()
+  # One new shard beside an old one, and no description to vouch for them.
+  assert [open(path).read() for path in old] == ['new', 'old']
+  assert not os.path.exists(description)
+  monkeypatch.setattr(storage, 'move', real_move)
+  publish()  # The retry (or the rerun) completes it.
+  assert [open(path).read() for path in old] == ['new', 'new']
+  assert open(description).read() == '{"count": "new"}'
