@@ -68,7 +68,8 @@ def _is_integer(name):
 
 
 class SummarizeFn(beam.CombineFn):
-  """Embedding records -> (count, label names in cache order)."""
+  """Embedding records -> (count, label names in cache order, how many
+  records have no label)."""
 
   def __init__(self, known_label_names=(), numeric=False):
     """Args:
@@ -80,24 +81,28 @@ class SummarizeFn(beam.CombineFn):
     self._numeric = numeric
 
   def create_accumulator(self):
-    return 0, set()
+    return 0, set(), 0
 
   def add_input(self, accumulator, record):
-    count, names = accumulator
-    if record['label'] is not None:
+    count, names, unlabelled = accumulator
+    if record['label'] is None:
+      unlabelled += 1
+    else:
       names.add(record['label'])
-    return count + 1, names
+    return count + 1, names, unlabelled
 
   def merge_accumulators(self, accumulators):
-    total, merged = 0, set()
-    for count, names in accumulators:
+    total, merged, unlabelled = 0, set(), 0
+    for count, names, without in accumulators:
       total += count
       merged |= names
-    return total, merged
+      unlabelled += without
+    return total, merged, unlabelled
 
   def extract_output(self, accumulator):
-    count, names = accumulator
-    return count, sorted_label_names(names | set(self._known), self._numeric)
+    count, names, unlabelled = accumulator
+    return (count, sorted_label_names(names | set(self._known), self._numeric),
+            unlabelled)
 
 
 def packed_floats(vector):
@@ -156,7 +161,7 @@ class _EncodeFn(beam.DoFn):
     self._example_class = example_pb2.Example
 
   def process(self, record, summary):
-    _, label_names = summary
+    _, label_names, _ = summary
     if label_names != self._names:  # The side input, once per worker.
       self._names = label_names
       self._index = {name: index for index, name in enumerate(label_names)}
@@ -210,9 +215,10 @@ class _StageDescriptionFn(beam.DoFn):
     self._description = dict(description)
 
   def process(self, summary):
-    count, label_names = summary
+    count, label_names, unlabelled = summary
     storage.write_json(self._path, embedding_cache.describe(
-        label_names=label_names, count=count, **self._description))
+        label_names=label_names, count=count, unlabelled=unlabelled,
+        **self._description))
     yield self._path
 
 

@@ -27,6 +27,9 @@ def test_the_fingerprint_changes_with_any_weight_and_not_with_copies():
     ('gs://b/run-embeddings-00000-of-00002.tfrecord.gz', 'gs://b/run'),
     ('out/run-embeddings.json', 'out/run'),
     ('out/run', 'out/run'),
+    ('data/run-embeddings-v2/cache', 'data/run-embeddings-v2/cache'),
+    ('data/run-embeddings-v2/cache-embeddings-*',
+     'data/run-embeddings-v2/cache'),
 ])
 def test_the_prefix_of_what_data_dir_says(data_dir, prefix):
   assert embedding_cache.prefix_of(data_dir) == prefix
@@ -86,3 +89,18 @@ def test_a_missing_or_foreign_description_is_refused(tmp_path):
                      {'format_version': 99})
   with pytest.raises(embedding_cache.EmbeddingCacheError, match='version'):
     embedding_cache.read_description(prefix)
+
+
+@pytest.mark.parametrize('field, value', [
+    ('fingerprint', None), ('input', 'x'), ('embedding_size', '64'),
+    ('count', None), ('shards', 1.5)])
+def test_a_description_with_a_broken_field_is_refused_in_one_line(
+    tmp_path, field, value):
+  prefix = str(tmp_path / 'run')
+  description = _description()
+  description[field] = value
+  storage.write_json(embedding_cache.description_path(prefix), description)
+  with pytest.raises(embedding_cache.EmbeddingCacheError,
+                     match=field) as raised:
+    embedding_cache.read_description(prefix)
+  assert '\n' not in str(raised.value)

@@ -170,9 +170,15 @@ def test_an_unlabelled_cache_is_refused(tmp_path, small_cache, trained_export):
   with pytest.raises(embedding_cache.EmbeddingCacheError,
                      match='10 of 10 records have no label'):
     embeddings.load(data.Options('embeddings', 0.1, 0.1, _data_dir(prefix)))
+  # The scorer counts them in the description: refused before any work.
+  _copy_description(labelled, prefix, unlabelled=10)
+  with pytest.raises(embedding_cache.EmbeddingCacheError,
+                     match='10 of 10 records have no label'):
+    _context(_overrides(tmp_path / 'job', prefix, trained_export))
 
 
-def test_missing_shards_and_counts_that_differ_are_named(tmp_path, small_cache):
+def test_missing_shards_and_counts_that_differ_are_named(tmp_path, small_cache,
+                                                         trained_export):
   _, prefix, _ = small_cache
   copy = str(tmp_path / 'copy')
   _copy_description(prefix, copy)
@@ -180,6 +186,10 @@ def test_missing_shards_and_counts_that_differ_are_named(tmp_path, small_cache):
   with pytest.raises(embedding_cache.EmbeddingCacheError,
                      match=r'names 2 shard\(s\), and 2 of them are missing'):
     embeddings.load(options)
+  with pytest.raises(embedding_cache.EmbeddingCacheError,
+                     match=r'names 2 shard\(s\), and 2 of them are missing'):
+    _context(_overrides(tmp_path / 'job', copy, trained_export))
+  assert not os.path.exists(tmp_path / 'job')  # Before any work.
   for index in range(2):
     name = embedding_cache.shard_name(prefix, index, 2)
     os.symlink(name, embedding_cache.shard_name(copy, index, 2))

@@ -102,7 +102,9 @@ def prefix_of(data_dir):
   Raises:
     EmbeddingCacheError: if the pattern names no cache's shards.
   """
-  if SHARD_INFIX in data_dir:
+  # Only the file name: a folder may be called `run-embeddings-v2`.
+  folder_end = data_dir.rfind('/') + 1
+  if SHARD_INFIX in data_dir[folder_end:]:
     return data_dir[:data_dir.rindex(SHARD_INFIX)]
   if data_dir.endswith(DESCRIPTION_SUFFIX):
     return data_dir[:-len(DESCRIPTION_SUFFIX)]
@@ -115,8 +117,9 @@ def prefix_of(data_dir):
 
 
 def describe(*, fingerprint_value, input_shape, embedding_size, label_names,
-             count, shards, model_dir):
-  """The PREFIX-embeddings.json document."""
+             count, shards, model_dir, unlabelled=0):
+  """The PREFIX-embeddings.json document (`unlabelled`: how many of the
+  `count` records have no label; the trainer refuses a cache with any)."""
   height, width, channels = input_shape
   return {
       'format_version': FORMAT_VERSION,
@@ -125,6 +128,7 @@ def describe(*, fingerprint_value, input_shape, embedding_size, label_names,
       'embedding_size': int(embedding_size),
       'label_names': list(label_names) if label_names else None,
       'count': int(count),
+      'unlabelled': int(unlabelled),
       'shards': int(shards),
       'model_dir': model_dir,
   }
@@ -146,12 +150,37 @@ def read_description(prefix):
     description = storage.read_json(path)
   except ValueError as e:
     raise EmbeddingCacheError(f'{path}: unreadable: {e}') from e
-  if description.get('format_version') != FORMAT_VERSION:
+  if not isinstance(description, dict) or description.get(
+      'format_version') != FORMAT_VERSION:
+    version = (description.get('format_version')
+               if isinstance(description, dict) else None)
     raise EmbeddingCacheError(
-        f'{path}: embedding cache format_version '
-        f'{description.get("format_version")!r}; this code reads version '
-        f'{FORMAT_VERSION}. Rerun batch_predict --embeddings.')
+        f'{path}: embedding cache format_version {version!r}; this code '
+        f'reads version {FORMAT_VERSION}. Rerun batch_predict --embeddings.')
+  _check_fields(description, path)
   return description
+
+
+# What `describe` writes that a reader relies on, and its type.
+_FIELDS = {'fingerprint': str, 'input': dict, 'embedding_size': int,
+           'count': int, 'shards': int}
+
+
+def _check_fields(description, path):
+  """Refuses a description with a field missing or of the wrong type
+  (edited by hand, or written by something else), in one line."""
+  for name, kind in _FIELDS.items():
+    if not isinstance(description.get(name), kind):
+      raise EmbeddingCacheError(
+          f'{path}: no valid {name!r} ({description.get(name)!r}): not an '
+          'embedding cache description batch_predict --embeddings wrote; '
+          'rerun it.')
+  shape = description['input']
+  if not all(isinstance(shape.get(key), int)
+             for key in ('height', 'width', 'channels')):
+    raise EmbeddingCacheError(
+        f'{path}: no valid input shape ({shape!r}); rerun batch_predict '
+        '--embeddings.')
 
 
 def input_shape(description):

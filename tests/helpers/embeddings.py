@@ -91,7 +91,8 @@ def write_cache(export_dir, prefix, files, *, labelled=True, shards=2,
                          input_shape=shape, embedding_size=vectors.shape[1],
                          label_names=names if labelled else None,
                          count=len(files), shards=shards,
-                         model_dir=export_dir))
+                         model_dir=export_dir,
+                         unlabelled=0 if labelled else len(files)))
   return dict(zip(paths, np.asarray(vectors)))
 
 

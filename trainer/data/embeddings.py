@@ -104,6 +104,12 @@ def check_base(data_dir, base):
       description, cache, base_fingerprint=extractor.fingerprint(
           base.extractor), base_input_shape=base.input_shape,
       base_source=base.source)
+  where = embedding_cache.description_path(cache)
+  if description.get('unlabelled'):  # Absent in caches written before it.
+    raise _error(f'{where}: {description["unlabelled"]} of '
+                 f'{description["count"]} records have no label: '
+                 f'{_WAY_OUT_UNLABELLED}.')
+  _shards(cache, description)  # All there, before any work.
   size = transfer.embedding_size(base)
   if description.get('embedding_size') != size:
     raise _error(
