@@ -177,7 +177,8 @@ def load_classifier(model_dir, device=None, embeddings=False,
     with _on_device(device):
       loaded = artifact.load(model_dir, embeddings=embeddings)
   return Classifier(loaded.serve, loaded.saved_model, loaded.labels, device,
-                    embed=loaded.embed, predictions=predictions)
+                    embed=loaded.embed if embeddings else None,
+                    predictions=predictions)
 
 
 def prepare_device(gpus, set_memory_growth=None):

@@ -189,18 +189,18 @@ def summarize(result):
   return totals
 
 
-def _log_summary(totals, output, output_format):
+def _log_summary(totals, output, output_format, predictions=True):
   by_kind = {name[len('errors_'):]: value for name, value in totals.items()
              if name.startswith('errors_') and value}
   details = ', '.join(f'{kind}: {count}' for kind, count in sorted(
       by_kind.items()))
+  names = ((outputs.PREDICTIONS,) if predictions else ()) + (outputs.ERRORS,)
   _LOGGER.info(
-      'Scored %d images; %d errors%s; %d bytes read. Outputs: %s and %s.',
+      'Scored %d images; %d errors%s; %d bytes read. Outputs: %s.',
       totals.get('images_scored', 0), sum(by_kind.values()),
       f' ({details})' if details else '', totals.get('bytes_read', 0),
-      outputs.output_pattern(output, outputs.PREDICTIONS) + '.' +
-      output_format,
-      outputs.output_pattern(output, outputs.ERRORS) + '.' + output_format)
+      ' and '.join(outputs.output_pattern(output, name) + '.' + output_format
+                   for name in names))
 
 
 def _create_pipeline(options):
@@ -287,7 +287,8 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
     outputs.remove_staging_folders(config.output)
     build_pipeline(pipeline, config)
     result = _run_and_publish(pipeline, config, lease)
-  _log_summary(summarize(result), config.output, config.output_format)
+  _log_summary(summarize(result), config.output, config.output_format,
+               predictions=not config.embeddings_only)
   if config.embeddings:
     _LOGGER.info('Embeddings: %s (described in %s)%s.',
                  outputs.output_pattern(config.output, outputs.EMBEDDINGS),
