@@ -109,10 +109,7 @@ def test_every_scored_image_has_the_extractors_vector_and_its_label(
 
 
 def _put(path, text=''):
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, 'w') as f:
-    f.write(text)
-  return path
+  return helpers.write_file(path, text)
 
 
 def test_publishing_removes_a_stale_cache_and_only_its_exact_names(tmp_path):

@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from batch_predict import outputs
+from tests import helpers
 from tests.helpers import records as record_files
 from trainer import storage
 
@@ -83,10 +84,7 @@ def test_a_finite_record_is_the_same_line_as_through_json_safe():
 
 
 def _put(path, text='{}\n'):
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, 'w') as f:
-    f.write(text)
-  return path
+  return helpers.write_file(path, text)
 
 
 def _tree(folder):

@@ -70,6 +70,14 @@ def train_in_process(**overrides):
   return train.run(run_context.create(config, tf.distribute.get_strategy()))
 
 
+def write_file(path, text=''):
+  """Writes `text` to `path`, making its folders; returns the path."""
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, 'w', encoding='utf-8') as f:
+    f.write(text)
+  return path
+
+
 def read_json(path):
   with open(path) as f:
     return json.load(f)
