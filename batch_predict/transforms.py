@@ -643,7 +643,7 @@ class _WriteShardFn(beam.DoFn):
     self._num_shards = num_shards
     self._staging = outputs.staging_folder(prefix, run_id)
 
-  def process(self, element):
+  def process(self, element, *side_inputs):
     index, rows = element
     final = outputs.shard_path(self._prefix, self._format.name, index,
                                self._num_shards, self._format.output_format)
@@ -652,7 +652,7 @@ class _WriteShardFn(beam.DoFn):
     # retried bundle or a killed worker never leaves half a shard. None is
     # the placeholder row that makes empty shards.
     with storage.open_write(path) as f:
-      self._format.write(f, rows)
+      self._format.write(f, rows, *side_inputs)
     yield path
 
 
@@ -663,7 +663,8 @@ class WriteShards(beam.PTransform):
   """
 
   def __init__(self, prefix, name, num_shards, run_id,
-               output_format=outputs.JSONL, field_names=(), shard_format=None):
+               output_format=outputs.JSONL, field_names=(), shard_format=None,
+               side_inputs=()):
     """Stages one output.
 
     Args:
@@ -677,6 +678,8 @@ class WriteShards(beam.PTransform):
       shard_format: how to encode and write the shards (with `name`,
         `output_format`, `encode`, `write`), instead of
         `outputs.ShardFormat` (the embeddings': embeddings.ShardFormat).
+      side_inputs: Beam side inputs (`beam.pvalue.AsSingleton`, ...) whose
+        values `shard_format.write` takes after the rows.
     """
     super().__init__()
     self._prefix = prefix
@@ -684,6 +687,7 @@ class WriteShards(beam.PTransform):
                                                        field_names)
     self._num_shards = num_shards
     self._run_id = run_id
+    self._side_inputs = tuple(side_inputs)
 
   def expand(self, records):
     num_shards = self._num_shards
@@ -698,8 +702,9 @@ class WriteShards(beam.PTransform):
     return ((keyed, every_shard)
             | 'AddEmptyShards' >> beam.Flatten()
             | 'GroupByShard' >> beam.GroupByKey()
-            | 'WriteShards' >> beam.ParDo(_WriteShardFn(
-                self._prefix, self._format, num_shards, self._run_id)))
+            | 'WriteShards' >> beam.ParDo(
+                _WriteShardFn(self._prefix, self._format, num_shards,
+                              self._run_id), *self._side_inputs))
 
 
 class _PublishFn(beam.DoFn):

@@ -288,8 +288,8 @@ def test_label_names_sort_folders_as_text_and_integer_labels_as_numbers():
   combine = embeddings.SummarizeFn(known_label_names=('a', 'z'))
   first, second = combine.create_accumulator(), combine.create_accumulator()
   for label in ('b', None, 'a'):
-    first = combine.add_input(first, {'label': label})
-  second = combine.add_input(second, {'label': 'c'})
+    first = combine.add_input(first, label)
+  second = combine.add_input(second, 'c')
   merged = combine.merge_accumulators([first, second])
   assert combine.extract_output(merged) == (4, ('a', 'b', 'c', 'z'), 1)
 
