@@ -388,7 +388,13 @@ class _ProgressLog:
     now = time.monotonic()
     if self._last is not None and now - self._last < self._interval_secs:
       return
+    first = self._last is None
     self._last = now
+    if first:  # A rate over one image says nothing.
+      _LOGGER.info('This worker has scored its first image, %.1f s after it '
+                   'started; its progress follows every %g s.',
+                   now - self._start, self._interval_secs)
+      return
     rate = self.scored / max(now - self._start, 1e-9)
     _LOGGER.info('This worker has scored %d images (%d could not be decoded) '
                  'in %.0f s: %.0f images/s.', self.scored, self.failed,

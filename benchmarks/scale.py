@@ -48,7 +48,7 @@ from benchmarks import scoring_throughput  # pylint: disable=g-import-not-at-top
 
 SECTION_TITLE = '## Scoring at scale: glob vs manifest, start-up, steady state'
 # The progress line a worker logs at its first scored image.
-_FIRST_SCORED = 'This worker has scored'
+_FIRST_SCORED = 'This worker has scored its first image'
 _QUICK_SIZES = {'scale_images': 2_000, 'images': 1_000, 'large_images': 3_000,
                 'runs': 1}
 
