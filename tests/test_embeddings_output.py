@@ -341,3 +341,39 @@ def test_a_publish_cut_short_leaves_no_description_over_a_mix(
   publish()  # The retry (or the rerun) completes it.
   assert [open(path).read() for path in old] == ['new', 'new']
   assert open(description).read() == '{"count": "new"}'
+
+
+@pytest.mark.parametrize('count', [0, 1, 255, 256, 257, 2000])
+def test_a_shard_written_in_gzip_members_reads_back_in_order(
+    tmp_path, monkeypatch, count):
+  """The writer compresses members of a shard on several threads: TensorFlow
+  and Python's gzip read the shard as one stream, every record in order."""
+  import gzip  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(embeddings, '_WRITER_THREADS', 2)
+  rng = np.random.default_rng(count)
+  vectors = rng.standard_normal((count, 5)).astype(np.float32)
+  rows = [(f'gs://b/{index}.png', vectors[index].tobytes(),
+           'cat' if index % 2 else None) for index in range(count)]
+  rows.insert(count // 2, None)  # A WriteShards placeholder row.
+  path = tmp_path / 'shard.tfrecord.gz'
+  with open(path, 'wb') as f:
+    embeddings.ShardFormat().write(f, iter(rows), (count, ('cat', 'dog'), 0))
+  data = path.read_bytes()
+  members = -(-count // embeddings._MEMBER_RECORDS) or 1  # pylint: disable=protected-access
+  assert data.count(b'\x1f\x8b\x08') >= members  # gzip headers
+  records = [record.numpy()
+             for record in tf.data.TFRecordDataset(str(path), 'GZIP')]
+  parsed = [tf.train.Example.FromString(record) for record in records]
+  assert [example.features.feature['uri'].bytes_list.value[0].decode()
+          for example in parsed] == [f'gs://b/{index}.png'
+                                     for index in range(count)]
+  for index, example in enumerate(parsed):
+    feature = example.features.feature
+    np.testing.assert_array_equal(feature['embedding'].float_list.value,
+                                  vectors[index])
+    assert ('label' in feature) == bool(index % 2)
+    if index % 2:
+      assert list(feature['label'].int64_list.value) == [0]
+  # Python's gzip reads every member too: each record's TFRecord frame
+  # (length 8, its CRC 4, data, its CRC 4).
+  assert len(gzip.decompress(data)) == sum(16 + len(r) for r in records)
