@@ -200,6 +200,30 @@ def test_missing_shards_and_counts_that_differ_are_named(tmp_path, small_cache,
     embeddings.load(options)
 
 
+def test_a_shard_that_is_not_a_cache_is_named_and_fewer_counted_records_too(
+    tmp_path, small_cache):
+  _, prefix, _ = small_cache
+  copy = str(tmp_path / 'copy')
+  _copy_description(prefix, copy)
+  first, second = (embedding_cache.shard_name(copy, index, 2)
+                   for index in range(2))
+  os.symlink(embedding_cache.shard_name(prefix, 0, 2), first)
+  with open(second, 'wb') as f:
+    f.write(b'not gzip at all')
+  options = data.Options('embeddings', 0.1, 0.1, _data_dir(copy))
+  with pytest.raises(embedding_cache.EmbeddingCacheError,
+                     match=f'^{second}: not a shard of '):
+    embeddings.load(options)
+  # A description that counts fewer records than the shards hold.
+  os.remove(second)
+  os.symlink(embedding_cache.shard_name(prefix, 1, 2), second)
+  _copy_description(prefix, copy, count=SMALL - 7)
+  with pytest.raises(embedding_cache.EmbeddingCacheError,
+                     match=f'says {SMALL - 7} records, and its shards hold '
+                     f'{SMALL}'):
+    embeddings.load(options)
+
+
 # --------------------------------------------------------------------------
 # The split.
 
