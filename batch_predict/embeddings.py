@@ -70,7 +70,7 @@ from trainer import storage
 _Z_RLE = 3
 # A shard's gzip members: records per member, threads compressing them.
 _MEMBER_RECORDS = 256
-_WRITER_THREADS = max(1, min(4, os.cpu_count() or 1))
+_WRITER_THREADS = max(1, min(4, len(os.sched_getaffinity(0))))
 
 
 def sorted_label_names(names, numeric=False):
@@ -185,7 +185,14 @@ class ShardFormat:
     return record['uri'], record['embedding'], record['label']
 
   def write(self, f, rows, summary):
-    """Writes one shard's rows (None rows skipped) to the binary file `f`."""
+    """Writes one shard's rows (None rows skipped) to the binary file `f`.
+
+    Args:
+      f: the staged shard, a binary file open for writing.
+      rows: from `encode` (and None placeholders), in the shard's order.
+      summary: `SummarizeFn`'s output (its label names give each label's
+        index).
+    """
     from tensorflow.core.example import example_pb2  # pylint: disable=g-import-not-at-top
     _, label_names, _ = summary
     index = {name: position for position, name in enumerate(label_names)}
@@ -193,7 +200,7 @@ class ShardFormat:
                 for row in rows if row is not None)
     with tempfile.TemporaryDirectory(prefix='embeddings-') as folder, \
         futures.ThreadPoolExecutor(_WRITER_THREADS) as pool:
-      pending = collections.deque()  # In order; at most 2 per thread held.
+      pending = collections.deque()  # In order; 2 per thread (+1) held.
       for number, member in enumerate(_members(examples)):
         pending.append(pool.submit(_write_member,
                                    os.path.join(folder, str(number)), member))

@@ -390,7 +390,7 @@ class _ProgressLog:
       return
     first = self._last is None
     self._last = now
-    if first:  # A rate over one image says nothing.
+    if first and self.scored:  # A rate over one image says nothing.
       _LOGGER.info('This worker has scored its first image, %.1f s after it '
                    'started; its progress follows every %g s.',
                    now - self._start, self._interval_secs)

@@ -93,7 +93,8 @@ def test_a_missing_or_foreign_description_is_refused(tmp_path):
 
 @pytest.mark.parametrize('field, value', [
     ('fingerprint', None), ('input', 'x'), ('embedding_size', '64'),
-    ('count', None), ('shards', 1.5)])
+    ('count', None), ('shards', 1.5), ('count', -1), ('count', True),
+    ('embedding_size', -64)])
 def test_a_description_with_a_broken_field_is_refused_in_one_line(
     tmp_path, field, value):
   prefix = str(tmp_path / 'run')

@@ -304,6 +304,15 @@ def test_progress_is_logged_at_the_first_image_then_per_interval(
     assert 'images/s' in progress[-1]
 
 
+def test_a_first_image_that_fails_is_not_logged_as_scored(caplog):
+  progress = transforms._ProgressLog(3600)  # pylint: disable=protected-access
+  with caplog.at_level(logging.INFO, logger=transforms.__name__):
+    progress.record(0, 1)
+  assert [r.getMessage() for r in caplog.records] == [
+      'This worker has scored 0 images (1 could not be decoded) in 0 s: '
+      '0 images/s.']
+
+
 class _Uris(beam.PTransform):
   """Listed Items -> their URIs; error records pass as they are."""
 

@@ -222,6 +222,12 @@ def test_a_shard_that_is_not_a_cache_is_named_and_fewer_counted_records_too(
                      match=f'says {SMALL - 7} records, and its shards hold '
                      f'{SMALL}'):
     embeddings.load(options)
+  # One that counts more than any memory holds: one line, not a traceback.
+  for count in (10**11, 10**15):  # Beyond memory; beyond address space.
+    _copy_description(prefix, copy, count=count)
+    with pytest.raises(embedding_cache.EmbeddingCacheError,
+                       match='do not fit in this machine'):
+      embeddings.load(options)
 
 
 # --------------------------------------------------------------------------

@@ -170,7 +170,10 @@ def _check_fields(description, path):
   """Refuses a description with a field missing or of the wrong type
   (edited by hand, or written by something else), in one line."""
   for name, kind in _FIELDS.items():
-    if not isinstance(description.get(name), kind):
+    value = description.get(name)
+    # bool is an int; a negative count or size is no cache's.
+    if (not isinstance(value, kind) or isinstance(value, bool) or
+        (kind is int and value < 0)):
       raise EmbeddingCacheError(
           f'{path}: no valid {name!r} ({description.get(name)!r}): not an '
           'embedding cache description batch_predict --embeddings wrote; '

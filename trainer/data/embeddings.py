@@ -162,8 +162,8 @@ def _batches(local_paths, size):
   """The shards' parsed records, in batches of `_READ_BATCH` (numpy dicts).
 
   The shards are decompressed and parsed in parallel (tf.data's
-  interleave, in a fixed order), so the only copy of the vectors in memory
-  is the one `read_records` fills.
+  interleave, in a fixed order), a batch at a time: the array
+  `read_records` fills is the only copy of every vector it reads.
   """
   features = _features(size)
   dataset = tf.data.TFRecordDataset(
@@ -177,7 +177,12 @@ def _batches(local_paths, size):
 def _fill(local_paths, size, capacity):
   """(uris, vectors [capacity, size], labels [capacity], records read): the
   first `capacity` records in the arrays, every record counted."""
-  vectors = np.empty((capacity, size), np.float32)
+  try:
+    vectors = np.empty((capacity, size), np.float32)
+  except (MemoryError, ValueError):  # ValueError: beyond any address space.
+    raise _error(f'{capacity:,} vectors of {size} floats do not fit in this '
+                 'machine\'s memory: train on a machine with more, or on '
+                 'fewer images.') from None
   labels = np.empty((capacity,), np.int64)
   uris, read = [], 0
   for batch in _batches(local_paths, size):
@@ -192,7 +197,7 @@ def _fill(local_paths, size, capacity):
   return uris, vectors, labels, read
 
 
-def _name_the_bad_shard(paths, local_paths, size, error):
+def _name_the_bad_shard(cache, paths, local_paths, size, error):
   """The error naming the shard TensorFlow could not read (each read alone;
   only once a read of them all failed)."""
   for path, local in zip(paths, local_paths):
@@ -200,13 +205,12 @@ def _name_the_bad_shard(paths, local_paths, size, error):
       for _ in _batches([local], size):
         pass
     except tf.errors.OpError as e:
-      error = e
-      break
-  else:
-    path = ', '.join(paths)
-  return _error(f'{path}: not a shard of {size}-float embeddings: '
-                f'{checks.short_message(error)}. Rerun batch_predict '
-                '--embeddings.')
+      return _error(f'{path}: not a shard of {size}-float embeddings: '
+                    f'{checks.short_message(e)}. Rerun batch_predict '
+                    '--embeddings.')
+  # Each shard reads alone: the reading itself failed (memory, disk).
+  return _error(f'Reading the cache {cache} failed: '
+                f'{checks.short_message(error)}.')
 
 
 def read_records(cache, description):
@@ -222,12 +226,17 @@ def read_records(cache, description):
   count = description['count']
   paths = _shards(cache, description)
   with contextlib.ExitStack() as stack:
-    local_paths = [stack.enter_context(storage.local_file(path))
-                   for path in paths]
+    try:
+      local_paths = [stack.enter_context(storage.local_file(path))
+                     for path in paths]
+    except OSError as e:  # A gs:// cache larger than the local disk.
+      raise _error(f'Copying the cache {cache} to local disk failed ({e}): '
+                   'set TMPDIR to a folder with room for its shards.') from None
     try:
       uris, vectors, labels, read = _fill(local_paths, size, count)
     except tf.errors.OpError as e:
-      raise _name_the_bad_shard(paths, local_paths, size, e) from None
+      raise _name_the_bad_shard(cache, paths, local_paths, size,
+                                e) from None
   where = embedding_cache.description_path(cache)
   if read != count:
     raise _error(f'{where} says {count} records, and its shards hold '
