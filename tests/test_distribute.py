@@ -135,20 +135,24 @@ def _mirrored_over_one_device(tmp_path):
   return train.run(run_context.create(config, strategy))
 
 
-def _mirrored_over_two_devices(tmp_path):
-  """The run in a fresh process whose CPU is split into two logical
-  devices; returns its metrics and log."""
-  job_dir = tmp_path / 'devices2'
-  process = helpers.run_module(
-      'tests.logical_devices', '2', f'--job_dir={job_dir}',
-      *(f'--{key}={value}' for key, value in _MIRRORED.items()))
-  return helpers.read_json(str(job_dir / 'metrics.json')), process.stderr
-
-
 @pytest.mark.slow
 def test_mirrored_over_two_devices_matches_one_device(tmp_path):
-  one = _mirrored_over_one_device(tmp_path)
-  two, log = _mirrored_over_two_devices(tmp_path)
+  # Two devices: a fresh process whose CPU is split into two logical
+  # devices, started first so that its start-up overlaps the baseline.
+  log_path = str(tmp_path / 'devices2.log')
+  process = processes.start_module(
+      'tests.logical_devices', '2', f'--job_dir={tmp_path / "devices2"}',
+      *(f'--{key}={value}' for key, value in _MIRRORED.items()),
+      log_path=log_path)
+  try:
+    one = _mirrored_over_one_device(tmp_path)
+    assert process.wait(timeout=600) == 0, processes.read_log(log_path)[-4000:]
+  finally:
+    if process.poll() is None:
+      process.kill()
+      process.wait()
+  two = helpers.read_json(str(tmp_path / 'devices2' / 'metrics.json'))
+  log = processes.read_log(log_path)
   assert re.search(r'Strategy: tf.distribute.MirroredStrategy .*2 replica\(s\) in sync',
                    log)
   assert (one['replicas'], two['replicas']) == (1, 2)
