@@ -14,6 +14,7 @@ import pytest
 
 from tests import helpers
 from tests.helpers import image_files
+from tests.helpers import processes
 from trainer import cli
 
 
@@ -198,16 +199,16 @@ def test_the_trainers_log_is_quiet_by_default(trained_job_dir):
   assert len(lines) < 20, lines
 
 
-@pytest.mark.slow  # Two TensorFlow processes: ~10 s.
+@pytest.mark.slow  # Two TensorFlow processes, side by side.
 def test_the_other_commands_of_the_main_job_are_quiet_too(trained_export,
                                                          tmp_path):
-  samples = helpers.run_module('trainer.write_samples',
-                               f'--output_dir={tmp_path / "samples"}',
-                               '--count=3')
-  evaluated = helpers.run_module('trainer.evaluate',
-                                 f'--model_dir={trained_export}',
-                                 f'--output_dir={tmp_path / "evaluation"}')
+  samples, evaluated = processes.run_modules(
+      ('trainer.write_samples', [f'--output_dir={tmp_path / "samples"}',
+                                 '--count=3']),
+      ('trainer.evaluate', [f'--model_dir={trained_export}',
+                            f'--output_dir={tmp_path / "evaluation"}']))
   for process in (samples, evaluated):
+    assert process.returncode == 0, process.stderr[-3000:]
     for noise in _NOISE:
       assert noise not in process.stderr, (noise, process.stderr)
   assert len(os.listdir(tmp_path / 'samples')) == 3

@@ -42,11 +42,13 @@ def test_train_export_and_score_with_buckets_only(gcs_server,
                                                   beam_gcs_anonymous):
   bucket = 'gs://test-bucket'
   _upload_digits_as_idx(f'{bucket}/data/digits')
-  # Vertex's Cloud Storage FUSE path names the same bucket.
-  helpers.run_module(
-      'trainer.task', '--dataset=mnist', f'--data_dir={bucket}/data/digits',
-      '--job_dir=/gcs/test-bucket/runs/digits', '--model=deep_mnist',
-      '--epochs=1', '--batch_size=64')
+  # Vertex's Cloud Storage FUSE path names the same bucket. What
+  # `python -m trainer.task --dataset=mnist ...` trains, in this process (the
+  # command on a gs:// job dir runs in test_resume.py).
+  helpers.train_in_process(
+      dataset='mnist', data_dir=f'{bucket}/data/digits',
+      job_dir='/gcs/test-bucket/runs/digits', model='deep_mnist', epochs=1,
+      batch_size=64)
   job_dir = f'{bucket}/runs/digits'
   names = {uri[len(job_dir) + 1:].split('/')[0]
            for uri in storage.list_files(job_dir)}

@@ -117,19 +117,42 @@ def test_a_sharded_pipeline_is_not_sharded_again_by_tf_distribute():
 # MirroredStrategy over two logical devices.
 
 
-def _mirrored_run(tmp_path, devices):
-  job_dir = tmp_path / f'devices{devices}'
-  process = helpers.run_module(
-      'tests.logical_devices', str(devices), f'--job_dir={job_dir}',
-      '--strategy=mirrored', '--model=softmax', '--epochs=2',
-      '--train_examples=1000')
-  return helpers.read_json(str(job_dir / 'metrics.json')), process.stderr
+_MIRRORED = {'strategy': 'mirrored', 'model': 'softmax', 'epochs': 2,
+             'train_examples': 1000}
+
+
+def _mirrored_over_one_device(tmp_path):
+  """The run over this process's one CPU device (no logical devices: the
+  device list of a process is fixed once TensorFlow has started, so the
+  baseline needs no process of its own)."""
+  from trainer import config as config_lib  # pylint: disable=g-import-not-at-top
+  from trainer import distribute  # pylint: disable=g-import-not-at-top
+  from trainer import run_context  # pylint: disable=g-import-not-at-top
+  from trainer import train  # pylint: disable=g-import-not-at-top
+  config = config_lib.build(overrides=dict(
+      _MIRRORED, job_dir=str(tmp_path / 'devices1')))
+  strategy = distribute.create_strategy('mirrored')
+  return train.run(run_context.create(config, strategy))
 
 
 @pytest.mark.slow
 def test_mirrored_over_two_devices_matches_one_device(tmp_path):
-  one, _ = _mirrored_run(tmp_path, 1)
-  two, log = _mirrored_run(tmp_path, 2)
+  # Two devices: a fresh process whose CPU is split into two logical
+  # devices, started first so that its start-up overlaps the baseline.
+  log_path = str(tmp_path / 'devices2.log')
+  process = processes.start_module(
+      'tests.logical_devices', '2', f'--job_dir={tmp_path / "devices2"}',
+      *(f'--{key}={value}' for key, value in _MIRRORED.items()),
+      log_path=log_path)
+  try:
+    one = _mirrored_over_one_device(tmp_path)
+    assert process.wait(timeout=600) == 0, processes.read_log(log_path)[-4000:]
+  finally:
+    if process.poll() is None:
+      process.kill()
+      process.wait()
+  two = helpers.read_json(str(tmp_path / 'devices2' / 'metrics.json'))
+  log = processes.read_log(log_path)
   assert re.search(r'Strategy: tf.distribute.MirroredStrategy .*2 replica\(s\) in sync',
                    log)
   assert (one['replicas'], two['replicas']) == (1, 2)

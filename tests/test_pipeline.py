@@ -539,9 +539,13 @@ def test_readme_scoring_command_runs_on_a_small_setting(trained_export,
 @pytest.mark.slow
 def test_scored_files_give_the_trainers_own_test_accuracy(tmp_path):
   job_dir = str(tmp_path / 'job')
+  # A tenth of the training split gives a model far above chance (test
+  # accuracy 0.67 here, 0.80 with all of it): what is compared is its
+  # accuracy on the whole test split, as the trainer measured it and as
+  # its scored files give it.
   helpers.train_in_process(
       dataset='fashion_mnist', data_dir=helpers.FASHION_MNIST_DIR,
-      job_dir=job_dir, epochs=1, model='softmax')
+      job_dir=job_dir, epochs=1, model='softmax', train_examples=5400)
   trainer_accuracy = helpers.read_json(
       os.path.join(job_dir, 'metrics.json'))['test_accuracy']
   source = idx.load_idx('fashion_mnist', helpers.FASHION_MNIST_DIR, 0.1)

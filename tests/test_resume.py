@@ -21,11 +21,21 @@ from trainer import artifact
 EPOCHS = 3
 
 
+# Epochs of 150 steps: long enough (about a second each on a quiet machine)
+# to land the signal inside the run, short enough for CI.
+_SETTINGS = {'model': 'softmax', 'epochs': EPOCHS, 'steps_per_epoch': 150,
+             'train_examples': 2000}
+
+
 def _args(job_dir, *extra):
-  # Epochs of 150 steps: long enough (about a second each on a quiet
-  # machine) to land the signal inside the run, short enough for CI.
-  return [f'--job_dir={job_dir}', '--model=softmax', f'--epochs={EPOCHS}',
-          '--steps_per_epoch=150', '--train_examples=2000', *extra]
+  return [f'--job_dir={job_dir}',
+          *(f'--{key}={value}' for key, value in _SETTINGS.items()), *extra]
+
+
+def _resume_in_process(job_dir):
+  """What `python -m trainer.task *_args(job_dir)` trains, in this process
+  (helpers.train_in_process), without a second TensorFlow start-up."""
+  return helpers.train_in_process(job_dir=job_dir, **_SETTINGS)
 
 
 def _assert_resumed(metrics, killed_at):
@@ -71,7 +81,9 @@ def test_a_killed_run_resumes_at_the_epoch_it_was_in(tmp_path, signum):
     assert status == 128 + signal.SIGTERM, processes.read_log(log)[-3000:]
     assert 'Stopped on SIGTERM' in processes.read_log(log)
 
-  helpers.run_module('trainer.task', *_args(job_dir))
+  # The same run again, in this process: resuming is train.run's (the
+  # command's rerun of a killed job dir is test_task.py's).
+  _resume_in_process(str(job_dir))
 
   metrics = helpers.read_json(str(job_dir / 'metrics.json'))
   _assert_resumed(metrics, killed_at)
@@ -97,7 +109,7 @@ def test_sigterm_on_a_gcs_job_dir_pushes_the_backup_and_resumes(gcs_server,
   assert 1 <= killed_at < EPOCHS
   assert not storage.exists(f'{job_dir}/metrics.json')
 
-  helpers.run_module('trainer.task', *_args(job_dir))
+  _resume_in_process(job_dir)  # From the bucket alone: a new process would.
 
   _assert_resumed(storage.read_json(f'{job_dir}/metrics.json'), killed_at)
   assert artifact.is_complete(f'{job_dir}/export')

@@ -173,29 +173,46 @@ def test_a_tiny_image_folder_fails_before_training_or_trains_as_told(
   [line] = _error_lines(refused.stderr)
   assert 'split is empty' in line and '_fraction=0' in line
   assert 'Epoch 1/' not in refused.stderr
-  helpers.run_module('trainer.task', *args, '--validation_fraction=0',
-                      '--test_fraction=0')
+  # Told to: the same run in this process (the refusal above is the
+  # command's; what the run trains on is train.run's).
+  helpers.train_in_process(
+      job_dir=str(tmp_path / 'job'), dataset='image_folder',
+      data_dir=str(root), model='softmax', epochs=1, image_size=16,
+      validation_fraction=0, test_fraction=0)
   metrics = _strict_json(tmp_path / 'job' / 'metrics.json')
   assert metrics['examples'] == {'train': 6, 'validation': 0, 'test': 0}
   assert metrics['evaluated_on'] is None
 
 
+def _hostile_folder(root, elsewhere):
+  """An image folder with a symlinked class, a FIFO and a corrupt PNG."""
+  image_files.write_image_folder(str(root), ['ant', 'cat'], per_class=10)
+  if not os.path.exists(elsewhere / 'bee'):
+    image_files.write_image_folder(str(elsewhere), ['bee'], per_class=10)
+  os.symlink(elsewhere / 'bee', root / 'bee')
+  os.mkfifo(root / 'cat' / 'pipe.png')
+  (root / 'cat' / 'corrupt.png').write_bytes(b'\x89PNG\r\n\x1a\n' + bytes(40))
+  return root
+
+
 @pytest.mark.slow
 def test_a_hostile_image_folder_trains_on_what_metrics_json_reports(
     tmp_path):
-  root = tmp_path / 'images'
-  image_files.write_image_folder(str(root), ['ant', 'cat'], per_class=10)
-  image_files.write_image_folder(str(tmp_path / 'elsewhere'), ['bee'],
-                              per_class=10)
-  os.symlink(tmp_path / 'elsewhere' / 'bee', root / 'bee')
-  os.mkfifo(root / 'cat' / 'pipe.png')
-  (root / 'cat' / 'corrupt.png').write_bytes(b'\x89PNG\r\n\x1a\n' + bytes(40))
-  args = [f'--job_dir={tmp_path / "job"}', '--dataset=image_folder',
-          f'--data_dir={root}', '--model=softmax', '--epochs=1',
+  root = _hostile_folder(tmp_path / 'images', tmp_path / 'elsewhere')
+  # The same folder with an empty class folder, to be refused before
+  # training, naming it. Both commands run at once, on folders of their own.
+  with_empty = _hostile_folder(tmp_path / 'images2', tmp_path / 'elsewhere')
+  (with_empty / 'dog').mkdir()
+  args = ['--dataset=image_folder', '--model=softmax', '--epochs=1',
           '--image_size=16', '--validation_fraction=0.2',
           '--test_fraction=0.2']
   # A FIFO that was opened would block the run until this timeout.
-  process = helpers.run_module('trainer.task', *args, timeout=300)
+  process, refused = processes.run_modules(
+      ('trainer.task', [f'--job_dir={tmp_path / "job"}',
+                        f'--data_dir={root}', *args]),
+      ('trainer.task', [f'--job_dir={tmp_path / "job2"}',
+                        f'--data_dir={with_empty}', *args]), timeout=300)
+  assert process.returncode == 0, process.stderr[-3000:]
   assert 'Followed the symlinked folder bee' in process.stderr
   assert 'cat/pipe.png (a named pipe (FIFO))' in process.stderr
   assert 'cat/corrupt.png (Invalid PNG' in process.stderr
@@ -205,15 +222,10 @@ def test_a_hostile_image_folder_trains_on_what_metrics_json_reports(
   assert list(metrics['data']['followed_links']) == ['bee']
   assert artifact.read_metadata(str(tmp_path / 'job' / 'export'))[
       'labels'] == ['ant', 'bee', 'cat']
-  # An empty class folder is refused, before training, naming it.
-  (root / 'dog').mkdir()
-  process = helpers.run_module(
-      'trainer.task', *args, f'--job_dir={tmp_path / "job2"}', check=False,
-      timeout=300)
-  assert process.returncode == 2
-  [line] = _error_lines(process.stderr)
+  assert refused.returncode == 2
+  [line] = _error_lines(refused.stderr)
   assert 'class folder(s) dog hold no images' in line
-  assert 'Epoch 1/' not in process.stderr
+  assert 'Epoch 1/' not in refused.stderr
 
 
 @pytest.mark.slow
@@ -258,8 +270,9 @@ def _run_trainer(*args, env=None, preexec_fn=None, timeout=600):
                         text=True, timeout=timeout, preexec_fn=preexec_fn)
 
 
-_DEEP = ['--model=deep_mnist', '--epochs=1', '--steps_per_epoch=3',
-         '--train_examples=500']  # About 40 MB a checkpoint.
+_DEEP_SETTINGS = {'model': 'deep_mnist', 'epochs': 1, 'steps_per_epoch': 3,
+                  'train_examples': 500}  # About 40 MB a checkpoint.
+_DEEP = [f'--{key}={value}' for key, value in _DEEP_SETTINGS.items()]
 
 
 @pytest.mark.slow
@@ -295,10 +308,10 @@ def test_disk_full_during_the_export_ends_in_one_line_and_cleans_up(
     assert os.listdir(disk) == []  # No export, no half-published copy.
   assert os.listdir(tmp) == []  # The staging folder is gone.
   assert not (job_dir / 'metrics.json').exists()
-  # The checkpoint is kept: with room, the same command finishes the run.
-  process = _run_trainer(f'--job_dir={job_dir}', *_DEEP,
-                         f'--export_dir={tmp_path / "export"}')
-  assert process.returncode == 0, process.stderr[-3000:]
+  # The checkpoint is kept: with room, the same run finishes (in this
+  # process: resuming and exporting are train.run's).
+  helpers.train_in_process(job_dir=str(job_dir), **_DEEP_SETTINGS,
+                           export_dir=str(tmp_path / 'export'))
   assert artifact.is_complete(str(tmp_path / 'export'))
 
 

@@ -8,7 +8,7 @@ from PIL import Image
 
 from trainer.data import samples
 from trainer.data import sources
-from tests import helpers
+from tests.helpers import processes
 
 
 def test_written_files_hold_the_split_pixels_and_name_their_labels(tmp_path):
@@ -25,13 +25,14 @@ def test_written_files_hold_the_split_pixels_and_name_their_labels(tmp_path):
 
 @pytest.mark.slow
 def test_the_command_ends_a_bad_flag_or_missing_data_in_one_line(tmp_path):
-  for args, message in (
-      (['--dataset=mnist'], "data_dir: dataset 'mnist' needs --data_dir."),
-      (['--dataset=mnist', f'--data_dir={tmp_path}/none'],
-       'train-images-idx3-ubyte.gz: file not found')):
-    process = helpers.run_module(
-        'trainer.write_samples', f'--output_dir={tmp_path}/out', *args,
-        check=False, timeout=120)
+  cases = ((['--dataset=mnist'], "data_dir: dataset 'mnist' needs --data_dir."),
+           (['--dataset=mnist', f'--data_dir={tmp_path}/none'],
+            'train-images-idx3-ubyte.gz: file not found'))
+  # Both commands at once: their TensorFlow start-ups overlap.
+  finished = processes.run_modules(
+      *[('trainer.write_samples', [f'--output_dir={tmp_path}/out', *args])
+        for args, _ in cases], timeout=120)
+  for process, (_, message) in zip(finished, cases):
     assert process.returncode == 2
     assert message in process.stderr and 'Traceback' not in process.stderr
   assert not os.path.exists(tmp_path / 'out')
