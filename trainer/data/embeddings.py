@@ -33,9 +33,9 @@ client) and read there: the whole cache is read once into memory anyway
 (so its size on local disk too), and unlike TensorFlow's own GCS
 filesystem this path also works against a GCS emulator, so it is tested.
 The vectors are read straight into one array of the description's count
-(the shards in parallel): no copy per shard and none of them all, which
-held three times the cache in memory and took a quarter of a two-stage
-run's time.
+(the shards in parallel), with no per-shard arrays to concatenate after
+(loading a 20,000-vector cnn_bn cache: 6.1 -> 5.3 s, median of 5; the
+split's copies in `load` still hold the cache twice at their peak).
 """
 
 import contextlib
