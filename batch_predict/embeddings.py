@@ -10,17 +10,29 @@ the trainer reads them with); this module writes them:
   the same batches as `serving_default` (model_handler.py), and
   `transforms.ScoreImages` gives every image it scores exactly one
   embedding record (`outputs.embedding_record`: uri, vector, label name).
+* The Examples are written where the records are made: `_WritePiecesFn`
+  follows the scoring in the same stage, so no vector crosses a stage
+  boundary. (Sending the records to their shards through a shuffle, as the
+  predictions go, cost a quarter of an embedding run in Beam's in-memory
+  runner, which joins a stage's whole input into one bytes object and
+  copies it into a protobuf: 250 MB for 20,000 cnn_bn vectors.) Each
+  bundle writes at most one piece per shard (`crc32(uri) % NNNNN`, as the
+  other outputs) into the staging folder, and yields only each piece's
+  path, its count, and its label names. An Example holds `uri` bytes,
+  `embedding` float list, and for a labelled image `label` int64 = the
+  index of its name in `label_names`, and `label_name` bytes.
 * `SummarizeFn`, a Beam combiner (so it merges across workers and
-  processes), counts the records and collects their label names. The
-  records cross the shuffle into their shards as they are (uri, the
-  float32 bytes of the vector, label name: bytes Beam's own coder moves,
-  no pickling), and each shard's writer, which has the summary as a side
-  input, turns them into `tf.train.Example`s (`uri` bytes, `embedding`
-  float list, and for a labelled image `label` int64 = the index of its
-  name in `label_names`, and `label_name` bytes). Encoding before the
-  summary is known would need the records held back until every label is
-  counted: a second pass of every vector between stages, which measured
-  a quarter of an embedding run.
+  processes), sums the pieces' counts and label names. Each shard is then
+  assembled from its pieces (`ShardFormat`, through the scorer's own sink:
+  `transforms.WriteShards` and `transforms.PublishOutputs`, so the shards
+  are staged and published by the same rules as the predictions). When
+  the label names were known before the run (class folders) or there are
+  none, that is a byte copy: gzip (RFC 1952) allows any number of members,
+  and TensorFlow's and Python's gzip readers read them as one stream.
+  Otherwise (a manifest's or a TFRecord's labels, met only while scoring)
+  the indices are rewritten from the label names. Beam's `WriteToTFRecord`
+  is a `FileBasedSink`, with the finalisation transforms.py explains it
+  does not use.
 * The label names: with `--labels_from_folders` the sorted class folder
   names (the trainer's `image_folder` order; `options.py` lists them
   before the run for a folder input), with any folder names met that were
@@ -28,21 +40,17 @@ the trainer reads them with); this module writes them:
   sorted distinct labels of the embedded images, numerically when every one
   is an integer (so a TFRecord's `image/class/label` k keeps index k when
   every class occurs). Unlabelled images have no `label` fields.
-* The shards go through the scorer's own sink (`transforms.WriteShards`,
-  then `transforms.PublishOutputs` with the other outputs), so they are
-  staged and published by the same rules as the predictions; Beam's
-  `WriteToTFRecord` is a `FileBasedSink`, with the finalisation
-  transforms.py explains it does not use. Each shard's framing and gzip
-  are TensorFlow's `TFRecordWriter`'s (deflate's run-length strategy,
-  below), written to local temporary files and copied into the staged
-  shard (TensorFlow's writer takes a path, and cannot reach gs:// through
-  `storage`, which stages and moves files). A shard is written as
-  consecutive gzip members of `_MEMBER_RECORDS` records each, compressed
-  on `_WRITER_THREADS` threads (the writer releases the GIL): gzip (RFC
-  1952) allows any number of members, and TensorFlow's and Python's gzip
-  readers read them as one stream, records in order. The shards are
-  written after every image is embedded, with the machine otherwise idle;
-  one thread left a core unused for a fifth of an embedding run.
+* The framing and gzip are TensorFlow's `TFRecordWriter`'s (deflate's
+  run-length strategy, below), written to local temporary files
+  (TensorFlow's writer takes a path, and cannot reach gs:// through
+  `storage`, which stages and moves files), in gzip members of
+  `_MEMBER_RECORDS` records compressed on `_WRITER_THREADS` threads while
+  the model scores the next images (the writer and the model's calls
+  release the GIL). A piece is appended to member by member, with no file
+  left open between members (`--num_shards` may be in the thousands); on
+  gs:// it is uploaded whole when its bundle ends. On Dataflow, a bundle
+  of few images writes small pieces (one object per shard it touches),
+  which the assembly concatenates.
 * `PREFIX-embeddings.json` (`embedding_cache.describe`) is staged once the
   count is known and published by the same step, after the shards.
 
@@ -56,8 +64,10 @@ import itertools
 import os
 import shutil
 import tempfile
+import uuid
 
 import apache_beam as beam
+from apache_beam.transforms import window
 import numpy as np
 
 from batch_predict import outputs
@@ -90,7 +100,8 @@ def _is_integer(name):
 
 
 class SummarizeFn(beam.CombineFn):
-  """The embedding records' labels (None: unlabelled) -> (count, label
+  """The pieces' summaries (`_WritePiecesFn`: how many records, the label
+  names met, how many records have no label) -> the run's (count, label
   names in cache order, how many records have no label)."""
 
   def __init__(self, known_label_names=(), numeric=False):
@@ -105,13 +116,11 @@ class SummarizeFn(beam.CombineFn):
   def create_accumulator(self):
     return 0, set(), 0
 
-  def add_input(self, accumulator, label):
+  def add_input(self, accumulator, piece):
     count, names, unlabelled = accumulator
-    if label is None:
-      unlabelled += 1
-    else:
-      names.add(label)
-    return count + 1, names, unlabelled
+    records, met, without = piece
+    names.update(met)
+    return count + records, names, unlabelled + without
 
   def merge_accumulators(self, accumulators):
     total, merged, unlabelled = 0, set(), 0
@@ -172,42 +181,230 @@ def to_example(row, label_index, example_class):
   return example.SerializeToString()
 
 
+class _UnlistedIndex(dict):
+  """{label name: index in the names listed before the run}; a name that
+  was not listed gets -1, which the shard's assembly rewrites
+  (`ShardFormat.write`: the listed names are then not the cache's)."""
+
+  def __missing__(self, name):
+    return -1
+
+
+class _Pieces:
+  """One bundle's pieces: its records' Examples, by shard, written as gzip
+  members of at most `_MEMBER_RECORDS` records on `pool`'s threads while
+  the bundle goes on (the model's calls and the writer both release the
+  GIL). At most one piece per shard, appended to member by member without
+  an open file per shard (`--num_shards` may be in the thousands)."""
+
+  def __init__(self, staging, prefix, num_shards, pool):
+    self._staging = staging
+    self._prefix = prefix
+    self._num_shards = num_shards
+    self._pool = pool
+    self._id = uuid.uuid4().hex
+    self._folder = tempfile.mkdtemp(prefix='embeddings-')
+    self._buffers = {}  # shard -> Examples not yet in a member
+    self._summaries = {}  # shard -> [records, label names met, unlabelled]
+    self._pending = collections.deque()  # (shard, member future), in order
+    self._members = 0
+
+  def piece_path(self, shard):
+    """`STAGING/SHARD.tmp-BUNDLE`: a name `outputs.remove_staging_folders`
+    removes, as a killed writer's temporary file."""
+    name = storage.basename(outputs.shard_path(
+        self._prefix, outputs.EMBEDDINGS, shard, self._num_shards))
+    return storage.join(self._staging, f'{name}.tmp-{self._id}')
+
+  def _local_piece(self, shard):
+    """Where the piece grows: in the staging folder itself when that is
+    local; else in the bundle's temporary folder, uploaded whole."""
+    if storage.is_gcs(self._staging):
+      return os.path.join(self._folder, f'piece-{shard}')
+    return self.piece_path(shard)
+
+  def add(self, shard, example, label):
+    buffer = self._buffers.setdefault(shard, [])
+    buffer.append(example)
+    summary = self._summaries.setdefault(shard, [0, set(), 0])
+    summary[0] += 1
+    if label is None:
+      summary[2] += 1
+    else:
+      summary[1].add(label)
+    if len(buffer) >= _MEMBER_RECORDS:
+      self._submit(shard, self._buffers.pop(shard))
+
+  def _submit(self, shard, examples):
+    path = os.path.join(self._folder, str(self._members))
+    self._members += 1
+    self._pending.append((shard, self._pool.submit(_write_member, path,
+                                                   examples)))
+    while len(self._pending) > 2 * _WRITER_THREADS:
+      self._append(*self._pending.popleft())
+
+  def _append(self, shard, member):
+    path = member.result()
+    local = self._local_piece(shard)
+    if not storage.is_gcs(self._staging):
+      os.makedirs(os.path.dirname(local), exist_ok=True)
+    with open(local, 'ab') as f:
+      _append_file(f, path)
+
+  def finish(self):
+    """Writes what is left; returns [(shard, (piece path, records, label
+    names met, records without a label))], one per piece."""
+    for shard in list(self._buffers):
+      self._submit(shard, self._buffers.pop(shard))
+    while self._pending:
+      self._append(*self._pending.popleft())
+    if storage.is_gcs(self._staging):
+      for shard in self._summaries:
+        with storage.open_write(self.piece_path(shard)) as f:
+          _append_file(f, self._local_piece(shard))
+    shutil.rmtree(self._folder, ignore_errors=True)
+    return [(shard, (self.piece_path(shard), count, tuple(sorted(names)),
+                     unlabelled))
+            for shard, (count, names, unlabelled) in sorted(
+                self._summaries.items())]
+
+  def abandon(self):
+    """A bundle that failed: its members are dropped; its local pieces stay
+    for the publishing step (or the next run) to remove."""
+    futures.wait([member for _, member in self._pending])
+    shutil.rmtree(self._folder, ignore_errors=True)
+
+
+class _WritePiecesFn(beam.DoFn):
+  """Embedding records -> their Examples, written into pieces of the shards
+  in the step that makes the records (the scoring stage: no vector crosses
+  a stage boundary); yields (shard index, piece) for each piece a bundle
+  wrote (`_Pieces.finish`). Only completed bundles name their pieces, so a
+  retried bundle's first attempt is never assembled into a shard.
+
+  The labels' indices are the names listed before the run
+  (`--labels_from_folders` on a folder: the class folders); a name not
+  listed is written as -1 and the shard's assembly rewrites the indices.
+  """
+
+  def __init__(self, prefix, run_id, num_shards, label_names=()):
+    super().__init__()
+    self._prefix = prefix
+    self._staging = outputs.staging_folder(prefix, run_id)
+    self._num_shards = num_shards
+    self._label_names = tuple(label_names)
+    self._pool = self._pieces = self._example = self._index = None
+
+  def setup(self):
+    from tensorflow.core.example import example_pb2  # pylint: disable=g-import-not-at-top
+    self._example = example_pb2.Example
+    self._index = _UnlistedIndex(
+        (name, position) for position, name in enumerate(self._label_names))
+    self._pool = futures.ThreadPoolExecutor(_WRITER_THREADS)
+
+  def start_bundle(self):
+    self._pieces = _Pieces(self._staging, self._prefix, self._num_shards,
+                           self._pool)
+
+  def process(self, record):
+    uri, label = record['uri'], record['label']
+    self._pieces.add(
+        outputs.shard_of(uri, self._num_shards),
+        to_example((uri, record['embedding'], label), self._index,
+                   self._example), label)
+
+  def finish_bundle(self):
+    pieces, self._pieces = self._pieces, None
+    for piece in pieces.finish():
+      yield window.GlobalWindows.windowed_value(piece)
+
+  def teardown(self):
+    if self._pieces is not None:
+      self._pieces.abandon()
+      self._pieces = None
+    if self._pool is not None:
+      self._pool.shutdown()
+
+
 class ShardFormat:
-  """How `transforms.WriteShards` writes an embeddings shard: the rows are
-  (uri, vector bytes, label name), written as one gzip TFRecord file of
-  `tf.train.Example`s (see the module's docstring). `write` takes the
-  run's summary (`SummarizeFn`'s output) as its side input."""
+  """How `transforms.WriteShards` assembles an embeddings shard: its rows
+  are the shard's pieces (`_WritePiecesFn`), and `write` takes the run's
+  summary (`SummarizeFn`'s output) as its side input. When the cache's
+  label names are the ones listed before the run (or there are none), the
+  pieces' gzip members are the shard, copied byte for byte; else every
+  record's label index is rewritten from its `label_name`."""
 
   name = outputs.EMBEDDINGS
   output_format = outputs.EMBEDDINGS_EXTENSION
 
-  def encode(self, record):
-    return record['uri'], record['embedding'], record['label']
+  def __init__(self, label_names=()):
+    """Args:
+      label_names: the names the pieces' indices were written with.
+    """
+    self._label_names = tuple(label_names)
 
   def write(self, f, rows, summary):
-    """Writes one shard's rows (None rows skipped) to the binary file `f`.
+    """Writes one shard from its pieces (None rows skipped) to `f`.
 
     Args:
       f: the staged shard, a binary file open for writing.
-      rows: from `encode` (and None placeholders), in the shard's order.
+      rows: (piece path, records, label names, unlabelled) tuples (and None
+        placeholders).
       summary: `SummarizeFn`'s output (its label names give each label's
         index).
     """
-    from tensorflow.core.example import example_pb2  # pylint: disable=g-import-not-at-top
+    pieces = sorted(row[0] for row in rows if row is not None)
     _, label_names, _ = summary
-    index = {name: position for position, name in enumerate(label_names)}
-    examples = (to_example(row, index, example_pb2.Example)
-                for row in rows if row is not None)
-    with tempfile.TemporaryDirectory(prefix='embeddings-') as folder, \
-        futures.ThreadPoolExecutor(_WRITER_THREADS) as pool:
-      pending = collections.deque()  # In order; 2 per thread (+1) held.
-      for number, member in enumerate(_members(examples)):
-        pending.append(pool.submit(_write_member,
-                                   os.path.join(folder, str(number)), member))
-        if len(pending) > 2 * _WRITER_THREADS:
-          _append_file(f, pending.popleft().result())
-      while pending:
+    if not pieces:
+      write_examples(f, iter(()))  # One empty gzip member.
+    elif tuple(label_names) == self._label_names:
+      for piece in pieces:
+        _copy_piece(f, piece)
+    else:
+      index = {name: position for position, name in enumerate(label_names)}
+      write_examples(f, _relabelled(pieces, index))
+
+
+def _copy_piece(f, piece):
+  if storage.is_gcs(piece):
+    f.write(storage.read_bytes(piece))
+    return
+  with open(piece, 'rb') as source:
+    shutil.copyfileobj(source, f, 1 << 20)
+
+
+def _relabelled(pieces, label_index):
+  """The pieces' serialized Examples, each label index rewritten from its
+  label name (`label_index`: {name: index})."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  example_class = tf.train.Example
+  for piece in pieces:
+    with storage.local_file(piece) as local:
+      for data in tf.data.TFRecordDataset(local, 'GZIP').as_numpy_iterator():
+        example = example_class.FromString(data)
+        feature = example.features.feature
+        if embedding_cache.LABEL_NAME_FEATURE in feature:
+          name = feature[embedding_cache.LABEL_NAME_FEATURE].bytes_list.value[0]
+          values = feature[embedding_cache.LABEL_FEATURE].int64_list.value
+          del values[:]
+          values.append(label_index[name.decode('utf-8')])
+        yield example.SerializeToString()
+
+
+def write_examples(f, examples):
+  """Serialized Examples -> the binary file `f`, as gzip members of
+  `_MEMBER_RECORDS` records compressed on `_WRITER_THREADS` threads, in
+  order (no examples: one empty member)."""
+  with tempfile.TemporaryDirectory(prefix='embeddings-') as folder, \
+      futures.ThreadPoolExecutor(_WRITER_THREADS) as pool:
+    pending = collections.deque()  # In order; 2 per thread (+1) held.
+    for number, member in enumerate(_members(examples)):
+      pending.append(pool.submit(_write_member,
+                                 os.path.join(folder, str(number)), member))
+      if len(pending) > 2 * _WRITER_THREADS:
         _append_file(f, pending.popleft().result())
+    while pending:
+      _append_file(f, pending.popleft().result())
 
 
 def _members(examples):
@@ -290,14 +487,17 @@ class WriteEmbeddings(beam.PTransform):
         shards=config.num_shards, model_dir=config.model_dir)
 
   def expand(self, records):
-    summary = (records
-               | 'Labels' >> beam.Map(lambda record: record['label'])
+    pieces = records | 'WritePieces' >> beam.ParDo(_WritePiecesFn(
+        self._prefix, self._run_id, self._num_shards,
+        self._known_label_names))
+    summary = (pieces
+               | 'PieceCounts' >> beam.Map(lambda piece: piece[1][1:])
                | 'Summarize' >> beam.CombineGlobally(
                    SummarizeFn(self._known_label_names, self._numeric)))
-    shards = records | 'WriteShards' >> transforms.WriteShards(
+    shards = pieces | 'WriteShards' >> transforms.WriteShards(
         self._prefix, outputs.EMBEDDINGS, self._num_shards, self._run_id,
-        shard_format=ShardFormat(),
-        side_inputs=(beam.pvalue.AsSingleton(summary),))
+        shard_format=ShardFormat(self._known_label_names),
+        side_inputs=(beam.pvalue.AsSingleton(summary),), keyed=True)
     description = summary | 'StageDescription' >> beam.ParDo(
         _StageDescriptionFn(self._prefix, self._run_id, self._description))
     return (shards, description) | 'MergeStaged' >> beam.Flatten()

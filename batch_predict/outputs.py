@@ -145,10 +145,9 @@ def error_record(uri, kind, message, fields=(), true_label=None):
 
 
 def embedding_record(uri, embedding, label=None):
-  """The embeddings record of one scored image, before it is encoded (its
-  label's index is known only once every label is: embeddings.py). The
-  vector is its little-endian float32 bytes, which Beam moves without
-  pickling."""
+  """The embeddings record of one scored image, before
+  `embeddings._WritePiecesFn` encodes it as an Example. The vector is its
+  little-endian float32 bytes."""
   return {'uri': uri, 'embedding': np.asarray(embedding, '<f4').tobytes(),
           'label': label}
 

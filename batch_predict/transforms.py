@@ -5,8 +5,9 @@
              -> PublishOutputs (both, once every shard is written)
 
 (`--embeddings`: ScoreImages also yields each scored image's embedding
-record, which `embeddings.WriteEmbeddings` stages through the same
-WriteShards for PublishOutputs to publish with the others.)
+record, which `embeddings.WriteEmbeddings` writes into pieces in the same
+stage, assembles into shards through the same WriteShards, and
+PublishOutputs publishes with the others.)
 
 Every input leaves as exactly one record: a prediction, or an error that
 says what is wrong with it. Bad inputs are split off as early as possible
@@ -670,7 +671,7 @@ class WriteShards(beam.PTransform):
 
   def __init__(self, prefix, name, num_shards, run_id,
                output_format=outputs.JSONL, field_names=(), shard_format=None,
-               side_inputs=()):
+               side_inputs=(), keyed=False):
     """Stages one output.
 
     Args:
@@ -686,6 +687,8 @@ class WriteShards(beam.PTransform):
         `outputs.ShardFormat` (the embeddings': embeddings.ShardFormat).
       side_inputs: Beam side inputs (`beam.pvalue.AsSingleton`, ...) whose
         values `shard_format.write` takes after the rows.
+      keyed: the input is already (shard index, row) pairs (the embeddings'
+        pieces), not records to encode.
     """
     super().__init__()
     self._prefix = prefix
@@ -694,15 +697,19 @@ class WriteShards(beam.PTransform):
     self._num_shards = num_shards
     self._run_id = run_id
     self._side_inputs = tuple(side_inputs)
+    self._keyed = keyed
 
   def expand(self, records):
     num_shards = self._num_shards
-    encode = self._format.encode
-    # Rows are encoded here, in parallel, before the shuffle (which then
-    # moves compact rows rather than dicts).
-    keyed = records | 'KeyByShard' >> beam.Map(
-        lambda record: (outputs.shard_of(record['uri'], num_shards),
-                        encode(record)))
+    if self._keyed:
+      keyed = records
+    else:
+      encode = self._format.encode
+      # Rows are encoded here, in parallel, before the shuffle (which then
+      # moves compact rows rather than dicts).
+      keyed = records | 'KeyByShard' >> beam.Map(
+          lambda record: (outputs.shard_of(record['uri'], num_shards),
+                          encode(record)))
     every_shard = records.pipeline | 'EveryShard' >> beam.Create(
         [(index, None) for index in range(num_shards)])
     return ((keyed, every_shard)

@@ -108,6 +108,30 @@ def test_every_scored_image_has_the_extractors_vector_and_its_label(
                              expected, atol=1e-5)
 
 
+@pytest.mark.slow  # A real model over 6 images in process: ~5 s.
+def test_a_manifests_labels_index_the_cache_in_numeric_order(
+    trained_export, tmp_path):
+  """Labels not listed before the run (a manifest's column): the shards'
+  indices follow the cache's label names, integers sorted as numbers."""
+  written = image_files.write_digit_folder(str(tmp_path / 'digits'), 6)
+  labels = ['10', '2', '10', '9', '2', '10']
+  manifest = tmp_path / 'manifest.jsonl'
+  manifest.write_text(''.join(
+      f'{{"uri": "{path}", "label": "{label}", "id": "{index}"}}\n'
+      for index, ((path, _), label) in enumerate(zip(written, labels))))
+  prefix = str(tmp_path / 'out' / 'cache')
+  pipeline.run([f'--model_dir={trained_export}', f'--input={manifest}',
+                f'--output={prefix}', '--num_shards=2', '--embeddings_only'],
+               test_pipeline=test_pipeline.TestPipeline())
+  cache, count, _ = cache_helpers.read_cache(prefix)
+  names = embedding_cache.read_description(prefix)['label_names']
+  assert names == ['2', '9', '10']
+  assert count == 6
+  assert {uri: cache[uri][1:] for uri, _ in written} == {
+      path: (names.index(label), label)
+      for (path, _), label in zip(written, labels)}
+
+
 def _put(path, text=''):
   return helpers.write_file(path, text)
 
@@ -284,12 +308,13 @@ def test_label_names_sort_folders_as_text_and_integer_labels_as_numbers():
       '1', '2', '10')
   assert embeddings.sorted_label_names({'cat', '2'}, numeric=True) == (
       '2', 'cat')
-  # Two workers' partial summaries merge into the whole run's.
+  # Two workers' partial summaries of their pieces (records, label names
+  # met, records without a label) merge into the whole run's.
   combine = embeddings.SummarizeFn(known_label_names=('a', 'z'))
   first, second = combine.create_accumulator(), combine.create_accumulator()
-  for label in ('b', None, 'a'):
-    first = combine.add_input(first, label)
-  second = combine.add_input(second, 'c')
+  for piece in ((2, ('a', 'b'), 1), (1, ('b',), 0)):
+    first = combine.add_input(first, piece)
+  second = combine.add_input(second, (1, ('c',), 0))
   merged = combine.merge_accumulators([first, second])
   assert combine.extract_output(merged) == (4, ('a', 'b', 'c', 'z'), 1)
 
@@ -343,6 +368,19 @@ def test_a_publish_cut_short_leaves_no_description_over_a_mix(
   assert open(description).read() == '{"count": "new"}'
 
 
+def _example_rows(count, seed=0):
+  """(uri, float32 bytes, label name or None) rows and their vectors."""
+  vectors = np.random.default_rng(seed).standard_normal((count, 5)).astype(
+      np.float32)
+  return [(f'gs://b/{index}.png', vectors[index].tobytes(),
+           'cat' if index % 2 else None) for index in range(count)], vectors
+
+
+def _parsed(path):
+  return [tf.train.Example.FromString(record.numpy())
+          for record in tf.data.TFRecordDataset(str(path), 'GZIP')]
+
+
 @pytest.mark.parametrize('count', [0, 1, 255, 256, 257, 2000])
 def test_a_shard_written_in_gzip_members_reads_back_in_order(
     tmp_path, monkeypatch, count):
@@ -350,20 +388,16 @@ def test_a_shard_written_in_gzip_members_reads_back_in_order(
   and Python's gzip read the shard as one stream, every record in order."""
   import gzip  # pylint: disable=g-import-not-at-top
   monkeypatch.setattr(embeddings, '_WRITER_THREADS', 2)
-  rng = np.random.default_rng(count)
-  vectors = rng.standard_normal((count, 5)).astype(np.float32)
-  rows = [(f'gs://b/{index}.png', vectors[index].tobytes(),
-           'cat' if index % 2 else None) for index in range(count)]
-  rows.insert(count // 2, None)  # A WriteShards placeholder row.
+  rows, vectors = _example_rows(count, count)
   path = tmp_path / 'shard.tfrecord.gz'
   with open(path, 'wb') as f:
-    embeddings.ShardFormat().write(f, iter(rows), (count, ('cat', 'dog'), 0))
+    embeddings.write_examples(f, iter(
+        embeddings.to_example(row, {'cat': 0}, tf.train.Example)
+        for row in rows))
   data = path.read_bytes()
   members = -(-count // embeddings._MEMBER_RECORDS) or 1  # pylint: disable=protected-access
   assert data.count(b'\x1f\x8b\x08') >= members  # gzip headers
-  records = [record.numpy()
-             for record in tf.data.TFRecordDataset(str(path), 'GZIP')]
-  parsed = [tf.train.Example.FromString(record) for record in records]
+  parsed = _parsed(path)
   assert [example.features.feature['uri'].bytes_list.value[0].decode()
           for example in parsed] == [f'gs://b/{index}.png'
                                      for index in range(count)]
@@ -376,4 +410,67 @@ def test_a_shard_written_in_gzip_members_reads_back_in_order(
       assert list(feature['label'].int64_list.value) == [0]
   # Python's gzip reads every member too: each record's TFRecord frame
   # (length 8, its CRC 4, data, its CRC 4).
-  assert len(gzip.decompress(data)) == sum(16 + len(r) for r in records)
+  assert len(gzip.decompress(data)) == sum(
+      16 + len(example.SerializeToString()) for example in parsed)
+
+
+def _write_pieces(fn, rows):
+  """Runs `_WritePiecesFn` over one bundle of rows; its (shard, piece)s."""
+  fn.setup()
+  fn.start_bundle()
+  for uri, vector, label in rows:
+    list(fn.process({'uri': uri, 'embedding': vector, 'label': label}) or ())
+  pieces = [value.value for value in fn.finish_bundle()]
+  fn.teardown()
+  return pieces
+
+
+@pytest.mark.parametrize('listed', [('cat', 'dog'), ('dog',)])
+def test_pieces_assemble_into_shards_with_the_caches_label_indices(
+    tmp_path, monkeypatch, listed):
+  """Two bundles write pieces into the staging folder, by shard; a shard is
+  its pieces' records. With the label names listed before the run, the
+  indices written are kept; with a name that was not listed ('cat' here),
+  every index is rewritten from its label name."""
+  monkeypatch.setattr(embeddings, '_MEMBER_RECORDS', 7)
+  prefix, run_id = str(tmp_path / 'out' / 'run'), 'b' * 32
+  rows, vectors = _example_rows(300)
+  rows = [(uri, vector, 'dog' if label is None else label)
+          for uri, vector, label in rows]
+  make = functools.partial(embeddings._WritePiecesFn, prefix, run_id, 3,  # pylint: disable=protected-access
+                           listed)
+  pieces = _write_pieces(make(), rows[:100]) + _write_pieces(make(),
+                                                             rows[100:])
+  staging = outputs.staging_folder(prefix, run_id)
+  assert sorted(os.listdir(staging)) == sorted(
+      os.path.basename(path) for _, (path, *_) in pieces)
+  assert len(pieces) == 6  # Two bundles, three shards.
+  assert sum(count for _, (_, count, _, _) in pieces) == 300
+  summary = (300, ('cat', 'dog'), 0)
+  shard_format = embeddings.ShardFormat(listed)
+  by_uri = {}
+  for shard in range(3):
+    path = tmp_path / f'shard-{shard}.tfrecord.gz'
+    with open(path, 'wb') as f:
+      shard_format.write(f, [piece for index, piece in pieces
+                             if index == shard] + [None], summary)
+    for example in _parsed(path):
+      feature = example.features.feature
+      uri = feature['uri'].bytes_list.value[0].decode()
+      assert outputs.shard_of(uri, 3) == shard
+      by_uri[uri] = (list(feature['label'].int64_list.value),
+                     feature['label_name'].bytes_list.value[0].decode(),
+                     np.array(feature['embedding'].float_list.value,
+                              np.float32))
+  assert sorted(by_uri) == sorted(uri for uri, _, _ in rows)
+  for index, (uri, _, label) in enumerate(rows):
+    assert by_uri[uri][:2] == ([('cat', 'dog').index(label)], label)
+    np.testing.assert_array_equal(by_uri[uri][2], vectors[index])
+  # A shard without pieces is one empty gzip member.
+  empty = tmp_path / 'empty.tfrecord.gz'
+  with open(empty, 'wb') as f:
+    shard_format.write(f, [None], summary)
+  assert _parsed(empty) == [] and empty.stat().st_size > 0
+  # The pieces are temporary files of the shards: the cleanup removes them.
+  outputs.remove_staging_folders(prefix, run_id)
+  assert not os.path.exists(staging)
