@@ -3,6 +3,7 @@ the whole-artifact check the scorer runs before any work."""
 
 import os
 import shutil
+import time
 
 import pytest
 
@@ -62,6 +63,45 @@ def test_check_with_embeddings_loads_the_embeddings_signature(
   # Loads it, and compares its output size with metadata.json's.
   assert artifact.check(trained_export, embeddings=True) == tuple(
       str(d) for d in range(10))
+
+
+def test_the_checked_artifact_is_warmed_up_once_before_it_is_handed_over(
+    trained_export):
+  """An in-process runner's first batch finds the signatures called once
+  already (on a thread of their own), and takes the artifact only after."""
+  artifact.check(trained_export, embeddings=True)
+  loaded = artifact._CHECKED[trained_export]  # pylint: disable=protected-access
+  calls = []
+
+  def spy(name, signature):
+    def call(**kwargs):
+      time.sleep(0.3)  # A slow warm-up: the handover waits for it.
+      calls.append((name, kwargs['image_bytes'].shape.as_list()))
+      return signature(**kwargs)
+    return call
+
+  artifact._CHECKED[trained_export] = loaded._replace(  # pylint: disable=protected-access
+      serve=spy('serve', loaded.serve), embed=spy('embed', loaded.embed))
+  artifact.warm_up_checked(trained_export)
+  artifact.warm_up_checked(trained_export)  # Started once only.
+  taken = artifact.take_checked(trained_export)
+  assert calls == [('serve', [1]), ('embed', [1])]
+  assert taken.saved_model is loaded.saved_model
+  assert artifact.take_checked(trained_export) is None  # Handed over once.
+  artifact.warm_up_checked(trained_export)  # Nothing checked: nothing to do.
+
+
+def test_a_warm_up_that_fails_leaves_the_failure_to_the_real_call(
+    trained_export):
+  artifact.check(trained_export)
+  loaded = artifact._CHECKED[trained_export]  # pylint: disable=protected-access
+
+  def broken(**kwargs):
+    raise ValueError('no such op')
+
+  artifact._CHECKED[trained_export] = loaded._replace(serve=broken)  # pylint: disable=protected-access
+  artifact.warm_up_checked(trained_export)
+  assert artifact.take_checked(trained_export).serve is broken
 
 
 def _forget_the_embeddings(export_dir):

@@ -177,6 +177,28 @@ def test_a_manifest_column_named_like_an_output_field_is_refused(
   assert os.listdir(earlier_output.parent) == [earlier_output.name]
 
 
+
+@pytest.mark.parametrize('imported', [False, True])
+def test_the_command_tells_beam_it_is_not_in_ipython_without_importing_it(
+    imported):
+  from apache_beam.utils import interactive_utils  # pylint: disable=g-import-not-at-top
+  saved = sys.modules.pop('IPython', None)
+  session = type(sys)('IPython')  # A session's IPython, already imported.
+  try:
+    if imported:
+      sys.modules['IPython'] = session
+    pipeline._not_in_ipython()  # pylint: disable=protected-access
+    if imported:
+      assert sys.modules['IPython'] is session  # Left to Beam to ask.
+    else:
+      assert sys.modules['IPython'] is None
+      assert not interactive_utils.is_in_ipython()
+  finally:
+    sys.modules.pop('IPython', None)
+    if saved is not None:
+      sys.modules['IPython'] = saved
+
+
 @pytest.mark.slow  # 3.4 s here: over the fast tier's ~1.5 s a test.
 def test_gcs_end_to_end_model_images_and_outputs_in_buckets(
     gcs_server, beam_gcs_anonymous, trained_export, tmp_path):
