@@ -130,9 +130,13 @@ def render_misclassified(images, entries):
     return None
   columns = min(_GRID_COLUMNS, len(entries))
   rows = math.ceil(len(entries) / columns)
+  height = 2.5 * rows + 0.3  # Inches: the cells, and the figure's title.
   figure, axes = pyplot.subplots(rows, columns, squeeze=False,
-                                 figsize=(2.2 * columns, 2.5 * rows),
-                                 constrained_layout=True)
+                                 figsize=(2.2 * columns, height))
+  # Fixed margins, not constrained_layout: its solver took half of this
+  # picture's 1.3 s for 25 cells (measured here), in every training run.
+  figure.subplots_adjust(left=0.02, right=0.98, bottom=0.1 / height,
+                         top=1 - 0.85 / height, wspace=0.1, hspace=0.45)
   for axis in axes.flat:
     axis.axis('off')
   for axis, image, entry in zip(axes.flat, images, entries):
