@@ -257,6 +257,25 @@ def test_records_split_as_image_folder_splits_the_same_files(small_cache):
     for (vector, _), (uri, _) in zip(got, by_split[split]):
       np.testing.assert_array_equal(vector, vectors[uri])
   assert source.info.sizes['test'] > 0 and source.info.sizes['validation'] > 0
+  # --train_examples takes the first of the training split, as image_folder.
+  few = data.load_source(data.Options('embeddings', 0.1, 0.1,
+                                      _data_dir(prefix), train_examples=5))
+  assert few.files('train') == by_split['train'][:5]
+  assert few.files('test') == by_split['test']
+  got = list(few.examples('train').as_numpy_iterator())
+  for (vector, _), (uri, _) in zip(got, by_split['train'][:5]):
+    np.testing.assert_array_equal(vector, vectors[uri])
+
+
+@pytest.mark.parametrize('size', [0, 1, 2, 7, 500])
+def test_rows_are_permuted_in_place(size):
+  rng = np.random.default_rng(size)
+  rows = rng.standard_normal((size, 3)).astype(np.float32)
+  for order in (rng.permutation(size), np.arange(size),
+                np.roll(np.arange(size), 1)):
+    permuted = rows.copy()
+    embeddings.permute_rows(permuted, order)
+    np.testing.assert_array_equal(permuted, rows[order])
 
 
 # --------------------------------------------------------------------------

@@ -285,6 +285,32 @@ def split_records(uris, validation_fraction, test_fraction):
           for split, indices in by_split.items()}
 
 
+def permute_rows(array, order):
+  """Reorders `array`'s rows in place: row i becomes the old row order[i].
+
+  `order` is a permutation of range(len(array)). One row of scratch space:
+  each cycle of the permutation is followed once.
+  """
+  done = np.zeros(len(order), bool)
+  scratch = np.empty_like(array[:1])
+  for start in range(len(order)):
+    if done[start]:
+      continue
+    done[start] = True
+    if order[start] == start:
+      continue
+    scratch[0] = array[start]
+    here = start
+    while True:
+      source = order[here]
+      if source == start:
+        array[here] = scratch[0]
+        break
+      array[here] = array[source]
+      done[source] = True
+      here = source
+
+
 def load(options):
   """An embedding cache, as `data.load_source` asks for it.
 
@@ -296,12 +322,22 @@ def load(options):
   uris, vectors, labels = read_records(cache, description)
   by_split = split_records(uris, options.validation_fraction,
                            options.test_fraction)
-  if options.train_examples:
-    by_split['train'] = by_split['train'][:options.train_examples]
-  uris = np.array(uris, dtype=object)
-  arrays = {split: (vectors[indices], labels[indices], uris[indices])
-            for split, indices in by_split.items()}
-  sizes = {split: len(indices) for split, indices in by_split.items()}
+  # The records in split order, in the array they were read into: each
+  # split is then a slice of it, not a copy (vectors[indices] allocated the
+  # whole cache again, 2.2 s of fresh memory for 20,000 cnn_bn vectors
+  # measured here, against 0.1 s for this).
+  order = np.concatenate([by_split[split] for split in sources.SPLITS])
+  permute_rows(vectors, order)
+  labels, uris = labels[order], np.array(uris, dtype=object)[order]
+  arrays, start = {}, 0
+  for split in sources.SPLITS:
+    stop = start + len(by_split[split])
+    end = stop
+    if split == 'train' and options.train_examples:
+      end = min(stop, start + options.train_examples)
+    arrays[split] = (vectors[start:end], labels[start:end], uris[start:end])
+    start = stop
+  sizes = {split: len(array[0]) for split, array in arrays.items()}
   info = sources.DatasetInfo(
       'embeddings', tuple(description['label_names']), sizes,
       report={'cache': cache, 'fingerprint': description['fingerprint'],
