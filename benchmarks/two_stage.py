@@ -1,6 +1,6 @@
 r"""Two-stage transfer: embed once, train the head on vectors; vs one-stage.
 
-  python -m benchmarks.two_stage            # about 10 minutes
+  python -m benchmarks.two_stage            # about 15 minutes
   python -m benchmarks.two_stage --quick    # a smoke run
 
 For two bases, each exported as a Contract 2 artifact with random weights
@@ -67,6 +67,9 @@ _FASHION_MNIST_DIR = flags.DEFINE_string(
     'fashion_mnist_dir', '/usr/share/datasets/fashion-mnist',
     'Folder of the Fashion-MNIST IDX .gz files.')
 _EPOCHS = flags.DEFINE_integer('epochs', 4, 'Epochs per training run (>= 2).')
+_ROUNDS = flags.DEFINE_integer(
+    'rounds', 3, 'Rounds of the three commands per base; the figures are '
+    'medians (a single run of each moved its fixed seconds by 3-5 s here).')
 _WORK_DIR = flags.DEFINE_string('work_dir', None,
                                 'Where the runs go (default: a temp folder).')
 _RESULTS = flags.DEFINE_string('results', results.RESULTS_PATH,
@@ -169,15 +172,9 @@ def extractor_rate(export_dir, folder, seconds=10.0):
   return images / (time.perf_counter() - start)
 
 
-def _run_seconds(job_dir, wall, epochs):
-  """(median epoch seconds, fixed seconds: the run's wall time less its
-  epochs at the median)."""
-  epoch = epoch_seconds(job_dir)
-  return epoch, wall - epochs * epoch
-
-
-def measure(name, work_dir, folder, images, epochs):
-  """One base: the figures of its row."""
+def measure(name, work_dir, folder, images, epochs, rounds=1):
+  """One base: the figures of its row (medians over `rounds` rounds of the
+  three commands, one after the other in each round)."""
   export_dir = os.path.join(work_dir, name, 'base')
   export_base(name, export_dir)
   one_stage = os.path.join(work_dir, name, 'one_stage')
@@ -185,16 +182,27 @@ def measure(name, work_dir, folder, images, epochs):
   cache = os.path.join(work_dir, name, 'cache')
   common = [f'--base_model={export_dir}', f'--epochs={epochs}',
             '--batch_size=128']
-  one_wall = _run(['trainer.task', '--dataset=image_folder',
-                   f'--data_dir={folder}', f'--job_dir={one_stage}'] + common)
-  embed_seconds = _run(['batch_predict.pipeline', f'--model_dir={export_dir}',
-                        f'--input={folder}', f'--output={cache}',
-                        '--embeddings_only', '--labels_from_folders'])
-  two_wall = _run(['trainer.task', '--dataset=embeddings',
-                   f'--data_dir={cache}-embeddings-*',
-                   f'--job_dir={two_stage}'] + common)
-  one, one_fixed = _run_seconds(one_stage, one_wall, epochs)
-  head, two_fixed = _run_seconds(two_stage, two_wall, epochs)
+  walls = {'one': [], 'embed': [], 'two': []}
+  epochs_seen = {'one': [], 'two': []}
+  for _ in range(rounds):
+    for job_dir in (one_stage, two_stage):
+      shutil.rmtree(job_dir, ignore_errors=True)
+    walls['one'].append(_run(['trainer.task', '--dataset=image_folder',
+                              f'--data_dir={folder}',
+                              f'--job_dir={one_stage}'] + common))
+    walls['embed'].append(_run(
+        ['batch_predict.pipeline', f'--model_dir={export_dir}',
+         f'--input={folder}', f'--output={cache}', '--embeddings_only',
+         '--labels_from_folders']))
+    walls['two'].append(_run(['trainer.task', '--dataset=embeddings',
+                              f'--data_dir={cache}-embeddings-*',
+                              f'--job_dir={two_stage}'] + common))
+    epochs_seen['one'].append(epoch_seconds(one_stage))
+    epochs_seen['two'].append(epoch_seconds(two_stage))
+  one_wall, embed_seconds, two_wall = (
+      statistics.median(walls[key]) for key in ('one', 'embed', 'two'))
+  one, head = (statistics.median(epochs_seen[key]) for key in ('one', 'two'))
+  one_fixed, two_fixed = one_wall - epochs * one, two_wall - epochs * head
   metrics = {}
   for run, job_dir in (('one', one_stage), ('two', two_stage)):
     with open(os.path.join(job_dir, 'metrics.json'), encoding='utf-8') as f:
@@ -205,11 +213,15 @@ def measure(name, work_dir, folder, images, epochs):
       (n for n in range(1, 1000)
        if embed_seconds + two_fixed + n * head < one_fixed + n * one), None)
   return {'images': images, 'one': one, 'head': head, 'embed': embed_seconds,
-          'one_wall': one_wall, 'two_wall': two_wall,
+          'one_wall': one_wall, 'two_wall': two_wall, 'rounds': walls,
           'pipeline_rate': images / embed_seconds,
           'model_rate': extractor_rate(export_dir, folder),
           'break_even': break_even, 'whole_break_even': whole_break_even,
           'accuracy': metrics}
+
+
+def _seconds(values):
+  return ', '.join(f'{value:.1f}' for value in values)
 
 
 def format_table(figures):
@@ -250,7 +262,7 @@ def main(argv):
   figures = {}
   for name in TARGETS:
     figures[name] = measure(name, work_dir, folders[name], sizes[name],
-                            epochs)
+                            epochs, 1 if quick else _ROUNDS.value)
     print(name, figures[name], flush=True)
   minutes = (time.perf_counter() - start) / 60
   body = '\n'.join([
@@ -258,13 +270,18 @@ def main(argv):
       'Fashion-MNIST training images (cnn_bn) and the bundled digits '
       '(mobilenet_v2 at 96x96) as class folders (80/10/10 split), '
       f'{epochs} epochs per training run, batch 128, random-weights bases, '
-      f'each command in a fresh process ({results.machine()}; {minutes:.0f} '
-      'minutes in all). Seconds per epoch: the trainer\'s own, training and '
-      'validation, median of the epochs after the first. Embed once: the '
-      'whole scorer command (start-up included). Whole commands: '
-      + '; '.join(f'{name} one-stage run {row["one_wall"]:.1f} s, embed + '
-                  f'two-stage run {row["embed"]:.1f} + {row["two_wall"]:.1f} s'
-                  for name, row in figures.items()) + '.',
+      f'each command in a fresh process, {1 if quick else _ROUNDS.value} '
+      'round(s) of the three commands per base, medians '
+      f'({results.machine()}; {minutes:.0f} minutes in all). Seconds per '
+      'epoch: the trainer\'s own, training and validation, median of the '
+      'epochs after the first. Embed once: the whole scorer command '
+      '(start-up included). Whole commands (median; each round\'s in '
+      'brackets): ' + '; '.join(
+          f'{name} one-stage run {row["one_wall"]:.1f} s '
+          f'({_seconds(row["rounds"]["one"])}), embed + two-stage run '
+          f'{row["embed"]:.1f} ({_seconds(row["rounds"]["embed"])}) + '
+          f'{row["two_wall"]:.1f} s ({_seconds(row["rounds"]["two"])})'
+          for name, row in figures.items()) + '.',
       '',
       format_table(figures),
       '',
