@@ -297,3 +297,79 @@ def test_the_scorer_serves_with_tensorflow_imported_without_keras(
   total, size, units = process.stdout.split()
   assert abs(float(total) - 1) < 1e-5
   assert int(size) > 0 and units == '2'
+
+
+def test_pausing_the_collector_freezes_what_start_up_made():
+  code = """
+import gc
+from trainer import cli
+cli.resume_garbage_collection()  # Not paused: nothing to resume.
+print(gc.isenabled(), gc.get_freeze_count())
+cli.pause_garbage_collection()
+print(gc.isenabled())
+made = [[i] for i in range(10_000)]
+cli.resume_garbage_collection()
+print(gc.isenabled(), gc.get_freeze_count() >= 10_000)
+gc.disable()  # Off already: pausing must not turn it on at resume.
+cli.pause_garbage_collection()
+cli.resume_garbage_collection()
+print(gc.isenabled())
+"""
+  process = subprocess.run([sys.executable, '-c', code], check=True,
+                           env=dict(os.environ, PYTHONPATH=helpers.REPO),
+                           capture_output=True, text=True, timeout=60)
+  assert process.stdout.split() == [
+      'True', '0', 'False', 'True', 'True', 'False']
+
+
+# Runs `python -m MODULE ARGS...` in this interpreter and prints, at the
+# module's first real work (the scorer's first batch, the trainer's
+# training), whether the collector is on, how many objects start-up left
+# frozen, and how many full collections ran before.
+_COLLECTOR_AT_WORK = """
+import builtins, gc, os, runpy, sys
+module, target, method = sys.argv[1:4]
+sys.argv = [module] + sys.argv[4:]
+full = []
+gc.callbacks.append(lambda phase, info: full.append(1) if (
+    phase == 'start' and info['generation'] == 2) else None)
+def first_work(*args, **kwargs):
+  print(gc.isenabled(), gc.get_freeze_count() > 100_000, len(full),
+        flush=True)
+  os._exit(0)  # Beam would wrap a SystemExit.
+# The work is replaced once its module has defined it (importing the module
+# here first would import TensorFlow before the command's start-up).
+real_import = builtins.__import__
+def importing(*args, **kwargs):
+  imported = real_import(*args, **kwargs)
+  owner = sys.modules.get(target)
+  for part in method.split('.')[:-1]:
+    owner = getattr(owner, part, None)
+  if owner is not None and hasattr(owner, method.split('.')[-1]):
+    setattr(owner, method.split('.')[-1], first_work)
+    builtins.__import__ = real_import
+  return imported
+builtins.__import__ = importing
+runpy.run_module(module, run_name='__main__', alter_sys=True)
+"""
+
+
+@pytest.mark.slow  # 6-9 s here: each command imports TensorFlow.
+@pytest.mark.parametrize('command', ['scorer', 'trainer'])
+def test_start_up_runs_no_full_collection_and_work_runs_with_the_collector(
+    trained_export, tmp_path, command):
+  if command == 'scorer':
+    image_files.write_image_folder(str(tmp_path / 'in'), ['a'], per_class=2)
+    args = ['batch_predict.pipeline', 'batch_predict.model_handler',
+            'ImageClassifierHandler.run_inference',
+            f'--model_dir={trained_export}', f'--input={tmp_path / "in"}',
+            f'--output={tmp_path / "out" / "s"}']
+  else:
+    args = ['trainer.task', 'trainer.train', 'run',
+            f'--job_dir={tmp_path / "job"}', '--epochs=1']
+  process = subprocess.run(
+      [sys.executable, '-c', _COLLECTOR_AT_WORK, *args], cwd=str(tmp_path),
+      env=dict(os.environ, PYTHONPATH=helpers.REPO), capture_output=True,
+      text=True, timeout=300)
+  assert process.returncode == 0, process.stderr[-3000:]
+  assert process.stdout.split() == ['True', 'True', '0'], process.stderr[-3000:]

@@ -274,6 +274,7 @@ def run(config, cluster, task, lease=None):
   else:
     logging.info('Configuration: %s (all of it: %s).',
                  config_summary(context.config), context.layout.config_path)
+  cli.resume_garbage_collection()  # Start-up is over.
   train.run(context)
 
 
@@ -294,4 +295,6 @@ def config_summary(config):
 
 
 if __name__ == '__main__':
+  # Until training starts: 1.1 s of start-up (cli says why).
+  cli.pause_garbage_collection()
   app.run(main, flags_parser=parse_flags)
