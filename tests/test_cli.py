@@ -324,8 +324,9 @@ print(gc.isenabled())
 
 # Runs `python -m MODULE ARGS...` in this interpreter and prints, at the
 # module's first real work (the scorer's first batch, the trainer's
-# training), whether the collector is on, how many objects start-up left
-# frozen, and how many full collections ran before.
+# training), whether the collector is on, whether start-up left over 100,000
+# objects frozen, how many full collections ran before, and whether pandas
+# was imported.
 _COLLECTOR_AT_WORK = """
 import builtins, gc, os, runpy, sys
 module, target, method = sys.argv[1:4]
@@ -335,7 +336,7 @@ gc.callbacks.append(lambda phase, info: full.append(1) if (
     phase == 'start' and info['generation'] == 2) else None)
 def first_work(*args, **kwargs):
   print(gc.isenabled(), gc.get_freeze_count() > 100_000, len(full),
-        flush=True)
+        'pandas' in sys.modules, flush=True)
   os._exit(0)  # Beam would wrap a SystemExit.
 # The work is replaced once its module has defined it (importing the module
 # here first would import TensorFlow before the command's start-up).
@@ -372,4 +373,29 @@ def test_start_up_runs_no_full_collection_and_work_runs_with_the_collector(
       env=dict(os.environ, PYTHONPATH=helpers.REPO), capture_output=True,
       text=True, timeout=300)
   assert process.returncode == 0, process.stderr[-3000:]
-  assert process.stdout.split() == ['True', 'True', '0'], process.stderr[-3000:]
+  pandas = 'False' if command == 'scorer' else 'True'  # Keras imports it.
+  assert process.stdout.split() == ['True', 'True', '0', pandas], (
+      process.stderr[-3000:])
+
+
+_BEAM_WITHOUT_PANDAS = """
+import sys
+from trainer import cli
+beam = cli.import_beam_without_pandas()
+print('pandas' in sys.modules, beam.Create.__name__)
+import pyarrow as pa, pyarrow.parquet as pq
+pq.write_table(pa.Table.from_pylist([{'uri': 'a'}]), sys.argv[1])
+print(pq.read_table(sys.argv[1]).to_pylist()[0]['uri'])
+import pandas  # A later import of pandas still works.
+print(len(pandas.DataFrame({'a': [1, 2]})))
+"""
+
+
+def test_the_scorer_imports_beam_without_pandas_and_still_writes_parquet(
+    tmp_path):
+  process = subprocess.run(
+      [sys.executable, '-c', _BEAM_WITHOUT_PANDAS, str(tmp_path / 'a.parquet')],
+      capture_output=True, text=True, timeout=120,
+      env=dict(os.environ, PYTHONPATH=helpers.REPO))
+  assert process.returncode == 0, process.stderr[-2000:]
+  assert process.stdout.split() == ['False', 'Create', 'a', '2']

@@ -249,11 +249,35 @@ def import_tensorflow_without_keras():
   Returns:
     The tensorflow module.
   """
-  if 'tensorflow' in sys.modules or 'keras' in sys.modules:
-    return importlib.import_module('tensorflow')
-  sys.modules[_KERAS_EAGER_IMPORT] = None
+  return _import_without('tensorflow', _KERAS_EAGER_IMPORT, 'keras')
+
+
+def import_beam_without_pandas():
+  """Imports Apache Beam without the pandas it imports at start-up.
+
+  Beam 2.77's `apache_beam.typehints` imports pandas, if it is installed,
+  only to register converters for DoFns that process pandas DataFrames in
+  batches; it catches an ImportError there. The scorer has no such DoFn,
+  and pandas took 0.3-0.4 s of its start-up here (measured). As for Keras,
+  the block is lifted afterwards: a later `import pandas` works (pyarrow
+  imports it when a Parquet shard is first written). A no-op when Beam or
+  pandas is already imported.
+
+  Returns:
+    The apache_beam module.
+  """
+  return _import_without('apache_beam', 'pandas', 'pandas')
+
+
+def _import_without(name, blocked, unless):
+  """Imports `name` while `import blocked` raises ImportError (a None in
+  `sys.modules` does that), then lifts the block; a plain import if `name`
+  or `unless` is imported already."""
+  if name in sys.modules or unless in sys.modules:
+    return importlib.import_module(name)
+  sys.modules[blocked] = None
   try:
-    return importlib.import_module('tensorflow')
+    return importlib.import_module(name)
   finally:
-    if sys.modules.get(_KERAS_EAGER_IMPORT, 0) is None:
-      del sys.modules[_KERAS_EAGER_IMPORT]
+    if sys.modules.get(blocked, 0) is None:
+      del sys.modules[blocked]
