@@ -239,6 +239,13 @@ def test_split_keys_are_the_paths_image_folder_hashes():
       'a/1.png', 'b/2.png', 'b/c/3.png']
   assert embeddings.split_keys(['gs://k/x/a/1.png', 'gs://k/x/b/1.png']) == [
       'a/1.png', 'b/1.png']
+  # A folder whose name starts another's; one file; names without folders.
+  assert embeddings.split_keys(['/d/ab/1.png', '/d/a/2.png']) == [
+      'ab/1.png', 'a/2.png']
+  assert embeddings.split_keys(['/d/a/img-1.png']) == ['img-1.png']
+  assert embeddings.split_keys(['img-1.png', 'img-2.png']) == [
+      'img-1.png', 'img-2.png']
+  assert embeddings.split_keys([]) == []
 
 
 def test_records_split_as_image_folder_splits_the_same_files(small_cache):

@@ -40,6 +40,7 @@ split's copies in `load` still hold the cache twice at their peak).
 
 import contextlib
 import functools
+import os
 
 import numpy as np
 import tensorflow as tf
@@ -263,14 +264,14 @@ def split_keys(uris):
 
   The key image_folder hashes for the same file (see the module docstring).
   """
-  folders = [uri.split('/')[:-1] for uri in uris]
-  common = 0
-  if folders:
-    shortest = min(len(parts) for parts in folders)
-    while common < shortest and len({parts[common]
-                                     for parts in folders}) == 1:
-      common += 1
-  return ['/'.join(uri.split('/')[common:]) for uri in uris]
+  if not uris:
+    return []
+  # The characters every uri starts with are those the first and the last
+  # in sorted order share; the folder is that prefix up to its last '/'.
+  # (Splitting every uri into its folders took 0.3 s for 20,000 here.)
+  shared = os.path.commonprefix([min(uris), max(uris)])
+  cut = shared.rfind('/') + 1
+  return [uri[cut:] for uri in uris]
 
 
 def split_records(uris, validation_fraction, test_fraction):
