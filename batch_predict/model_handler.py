@@ -401,3 +401,18 @@ class ImageClassifierHandler(base.ModelHandler):
 
   def __repr__(self):
     return f'ImageClassifierHandler({self._model_dir!r})'
+
+
+class KeyedImageHandler(base.KeyedModelHandler):
+  """Beam's `KeyedModelHandler` for (key, encoded image) pairs, counting a
+  batch's bytes as its images' bytes.
+
+  Beam's own `get_num_bytes` pickles every batch's keys (the inputs'
+  `items.Item`s) only to count their bytes for its `num_bytes` metric:
+  0.4% of a 50,000-image run here (py-spy). The keys are the input's URI
+  and fields, a small part of what a batch holds.
+  """
+
+  def get_num_bytes(self, batch):
+    return sum(len(image) for _, image in batch)
+

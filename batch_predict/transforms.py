@@ -506,7 +506,7 @@ class ScoreImages(beam.PTransform):
     results = (
         images
         | 'RunInference' >> base.RunInference(
-            base.KeyedModelHandler(self._handler))
+            model_handler.KeyedImageHandler(self._handler))
         | 'ToRecords' >> beam.ParDo(self._to_records_fn())
         .with_outputs(outputs.ERRORS, SCORED, EMBEDDINGS, main='predictions'))
     returned = (results.predictions, results[outputs.ERRORS])

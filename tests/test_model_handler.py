@@ -7,6 +7,7 @@ decoder refuses and RunInference's plumbing with the fake classifier
 
 import os
 import shutil
+import threading
 
 import apache_beam as beam
 from apache_beam.ml.inference import base
@@ -284,3 +285,16 @@ def test_runinference_keeps_each_uri_with_its_result():
               | base.RunInference(base.KeyedModelHandler(handler))
               | beam.Map(label))
     util.assert_that(labels, util.equal_to(list(expected_labels.items())))
+
+
+def test_the_keyed_handler_counts_a_batchs_image_bytes_without_its_keys():
+  handler = model_handler.KeyedImageHandler(
+      model_handler.ImageClassifierHandler('unused', max_batch_size=8))
+  # Keys that cannot be pickled: Beam's own count pickles every batch's keys.
+  batch = [(threading.Lock(), b'abc'), (threading.Lock(), b'de')]
+  with pytest.raises(TypeError):
+    base.KeyedModelHandler(handler._unkeyed).get_num_bytes(batch)  # pylint: disable=protected-access
+  assert handler.get_num_bytes(batch) == 5
+  # Batching is the image handler's own (pixel-bounded weights).
+  assert handler.batch_elements_kwargs() == (
+      handler._unkeyed.batch_elements_kwargs())  # pylint: disable=protected-access
