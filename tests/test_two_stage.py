@@ -285,6 +285,42 @@ def test_rows_are_permuted_in_place(size):
     np.testing.assert_array_equal(permuted, rows[order])
 
 
+@pytest.mark.parametrize('shape', [(0, 16), (1, 3), (5, 16), (300, 3136)])
+def test_aligned_arrays_start_where_tensorflow_can_share_them(shape):
+  array = embeddings.aligned_empty(shape, np.float32)
+  assert array.shape == shape and array.dtype == np.float32
+  assert array.flags.c_contiguous and array.flags.writeable
+  assert array.ctypes.data % 64 == 0 or not array.size  # Empty: no data.
+
+
+def test_a_cache_array_becomes_a_tensor_without_a_copy_when_aligned():
+  rows = embeddings.aligned_empty((6, 16), np.float32)
+  rows[:] = np.arange(96, dtype=np.float32).reshape(6, 16)
+  shared = embeddings.as_tensor(rows[2:])  # 2 rows of 64 bytes in: aligned.
+  rows[2, 0] = -1.0  # Written after: the tensor sees it (one buffer).
+  assert float(shared[0, 0]) == -1.0
+  np.testing.assert_array_equal(shared.numpy(), rows[2:])
+  # Rows of 3 floats: the second row starts 12 bytes in, so it is copied
+  # (TensorFlow would abort on a misaligned shared buffer).
+  odd = embeddings.aligned_empty((4, 3), np.float32)
+  odd[:] = 7.0
+  copied = embeddings.as_tensor(odd[1:])
+  odd[1, 0] = 0.0
+  assert float(copied[0, 0]) == 7.0 and copied.shape == (3, 3)
+  strided = embeddings.as_tensor(rows[::2])  # Not contiguous: copied.
+  np.testing.assert_array_equal(strided.numpy(), rows[::2])
+
+
+def test_a_cache_in_memory_is_not_cached_again_by_tf_data():
+  from trainer.data import pipeline as data_pipeline  # pylint: disable=g-import-not-at-top
+  from trainer.data import sources  # pylint: disable=g-import-not-at-top
+  info = sources.DatasetInfo('x', ('a', 'b'), {'train': 10})
+  for vectors, expected in ((True, False), (False, True)):
+    source = sources.Source(info, None, element_bytes=4, vectors=vectors)
+    for mode in ('auto', 'memory'):
+      assert data_pipeline.should_cache(source, 'train', mode) is expected
+
+
 # --------------------------------------------------------------------------
 # Training the head, and the stitched export.
 

@@ -57,6 +57,9 @@ _READ_BATCH = 1024
 # Shards decompressed at once (gzip is the reading's cost).
 _PARALLEL_READS = 4
 _UNLABELLED = -1
+# What TensorFlow's CPU tensors are aligned to (Eigen's EIGEN_MAX_ALIGN_BYTES):
+# an array aligned so becomes a tensor without a copy (`as_tensor`).
+_TENSOR_ALIGNMENT = 64
 _WAY_OUT_UNLABELLED = (
     'a head needs a label for every vector: rerun batch_predict '
     '--embeddings with --labels_from_folders on an image folder '
@@ -179,7 +182,7 @@ def _fill(local_paths, size, capacity):
   """(uris, vectors [capacity, size], labels [capacity], records read): the
   first `capacity` records in the arrays, every record counted."""
   try:
-    vectors = np.empty((capacity, size), np.float32)
+    vectors = aligned_empty((capacity, size), np.float32)
   except (MemoryError, ValueError):  # ValueError: beyond any address space.
     raise _error(f'{capacity:,} vectors of {size} floats do not fit in this '
                  'machine\'s memory: train on a machine with more, or on '
@@ -354,7 +357,34 @@ def _examples(arrays, split, shard=None):
   if shard:
     count, index = shard
     vectors, labels = vectors[index::count], labels[index::count]
-  return tf.data.Dataset.from_tensor_slices((vectors, labels))
+  return tf.data.Dataset.from_tensor_slices((as_tensor(vectors), labels))
+
+
+def aligned_empty(shape, dtype):
+  """`np.empty(shape, dtype)`, starting at a multiple of 64 bytes (numpy
+  aligns to 16), so that `as_tensor` can share it with TensorFlow."""
+  dtype = np.dtype(dtype)
+  size = int(np.prod(shape)) * dtype.itemsize
+  raw = np.empty(size + _TENSOR_ALIGNMENT, np.uint8)
+  start = -raw.ctypes.data % _TENSOR_ALIGNMENT
+  return raw[start:start + size].view(dtype).reshape(shape)
+
+
+def as_tensor(array):
+  """A float32 array as a TensorFlow tensor, sharing its memory when it
+  can (through DLPack: a C-contiguous array starting at a multiple of 64
+  bytes), else copied.
+
+  `from_tensor_slices` copies a numpy array into a new tensor: 200 MB of
+  fresh memory for the training split of 20,000 cnn_bn vectors, 1.3 s of a
+  two-stage run here (py-spy), where sharing it takes 2 ms. The cache's
+  array is never written once its splits are made. (TensorFlow aborts the
+  process on a DLPack buffer it finds misaligned, hence the check first.)
+  """
+  if (array.flags.c_contiguous and array.size and
+      array.ctypes.data % _TENSOR_ALIGNMENT == 0):
+    return tf.experimental.dlpack.from_dlpack(array.__dlpack__())
+  return tf.constant(array)
 
 
 def _files(arrays, split):

@@ -38,7 +38,9 @@ def _physical_memory_bytes():
 
 def should_cache(source, split, mode):
   """Whether to keep the decoded split in memory (mode auto|memory|none)."""
-  if mode == 'none':
+  if mode == 'none' or source.vectors:
+    # An embedding cache is in memory already: tf.data's cache would copy
+    # every vector again in the first epoch.
     return False
   if mode == 'memory':
     return True
