@@ -44,8 +44,9 @@ def pause_garbage_collection():
   """Turns Python's cyclic garbage collector off for a command's start-up.
 
   Importing TensorFlow and Beam (and Keras), loading a SavedModel and
-  building a pipeline create about 1.5 million objects that live as long
-  as the process. The collector starts a collection every few hundred net
+  building a pipeline create hundreds of thousands of objects that live as
+  long as the process (the scorer's start-up leaves 450,000 that the
+  collector tracks). The collector starts a collection every few hundred net
   allocations and a full one whenever the survivors have grown by a
   quarter, and each full one walks every object made so far: 7 full
   collections took 1.0 s of the scorer's 5-6 s start-up here, the trainer's
