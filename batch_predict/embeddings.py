@@ -190,6 +190,37 @@ class _UnlistedIndex(dict):
     return -1
 
 
+class _Members:
+  """Gzip members compressed on `pool`'s threads, handed in order to
+  `append(tag, member path)` once done, with at most 2 per thread pending
+  (so the records waiting for compression stay bounded)."""
+
+  def __init__(self, pool, folder, append):
+    self._pool = pool
+    self._folder = folder
+    self._append = append
+    self._pending = collections.deque()  # (tag, member future), in order
+    self._count = 0
+
+  def submit(self, tag, examples):
+    path = os.path.join(self._folder, str(self._count))
+    self._count += 1
+    self._pending.append((tag, self._pool.submit(_write_member, path,
+                                                 examples)))
+    while len(self._pending) > 2 * _WRITER_THREADS:
+      tag, member = self._pending.popleft()
+      self._append(tag, member.result())
+
+  def finish(self):
+    while self._pending:
+      tag, member = self._pending.popleft()
+      self._append(tag, member.result())
+
+  def abandon(self):
+    futures.wait([member for _, member in self._pending])
+    self._pending.clear()
+
+
 class _Pieces:
   """One bundle's pieces: its records' Examples, by shard, written as gzip
   members of at most `_MEMBER_RECORDS` records on `pool`'s threads while
@@ -201,13 +232,12 @@ class _Pieces:
     self._staging = staging
     self._prefix = prefix
     self._num_shards = num_shards
-    self._pool = pool
     self._id = uuid.uuid4().hex
     self._folder = tempfile.mkdtemp(prefix='embeddings-')
     self._buffers = {}  # shard -> Examples not yet in a member
     self._summaries = {}  # shard -> [records, label names met, unlabelled]
-    self._pending = collections.deque()  # (shard, member future), in order
-    self._members = 0
+    self._members = _Members(pool, self._folder, self._append)
+    self._made_staging = storage.is_gcs(staging)  # No folders on gs://.
 
   def piece_path(self, shard):
     """`STAGING/SHARD.tmp-BUNDLE`: a name `outputs.remove_staging_folders`
@@ -233,31 +263,21 @@ class _Pieces:
     else:
       summary[1].add(label)
     if len(buffer) >= _MEMBER_RECORDS:
-      self._submit(shard, self._buffers.pop(shard))
-
-  def _submit(self, shard, examples):
-    path = os.path.join(self._folder, str(self._members))
-    self._members += 1
-    self._pending.append((shard, self._pool.submit(_write_member, path,
-                                                   examples)))
-    while len(self._pending) > 2 * _WRITER_THREADS:
-      self._append(*self._pending.popleft())
+      self._members.submit(shard, self._buffers.pop(shard))
 
   def _append(self, shard, member):
-    path = member.result()
-    local = self._local_piece(shard)
-    if not storage.is_gcs(self._staging):
-      os.makedirs(os.path.dirname(local), exist_ok=True)
-    with open(local, 'ab') as f:
-      _append_file(f, path)
+    if not self._made_staging:
+      os.makedirs(self._staging, exist_ok=True)
+      self._made_staging = True
+    with open(self._local_piece(shard), 'ab') as f:
+      _append_file(f, member)
 
   def finish(self):
     """Writes what is left; returns [(shard, (piece path, records, label
     names met, records without a label))], one per piece."""
     for shard in list(self._buffers):
-      self._submit(shard, self._buffers.pop(shard))
-    while self._pending:
-      self._append(*self._pending.popleft())
+      self._members.submit(shard, self._buffers.pop(shard))
+    self._members.finish()
     if storage.is_gcs(self._staging):
       for shard in self._summaries:
         with storage.open_write(self.piece_path(shard)) as f:
@@ -271,7 +291,7 @@ class _Pieces:
   def abandon(self):
     """A bundle that failed: its members are dropped; its local pieces stay
     for the publishing step (or the next run) to remove."""
-    futures.wait([member for _, member in self._pending])
+    self._members.abandon()
     shutil.rmtree(self._folder, ignore_errors=True)
 
 
@@ -397,14 +417,10 @@ def write_examples(f, examples):
   order (no examples: one empty member)."""
   with tempfile.TemporaryDirectory(prefix='embeddings-') as folder, \
       futures.ThreadPoolExecutor(_WRITER_THREADS) as pool:
-    pending = collections.deque()  # In order; 2 per thread (+1) held.
-    for number, member in enumerate(_members(examples)):
-      pending.append(pool.submit(_write_member,
-                                 os.path.join(folder, str(number)), member))
-      if len(pending) > 2 * _WRITER_THREADS:
-        _append_file(f, pending.popleft().result())
-    while pending:
-      _append_file(f, pending.popleft().result())
+    members = _Members(pool, folder, lambda _, path: _append_file(f, path))
+    for member in _members(examples):
+      members.submit(None, member)
+    members.finish()
 
 
 def _members(examples):
