@@ -34,8 +34,10 @@ client) and read there: the whole cache is read once into memory anyway
 filesystem this path also works against a GCS emulator, so it is tested.
 The vectors are read straight into one array of the description's count
 (the shards in parallel), with no per-shard arrays to concatenate after
-(loading a 20,000-vector cnn_bn cache: 6.1 -> 5.3 s, median of 5; the
-split's copies in `load` still hold the cache twice at their peak).
+(loading a 20,000-vector cnn_bn cache: 6.1 -> 5.3 s, median of 5). The
+splits are slices of that array, put in split order in place
+(`permute_rows`), and tf.data reads them without a copy (`as_tensor`): the
+cache is in memory once.
 """
 
 import contextlib
