@@ -118,7 +118,11 @@ def measure_model_alone(model_dir, folder, batch_size):
 def measure_pipeline(model_dir, folder, output, extra_flags):
   import logging  # pylint: disable=g-import-not-at-top
   from batch_predict import pipeline  # pylint: disable=g-import-not-at-top
+  from trainer import cli  # pylint: disable=g-import-not-at-top
   logging.getLogger().setLevel(logging.WARNING)
+  # As the command does before `run` (pipeline.main): else the first import
+  # of TensorFlow, with Keras, falls in the timed run (5 s of it here).
+  cli.import_tensorflow_without_keras()
   start = time.perf_counter()
   result = pipeline.run(
       [f'--model_dir={model_dir}', f'--input={folder}/*.png',
