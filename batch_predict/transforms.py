@@ -450,8 +450,10 @@ class _ToRecordsAndEmbeddingsFn(_ToRecordsFn):
 
 
 class ScoreImages(beam.PTransform):
-  """Items with bytes -> prediction records and error records, with
-  RunInference.
+  """(item without its bytes, bytes) pairs (`_ReadCheckAndKeyFn`'s) ->
+  prediction records and error records, with RunInference. The item keys
+  each image, so its URI, label and fields stay with its result through
+  batching.
 
   Returns a pair of PCollections: (predictions, errors); with
   `evaluate=True` a triple, (predictions, errors, scored): the SCORED tuples
@@ -460,8 +462,7 @@ class ScoreImages(beam.PTransform):
   """
 
   def __init__(self, handler, labels, top_k, progress_interval_secs=30,
-               evaluate=False, embeddings=False, embeddings_only=False,
-               keyed=False):
+               evaluate=False, embeddings=False, embeddings_only=False):
     """Sets up scoring.
 
     Args:
@@ -476,8 +477,6 @@ class ScoreImages(beam.PTransform):
         handler returns `model_handler.Embedded`s).
       embeddings_only: output no predictions (the handler returns
         embeddings only).
-      keyed: the images arrive as (item without its bytes, bytes) pairs
-        already (ClassifyImages' fused step).
     """
     super().__init__()
     self._handler = handler
@@ -487,7 +486,6 @@ class ScoreImages(beam.PTransform):
     self._evaluate = evaluate
     self._embeddings = embeddings or embeddings_only
     self._embeddings_only = embeddings_only
-    self._keyed = keyed
 
   def _to_records_fn(self):
     if not self._embeddings:
@@ -498,11 +496,6 @@ class ScoreImages(beam.PTransform):
         self._evaluate, self._embeddings_only)
 
   def expand(self, images):
-    if not self._keyed:
-      # Keyed by the item without its bytes, so each input's URI, label
-      # and fields stay with its result through batching.
-      images = images | 'KeyByItem' >> beam.Map(
-          lambda item: (item.key(), item.data))
     results = (
         images
         | 'RunInference' >> base.RunInference(
@@ -580,14 +573,12 @@ class ClassifyImages(beam.PTransform):
     scored = results.images | 'ScoreImages' >> ScoreImages(
         self._handler, self._labels, self._top_k,
         self._progress_interval_secs, self._evaluate, self._embeddings,
-        self._embeddings_only, keyed=True)
+        self._embeddings_only)
     predictions, decode_errors = scored[:2]
     error_records = ((results[outputs.ERRORS], decode_errors)
                      | 'MergeErrors' >> beam.Flatten()
                      | 'CountErrors' >> beam.ParDo(_CountErrorsFn()))
     return (predictions, error_records) + tuple(scored[2:])
-
-
 
 
 # --------------------------------------------------------------------------
