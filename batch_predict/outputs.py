@@ -124,7 +124,8 @@ def prediction_record(uri, probabilities, labels, top_k, fields=(),
   """
   # Python floats and a stable sort (ties stay in label order, so outputs
   # are reproducible): for one row of 10 classes, faster than numpy's.
-  values = np.asarray(probabilities).tolist()
+  values = (probabilities if isinstance(probabilities, list)
+            else np.asarray(probabilities).tolist())
   best = sorted(range(len(values)), key=values.__getitem__,
                 reverse=True)[:top_k]
   ranked = [{'label': labels[i], 'score': round(values[i], _SCORE_DIGITS)}
@@ -159,12 +160,18 @@ def _add_input_fields(record, fields, true_label):
   return record
 
 
+# What `json.dumps(record, ensure_ascii=False, allow_nan=False)` makes, with
+# one encoder for every record (dumps makes a new one per call when given
+# options: 2 of a record's 13 us).
+_JSON_LINE = json.JSONEncoder(ensure_ascii=False, allow_nan=False)
+
+
 def to_json_line(record):
   """One output line: strict JSON (a NaN would become null), UTF-8 text."""
   try:
     # Nearly every record is finite: `allow_nan=False` proves it, without
     # `storage.json_safe`'s copy of the record (which took 40% of the time).
-    return json.dumps(record, ensure_ascii=False, allow_nan=False)
+    return _JSON_LINE.encode(record)
   except ValueError:
     return storage.to_json(record, ensure_ascii=False)
 

@@ -91,12 +91,26 @@ def test_read_image_file(tmp_path):
 def test_read_at_most_reads_on_when_the_file_grew():
   # The size is the file's at its fstat: a file that grew since is read on,
   # up to one byte over the limit (which read_image_file refuses).
-  assert inputs.read_at_most(io.BytesIO(b'0123'), 4, max_bytes=10) == b'0123'
-  assert inputs.read_at_most(io.BytesIO(b'0123456'), 4, max_bytes=10) == (
-      b'0123456')
-  assert inputs.read_at_most(io.BytesIO(b'x' * 50), 4, max_bytes=10) == (
-      b'x' * 11)
-  assert inputs.read_at_most(io.BytesIO(b'01'), 4, max_bytes=10) == b'01'
+  def read_at_most(data, size):
+    return inputs.read_at_most(io.BytesIO(data).read, size, max_bytes=10)
+
+  assert read_at_most(b'0123', 4) == b'0123'
+  assert read_at_most(b'0123456', 4) == b'0123456'
+  assert read_at_most(b'x' * 50, 4) == b'x' * 11
+  assert read_at_most(b'01', 4) == b'01'
+
+
+def test_read_at_most_reads_on_through_short_reads():
+  # os.read may return less than it was asked for past the first read.
+  source = io.BytesIO(b'y' * 50)
+  asked = []
+
+  def read(size):
+    asked.append(size)
+    return source.read(min(size, 3))
+
+  assert inputs.read_at_most(read, 2, max_bytes=10) == b'y' * 11
+  assert asked == [3, 8, 5, 2]
 
 
 def test_read_and_resolve_on_a_bucket(gcs_server, beam_gcs_anonymous):
