@@ -6,6 +6,7 @@ import functools
 import json
 import logging
 import os
+import threading
 
 import apache_beam as beam
 from apache_beam import coders
@@ -311,6 +312,174 @@ def test_a_first_image_that_fails_is_not_logged_as_scored(caplog):
   assert [r.getMessage() for r in caplog.records] == [
       'This worker has scored 0 images (1 could not be decoded) in 0 s: '
       '0 images/s.']
+
+
+def _read_ahead_inputs(folder):
+  """Inputs of every kind the read step takes, and what each must become:
+  (inputs, {uri: 'image' or an error kind}, bytes read from files)."""
+  inputs_, expected, on_disk = [], {}, 0
+  for index, (digit, _) in enumerate(image_files.digits(7)):
+    path = os.path.join(folder, f'{index}.png')
+    with open(path, 'wb') as f:
+      f.write(image_files.encode(digit, 'PNG'))
+    on_disk += os.path.getsize(path)
+    inputs_.append(items.Item(path) if index % 2 else path)
+    expected[path] = 'image'
+  not_an_image = os.path.join(folder, 'notes.png')
+  with open(not_an_image, 'wb') as f:
+    f.write(b'not an image at all')
+  on_disk += os.path.getsize(not_an_image)
+  missing = os.path.join(folder, 'missing.png')
+  held = items.Item('shard.tfrecord#0', image_files.encode(
+      image_files.digits(1)[0][0], 'PNG'))  # A TFRecord's: not read again.
+  listing_error = outputs.error_record('bad\\xff.png', errors_lib.INVALID_NAME,
+                                       'not UTF-8')
+  inputs_ += [not_an_image, missing, held, listing_error]
+  expected.update({not_an_image: errors_lib.NOT_AN_IMAGE,
+                   missing: errors_lib.NOT_FOUND, held.uri: 'image',
+                   listing_error['uri']: errors_lib.INVALID_NAME})
+  return inputs_, expected, on_disk
+
+
+def _what_each_became(images, error_records):
+  became = [(key.uri, 'image') for key, _ in images]
+  became += [(record['uri'], record['kind']) for record in error_records]
+  return sorted(became)
+
+
+@pytest.mark.parametrize('group_images, group_bytes', [
+    (64, 16 << 20), (3, 16 << 20), (1, 16 << 20), (64, 1)])
+def test_read_ahead_gives_every_input_one_output_however_it_groups(
+    tmp_path, group_images, group_bytes):
+  inputs_, expected, on_disk = _read_ahead_inputs(str(tmp_path))
+  serial = transforms._ReadCheckAndKeyFn(10**6, 10**8)  # pylint: disable=protected-access
+  outputs_ = [serial.output(element) for element in inputs_]
+  serial_images = [o for o in outputs_
+                   if not isinstance(o, beam.pvalue.TaggedOutput)]
+  serial_errors = [o.value for o in outputs_
+                   if isinstance(o, beam.pvalue.TaggedOutput)]
+  assert _what_each_became(serial_images, serial_errors) == sorted(
+      expected.items())
+  pipeline = test_pipeline.TestPipeline()
+  results = (pipeline
+             | beam.Create(inputs_, reshuffle=False)
+             | beam.ParDo(transforms._ReadAheadFn(  # pylint: disable=protected-access
+                 10**6, 10**8, group_images=group_images,
+                 group_bytes=group_bytes)).with_outputs(
+                     outputs.ERRORS, main='images'))
+  util.assert_that(results.images, util.equal_to(serial_images),
+                   label='SameImages')
+  util.assert_that(results[outputs.ERRORS], util.equal_to(serial_errors),
+                   label='SameErrors')
+  result = pipeline.run()
+  result.wait_until_finish()
+  assert _counters(result)['bytes_read'] == on_disk
+
+
+def test_a_group_stops_at_the_file_that_fills_its_bytes(tmp_path,
+                                                        monkeypatch):
+  inputs_, expected, _ = _read_ahead_inputs(str(tmp_path))
+  files_read = []
+  reads_per_group = []
+  read = inputs.read_image_file
+  read_group = transforms._ReadAheadFn._read_group  # pylint: disable=protected-access
+
+  def counted_read(uri, max_bytes):
+    files_read.append(uri)
+    return read(uri, max_bytes)
+
+  def counted_group(self, group):
+    before = len(files_read)
+    outcome = read_group(self, group)
+    reads_per_group.append(len(files_read) - before)
+    return outcome
+
+  monkeypatch.setattr(inputs, 'read_image_file', counted_read)
+  monkeypatch.setattr(transforms._ReadAheadFn, '_read_group', counted_group)  # pylint: disable=protected-access
+  fn = transforms._ReadAheadFn(10**6, 10**8, group_images=4, group_bytes=1)  # pylint: disable=protected-access
+  got = _run_dofn(fn, inputs_)
+  assert len(got) == len(expected)
+  # A group that has read one file's bytes is full: the rest waits.
+  assert max(reads_per_group) == 1
+  assert len(files_read) == len(set(files_read)) == sum(
+      1 for uri in expected if os.path.isabs(uri) and 'missing' not in uri
+  ) + 1  # The missing file is tried too.
+
+
+def _run_dofn(fn, elements):
+  """Runs a DoFn's bundle by hand; returns its outputs' values."""
+  fn.setup()
+  try:
+    fn.start_bundle()
+    got = [o for e in elements for o in fn.process(e)]
+    got += list(fn.finish_bundle())
+  finally:
+    fn.teardown()
+  return [getattr(o, 'value', o) for o in got]
+
+
+def test_read_ahead_reads_the_next_group_while_the_last_is_handed_on(
+    tmp_path, monkeypatch):
+  paths = []
+  for index, (digit, _) in enumerate(image_files.digits(4)):
+    path = str(tmp_path / f'{index}.png')
+    with open(path, 'wb') as f:
+      f.write(image_files.encode(digit, 'PNG'))
+    paths.append(path)
+  third_started, release = threading.Event(), threading.Event()
+  readers = set()
+  read = inputs.read_image_file
+
+  def slow_third(uri, max_bytes):
+    readers.add(threading.get_ident())
+    if uri == paths[2]:
+      third_started.set()
+      assert release.wait(timeout=30)
+    return read(uri, max_bytes)
+
+  monkeypatch.setattr(inputs, 'read_image_file', slow_third)
+  fn = transforms._ReadAheadFn(10**6, 10**8, group_images=2)  # pylint: disable=protected-access
+  fn.setup()
+  try:
+    fn.start_bundle()
+    assert not list(fn.process(paths[0]))
+    assert not list(fn.process(paths[1]))  # The first group is being read.
+    assert not list(fn.process(paths[2]))
+    handed_on = fn.process(paths[3])  # Submits the second group.
+    first = next(handed_on)
+    # The first group's images go on while the second is still being read.
+    assert first[0].uri == paths[0]
+    assert third_started.wait(timeout=30)
+    assert next(handed_on)[0].uri == paths[1]
+    release.set()
+    assert not list(handed_on)
+    rest = list(fn.finish_bundle())
+  finally:
+    release.set()
+    fn.teardown()
+  assert [o.value[0].uri for o in rest] == paths[2:]
+  assert readers and threading.get_ident() not in readers
+
+
+def test_a_failure_that_is_not_the_inputs_fails_the_bundle(tmp_path,
+                                                           monkeypatch):
+  def network_down(uri, max_bytes):
+    raise ConnectionError(f'{uri}: connection reset')
+
+  monkeypatch.setattr(inputs, 'read_image_file', network_down)
+  fn = transforms._ReadAheadFn(10**6, 10**8, group_images=2)  # pylint: disable=protected-access
+  with pytest.raises(ConnectionError, match='connection reset'):
+    _run_dofn(fn, [str(tmp_path / 'a.png')])
+
+
+def test_classify_images_refuses_a_windowed_input():
+  pipeline = test_pipeline.TestPipeline()
+  windowed = (pipeline | beam.Create(['a.png'])
+              | beam.WindowInto(beam.window.FixedWindows(60)))
+  with pytest.raises(ValueError, match='global window'):
+    _ = windowed | transforms.ClassifyImages(
+        fakes.FakeClassifierHandler(), ['0'], top_k=1, max_file_bytes=10,
+        max_image_pixels=10)
 
 
 class _Uris(beam.PTransform):
