@@ -32,10 +32,6 @@ class Item(NamedTuple):
   fields: tuple = ()
   pixels: int = 0
 
-  def key(self):
-    """The item without its bytes: what travels with the model's result."""
-    return self._replace(data=None)
-
 
 def as_item(element):
   """A URI (str), an Item or an Item's plain tuple (`as_tuple`) -> an Item."""
